@@ -1,0 +1,8 @@
+//! Wire contract of the executor plugins: Bacalhau's JSON types, validation, the JSON-RPC API,
+//! error codes and NDJSON framing. See `PROTOCOL.md` beside this crate.
+
+pub mod errors;
+pub mod types;
+
+pub use errors::{ErrorCode, ExecutorError, FieldProblem};
+pub use types::*;
