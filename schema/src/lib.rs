@@ -2,6 +2,7 @@
 //! error codes and NDJSON framing. See `PROTOCOL.md` beside this crate.
 
 pub mod errors;
+pub mod framing;
 pub mod types;
 
 pub use errors::{ErrorCode, ExecutorError, FieldProblem};
