@@ -1,1 +1,2 @@
-
+pub mod transport;
+pub mod process;

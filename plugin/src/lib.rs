@@ -1,1 +1,3 @@
 
+pub mod server;
+pub mod stdio;
