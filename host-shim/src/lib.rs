@@ -1,2 +1,2 @@
-pub mod transport;
 pub mod process;
+pub mod transport;

@@ -36,7 +36,10 @@ impl StderrTail {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -118,10 +121,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> TransportSenderT for Sender<W> {
     type Error = TransportError;
 
     async fn send(&mut self, msg: String) -> Result<(), TransportError> {
-        self.frames.send(msg).await.map_err(|source| TransportError::Write {
-            plugin: self.plugin.clone(),
-            source,
-        })
+        self.frames
+            .send(msg)
+            .await
+            .map_err(|source| TransportError::Write {
+                plugin: self.plugin.clone(),
+                source,
+            })
     }
 
     async fn close(&mut self) -> Result<(), TransportError> {
@@ -151,7 +157,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> TransportReceiverT for Receiver<R> {
                 Some(Ok(Frame::Line(line))) => {
                     if looks_like_json_message(&line) {
                         match String::from_utf8(line) {
-                            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() => {
+                            Ok(text)
+                                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() =>
+                            {
                                 return Ok(ReceivedMessage::Text(text));
                             }
                             Ok(text) => {

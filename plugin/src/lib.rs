@@ -1,3 +1,3 @@
-
+pub mod rpc;
 pub mod server;
 pub mod stdio;

@@ -12,8 +12,8 @@ use futures::{SinkExt, StreamExt};
 use jsonrpsee::core::id_providers::RandomIntegerIdProvider;
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params, Request};
 use jsonrpsee::{
-    BoundedSubscriptions, ConnectionId, Extensions, MethodCallback, MethodSink,
-    Methods, SubscriptionState,
+    BoundedSubscriptions, ConnectionId, Extensions, MethodCallback, MethodSink, Methods,
+    SubscriptionState,
 };
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -80,7 +80,15 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
-    serve_with_stop(methods, input, output, config, StopHandle(Arc::new(stop_tx)), stop_rx).await
+    serve_with_stop(
+        methods,
+        input,
+        output,
+        config,
+        StopHandle(Arc::new(stop_tx)),
+        stop_rx,
+    )
+    .await
 }
 
 async fn serve_with_stop<R, W>(
@@ -103,7 +111,10 @@ where
     ));
     let conn = Arc::new(Connection {
         methods,
-        sink: MethodSink::new_with_limit(tx, u32::try_from(config.max_message_size).unwrap_or(u32::MAX)),
+        sink: MethodSink::new_with_limit(
+            tx,
+            u32::try_from(config.max_message_size).unwrap_or(u32::MAX),
+        ),
         subscriptions: BoundedSubscriptions::new(config.max_subscriptions),
         max_response_size: config.max_message_size,
         stop,
@@ -178,7 +189,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     flush(&mut out).await
 }
 
-async fn flush<W: AsyncWrite + Unpin>(out: &mut FramedWrite<W, NdjsonCodec>) -> Result<(), ServerError> {
+async fn flush<W: AsyncWrite + Unpin>(
+    out: &mut FramedWrite<W, NdjsonCodec>,
+) -> Result<(), ServerError> {
     SinkExt::<&str>::flush(out)
         .await
         .map_err(|e| ServerError::Write(e.to_string()))
@@ -239,16 +252,15 @@ impl Connection {
                 return self.send_error(Id::Null, err).await;
             }
         };
-        let invalid = |msg: &str| ErrorObject::owned(-32600, format!("Invalid request: {msg}"), None::<()>);
+        let invalid =
+            |msg: &str| ErrorObject::owned(-32600, format!("Invalid request: {msg}"), None::<()>);
         match &value {
             serde_json::Value::Array(_) => {
                 let err = invalid("batch requests are not supported; send one request per line");
                 self.send_error(Id::Null, err).await
             }
             serde_json::Value::Object(obj) => {
-                let id = obj
-                    .get("id")
-                    .and_then(json_id);
+                let id = obj.get("id").and_then(json_id);
                 match id {
                     None if obj.contains_key("method") && !obj.contains_key("id") => {
                         tracing::debug!("ignored a notification from the host");
@@ -267,7 +279,10 @@ impl Connection {
                     }
                 }
             }
-            _ => self.send_error(Id::Null, invalid("expected a JSON object")).await,
+            _ => {
+                self.send_error(Id::Null, invalid("expected a JSON object"))
+                    .await
+            }
         }
     }
 

@@ -33,7 +33,7 @@ pub fn cookie_present() -> bool {
 pub fn take_protocol_stdout() -> io::Result<OwnedFd> {
     let stdout = unsafe { BorrowedFd::borrow_raw(libc::STDOUT_FILENO) };
     let private = stdout.try_clone_to_owned()?; // F_DUPFD_CLOEXEC
-    // SAFETY: dup2 on two descriptors this process owns for its whole life.
+                                                // SAFETY: dup2 on two descriptors this process owns for its whole life.
     if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -73,7 +73,9 @@ impl ProtocolInput {
         if is_fifo(fd.as_fd()) {
             Ok(ProtocolInput::Pipe(pipe::Receiver::from_owned_fd(fd)?))
         } else {
-            Ok(ProtocolInput::File(tokio::fs::File::from_std(std::fs::File::from(fd))))
+            Ok(ProtocolInput::File(tokio::fs::File::from_std(
+                std::fs::File::from(fd),
+            )))
         }
     }
 }
@@ -83,13 +85,19 @@ impl ProtocolOutput {
         if is_fifo(fd.as_fd()) {
             Ok(ProtocolOutput::Pipe(pipe::Sender::from_owned_fd(fd)?))
         } else {
-            Ok(ProtocolOutput::File(tokio::fs::File::from_std(std::fs::File::from(fd))))
+            Ok(ProtocolOutput::File(tokio::fs::File::from_std(
+                std::fs::File::from(fd),
+            )))
         }
     }
 }
 
 impl AsyncRead for ProtocolInput {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ProtocolInput::Pipe(p) => Pin::new(p).poll_read(cx, buf),
             ProtocolInput::File(f) => Pin::new(f).poll_read(cx, buf),
@@ -98,7 +106,11 @@ impl AsyncRead for ProtocolInput {
 }
 
 impl AsyncWrite for ProtocolOutput {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ProtocolOutput::Pipe(p) => Pin::new(p).poll_write(cx, buf),
             ProtocolOutput::File(f) => Pin::new(f).poll_write(cx, buf),

@@ -1,6 +1,7 @@
 //! Wire contract of the executor plugins: Bacalhau's JSON types, validation, the JSON-RPC API,
 //! error codes and NDJSON framing. See `PROTOCOL.md` beside this crate.
 
+pub mod api;
 pub mod errors;
 pub mod framing;
 pub mod types;
