@@ -4,7 +4,9 @@
 pub mod api;
 pub mod errors;
 pub mod framing;
+pub mod native;
 pub mod types;
+pub mod validate;
 
 pub use errors::{ErrorCode, ExecutorError, FieldProblem};
 pub use types::*;
