@@ -1,3 +1,4 @@
-
+pub mod results;
 pub mod server;
+pub mod state;
 pub mod stdio;
