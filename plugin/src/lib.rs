@@ -1,3 +1,5 @@
+pub mod logstore;
+pub mod monitor;
 pub mod results;
 pub mod server;
 pub mod state;
