@@ -1,5 +1,6 @@
 pub mod logstore;
 pub mod monitor;
+pub mod registry;
 pub mod results;
 pub mod server;
 pub mod state;

@@ -6,6 +6,7 @@
 //! and writes `result.json`. Its state directory is the whole interface with the plugin, so it
 //! does not depend on the plugin staying alive.
 
+pub mod pidfd;
 pub mod signals;
 pub mod spawn;
 pub mod supervise;

@@ -8,8 +8,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub const HANDLED: [i32; 4] = [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Block the handled signals for this (single-threaded) process. Done first thing at start, so a
-/// cancel that arrives early is queued rather than killing the monitor. std's spawn resets the
-/// mask in the job.
+/// cancel that arrives early is queued rather than killing the monitor. The job's spawn clears
+/// the mask again (std does not).
 pub fn block() -> io::Result<()> {
     let set = handled_set()?;
     // SAFETY: a valid sigset; the old mask isn't needed.

@@ -146,9 +146,17 @@ pub fn spawn_job(
     if let Some(wd) = &spec.working_dir {
         cmd.current_dir(wd);
     }
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    // SAFETY: sigprocmask and setsid are async-signal-safe; the set lives on the child's stack.
     unsafe {
         cmd.pre_exec(|| {
+            // std resets SIGPIPE but not the mask, and the monitor blocks the signals it reads
+            // from its signalfd: the job must start with none blocked, or it could not be
+            // stopped with SIGTERM.
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
