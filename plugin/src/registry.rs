@@ -393,6 +393,65 @@ impl Registry {
     }
 }
 
+/// The parts of a validated request the monitor needs, as plain values.
+#[derive(Debug, Clone, Default)]
+pub struct SpecInput {
+    pub execution_id: String,
+    pub job_id: String,
+    pub entrypoint: Vec<String>,
+    pub parameters: Vec<String>,
+    /// The request's `Env` (lower precedence than the engine's variables).
+    pub request_env: Vec<(String, String)>,
+    /// The engine's `EnvironmentVariables`, `K=V` each.
+    pub engine_env: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+    pub results_dir: Option<PathBuf>,
+    pub execution_dir: Option<PathBuf>,
+    pub output_names: Vec<String>,
+    pub limits: crate::state::Limits,
+    pub timeout_secs: Option<f64>,
+}
+
+/// Resolve where everything goes and what the job sees:
+/// results in `ResultsDir`, else `ExecutionDir/results`, else the state directory's `results`;
+/// the log at `ExecutionDir/logs/raw_container_logs`, else in the state directory; environment =
+/// request `Env`, then engine variables (engine wins), then `BACALHAU_EXECUTION_ID`/`_JOB_ID`.
+pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
+    let dir = ExecDir::new(state_root, &input.execution_id);
+    let results_dir = input
+        .results_dir
+        .clone()
+        .or_else(|| input.execution_dir.as_ref().map(|d| d.join("results")))
+        .unwrap_or_else(|| dir.dir.join("results"));
+    let log_path = input
+        .execution_dir
+        .as_ref()
+        .map(|d| d.join("logs").join(state::LOG_FILE))
+        .unwrap_or_else(|| dir.default_log());
+    let mut env = input.request_env;
+    for kv in &input.engine_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        env.push((k.to_string(), v.to_string()));
+    }
+    env.push(("BACALHAU_EXECUTION_ID".into(), input.execution_id.clone()));
+    env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
+    let mut argv = input.entrypoint;
+    argv.extend(input.parameters);
+    MonitorSpec {
+        execution_id: input.execution_id,
+        job_id: input.job_id,
+        argv,
+        env,
+        working_dir: input.working_dir,
+        results_dir,
+        output_names: input.output_names,
+        log_path,
+        limits: input.limits,
+        timeout_secs: input.timeout_secs,
+        kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
+    }
+}
+
 async fn janitor(reg: Weak<Registry>, period: Duration) {
     loop {
         tokio::time::sleep(period).await;
@@ -576,4 +635,71 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_results_dir_then_execution_dir() {
+        let root = Path::new("/state");
+        let base = SpecInput {
+            execution_id: "e1".into(),
+            job_id: "j1".into(),
+            entrypoint: vec!["sh".into(), "-c".into()],
+            parameters: vec!["echo hi".into()],
+            ..SpecInput::default()
+        };
+        let s = build_spec(root, base.clone());
+        assert_eq!(s.results_dir, Path::new("/state/executions/e1/results"));
+        assert_eq!(
+            s.log_path,
+            Path::new("/state/executions/e1/raw_container_logs")
+        );
+        assert_eq!(s.argv, ["sh", "-c", "echo hi"]);
+
+        let s = build_spec(
+            root,
+            SpecInput {
+                execution_dir: Some("/exec/e1".into()),
+                ..base.clone()
+            },
+        );
+        assert_eq!(s.results_dir, Path::new("/exec/e1/results"));
+        assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+
+        let s = build_spec(
+            root,
+            SpecInput {
+                execution_dir: Some("/exec/e1".into()),
+                results_dir: Some("/r".into()),
+                ..base
+            },
+        );
+        assert_eq!(s.results_dir, Path::new("/r"));
+        assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+    }
+
+    #[test]
+    fn engine_env_overrides_request_env_and_ids_come_last() {
+        let s = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                execution_id: "e".into(),
+                job_id: "j".into(),
+                request_env: vec![("A".into(), "req".into()), ("B".into(), "b".into())],
+                engine_env: vec!["A=eng=x".into(), "C".into()],
+                ..SpecInput::default()
+            },
+        );
+        let env = crate::monitor::spawn::job_env(&s);
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("A"), Some("eng=x"));
+        assert_eq!(get("B"), Some("b"));
+        assert_eq!(get("C"), Some(""));
+        assert_eq!(get("BACALHAU_EXECUTION_ID"), Some("e"));
+        assert_eq!(get("BACALHAU_JOB_ID"), Some("j"));
+        assert!(get("PATH").is_some());
+    }
 }
