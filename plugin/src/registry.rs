@@ -207,6 +207,7 @@ impl Registry {
             return Err(ExecutorError::unsupported("the plugin is shutting down"));
         }
         let id = spec.execution_id.clone();
+        check_execution_id(&id)?;
         spec.kill_grace_ms = self.config.kill_grace.as_millis() as u64;
         let dir = ExecDir::new(&self.config.state_root, &id);
         let exec = {
@@ -361,7 +362,7 @@ impl Registry {
     pub async fn evict(&self) {
         let now = state::now_ms();
         let retention_ms = self.config.retention.as_millis() as u64;
-        let gone: Vec<Arc<Exec>> = {
+        let gone: Vec<PathBuf> = {
             let mut execs = lock(&self.execs);
             let mut finished: Vec<(u64, String)> = execs
                 .values()
@@ -375,17 +376,34 @@ impl Registry {
                 .filter(|(i, (at, _))| *i < over || now.saturating_sub(*at) >= retention_ms)
                 .map(|(_, (_, id))| id.clone())
                 .collect();
-            doomed.iter().filter_map(|id| execs.remove(id)).collect()
+            // Renamed aside while the map is locked, so a new start of the same id can never
+            // have its fresh directory deleted by this eviction.
+            doomed
+                .iter()
+                .filter_map(|id| execs.remove(id))
+                .filter_map(|e| {
+                    let aside =
+                        e.dir
+                            .dir
+                            .with_file_name(format!(".evicted.{}.{}", e.id, state::now_ms()));
+                    match std::fs::rename(&e.dir.dir, &aside) {
+                        Ok(()) => Some(aside),
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(err) => {
+                            tracing::warn!(execution = %e.id, "evicting execution state: {err}");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<PathBuf>>()
         };
         if gone.is_empty() {
             return;
         }
         let _ = tokio::task::spawn_blocking(move || {
-            for e in gone {
-                if let Err(err) = std::fs::remove_dir_all(&e.dir.dir) {
-                    if err.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(execution = %e.id, "evicting execution state: {err}");
-                    }
+            for dir in gone {
+                if let Err(err) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("removing evicted state {}: {err}", dir.display());
                 }
             }
         })
@@ -449,6 +467,28 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
         limits: input.limits,
         timeout_secs: input.timeout_secs,
         kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
+    }
+}
+
+/// The id names a directory under the state root: it must be one plain path component.
+fn check_execution_id(id: &str) -> Result<(), ExecutorError> {
+    let bad = if id.is_empty() {
+        Some("cannot be empty")
+    } else if id.starts_with('.') || id.contains(['/', '\0']) {
+        Some("must not start with '.' or contain '/' or NUL")
+    } else if id.len() > 200 {
+        Some("must be at most 200 bytes")
+    } else {
+        None
+    };
+    match bad {
+        Some(message) => Err(ExecutorError::invalid_params(vec![
+            executor_schema::FieldProblem {
+                field: "ExecutionID".into(),
+                message: message.into(),
+            },
+        ])),
+        None => Ok(()),
     }
 }
 
@@ -600,6 +640,14 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
         let Some(id) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
+        if id.starts_with(".evicted.") {
+            // An eviction interrupted by a crash.
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        }
+        if id.starts_with('.') {
+            continue;
+        }
         if !entry.path().is_dir() {
             continue;
         }
@@ -640,6 +688,19 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn execution_ids_must_be_one_path_component() {
+        for bad in ["", ".", "..", "../x", "a/b", ".evicted.x", "a\0b"] {
+            let err = check_execution_id(bad).unwrap_err();
+            assert_eq!(
+                err.code,
+                executor_schema::ErrorCode::InvalidParams,
+                "{bad:?}"
+            );
+        }
+        assert!(check_execution_id("e-7f3a_1.b").is_ok());
+    }
 
     #[test]
     fn paths_follow_results_dir_then_execution_dir() {
