@@ -271,7 +271,7 @@ pub fn run(
 }
 
 /// Own session (the plugin's signals and terminal don't reach us), child subreaper (orphans of
-/// the job come to us), and no descriptor of ours may leak into the job.
+/// the job come to us), and nothing inherited from the plugin kept open.
 fn detach() {
     // SAFETY: plain syscalls. setsid fails only if we already lead a group, which is fine.
     unsafe {
@@ -283,18 +283,19 @@ fn detach() {
             );
         }
     }
-    cloexec_from(3);
+    close_from(3);
 }
 
-/// Mark every descriptor from `first` up close-on-exec, whatever the plugin left open.
-fn cloexec_from(first: u32) {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range only changes descriptor flags.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+/// Close every descriptor from `first` up, whatever the plugin left open: an inherited copy of
+/// the plugin's protocol pipe would keep its host from ever seeing EOF, and nothing of it may
+/// reach the job. Everything the monitor needs is opened after this.
+fn close_from(first: u32) {
+    // SAFETY: nothing of ours is open at or above `first` yet.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
     if rc == 0 {
         return;
     }
-    // Older kernels: walk our descriptors.
+    // Older kernels: walk our descriptors (collected first: read_dir holds one itself).
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
         let fds: Vec<i32> = entries
             .flatten()
@@ -302,8 +303,8 @@ fn cloexec_from(first: u32) {
             .filter(|fd| *fd >= first as i32)
             .collect();
         for fd in fds {
-            // SAFETY: setting FD_CLOEXEC; a stale fd (the read_dir's own) just fails.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: closing a descriptor nothing of ours uses; a stale one just fails.
+            unsafe { libc::close(fd) };
         }
     }
 }
