@@ -16,7 +16,8 @@ pub(crate) fn io_err(op: &'static str, path: &Path, source: io::Error) -> Cgroup
     }
 }
 
-/// One `write(2)` of `value`, as the kernel expects one value per write.
+/// One `write(2)` of `value` and a newline (as `echo` does; the kernel strips it), one value per
+/// write as the kernel expects.
 ///
 /// Opened with `O_APPEND | O_CREAT`: cgroupfs never creates files and ignores the offset, so on a
 /// real host this is a plain write; in a fake tree made of plain files it records every value
@@ -27,7 +28,7 @@ pub(crate) fn write_value(path: &Path, value: &str) -> Result<(), CgroupError> {
         .create(true)
         .open(path)
         .map_err(|e| io_err("open", path, e))?;
-    file.write_all(value.as_bytes())
+    file.write_all(format!("{value}\n").as_bytes())
         .map_err(|e| io_err("write", path, e))
 }
 

@@ -39,7 +39,6 @@ fn tokens(text: &str) -> Vec<String> {
 /// moved into `<base>/supervisor` first; a foreign ancestor with processes is reported, not
 /// touched.
 pub(crate) fn prepare(mount: &Path, own_dir: &Path, base_dir: &Path) -> Result<Base, CgroupError> {
-    fsio::mkdir_all(base_dir)?;
     let available = tokens(&fsio::read(&mount.join("cgroup.controllers"))?);
     let wanted: Vec<&str> = WANTED
         .into_iter()
@@ -62,15 +61,22 @@ pub(crate) fn prepare(mount: &Path, own_dir: &Path, base_dir: &Path) -> Result<B
         chain.push(cur.clone());
     }
 
-    for dir in &chain {
+    // Known before anything is created: relocation may create the base early.
+    let fresh: Vec<bool> = chain.iter().map(|d| !d.exists()).collect();
+    let mut controllers = Vec::new();
+    for (dir, &fresh) in chain.iter().zip(&fresh) {
+        if !dir.exists() {
+            fsio::mkdir_new(dir)?;
+        }
         let ours = dir == own_dir || dir == base_dir;
-        enable(dir, &wanted, dir == mount, ours, base_dir)?;
+        let place = Place {
+            fresh,
+            is_root: dir == mount,
+            ours,
+        };
+        controllers = enable(dir, &wanted, place, base_dir)?;
     }
-
-    let controllers = tokens(&fsio::read(&base_dir.join("cgroup.subtree_control"))?)
-        .into_iter()
-        .filter(|c| WANTED.contains(&c.as_str()))
-        .collect::<Vec<_>>();
+    controllers.retain(|c| WANTED.contains(&c.as_str()));
     let swap = controllers.iter().any(|c| c == "memory")
         && (base_dir != mount && base_dir.join("memory.swap.max").exists());
     Ok(Base {
@@ -80,27 +86,45 @@ pub(crate) fn prepare(mount: &Path, own_dir: &Path, base_dir: &Path) -> Result<B
     })
 }
 
+/// Where a cgroup on the way to the base stands.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    fresh: bool,
+    is_root: bool,
+    /// This process's own cgroup or the base: its processes may be moved.
+    ours: bool,
+}
+
+/// Enables `wanted` in `dir`'s `subtree_control`; returns what is enabled there afterwards.
 fn enable(
     dir: &Path,
     wanted: &[&str],
-    is_root: bool,
-    ours: bool,
+    place: Place,
     base_dir: &Path,
-) -> Result<(), CgroupError> {
+) -> Result<Vec<String>, CgroupError> {
+    let Place {
+        fresh,
+        is_root,
+        ours,
+    } = place;
     let control = dir.join("cgroup.subtree_control");
-    let enabled = tokens(&fsio::read(&control)?);
+    let mut enabled = if fresh {
+        Vec::new()
+    } else {
+        tokens(&fsio::read(&control)?)
+    };
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|c| !enabled.iter().any(|e| e == c))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(enabled);
     }
     // The real root is exempt from the no-internal-processes rule, and its processes are the
     // whole system's, so it is only relocated from when the kernel says it must be (a cgroup
     // namespace root is not exempt).
-    if ours && !is_root && has_processes(dir)? {
+    if ours && !is_root && !fresh && has_processes(dir)? {
         relocate(dir, base_dir)?;
     }
     let value = missing
@@ -111,7 +135,10 @@ fn enable(
     let mut attempts = 0;
     loop {
         match fsio::write_value(&control, &value) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                enabled.extend(missing.iter().map(|c| (*c).to_owned()));
+                return Ok(enabled);
+            }
             Err(CgroupError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
                 // A process forked into the cgroup after the relocation pass; move it too.
                 attempts += 1;
