@@ -367,6 +367,7 @@ fn stats_from_v2_files() {
             ("memory.current", "1048576\n"),
             ("memory.peak", "2097152\n"),
             ("pids.current", "3\n"),
+            ("pids.events", "max 7\n"),
             (
                 "cpu.stat",
                 "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\nnr_periods 30\nnr_throttled 12\nthrottled_usec 700000\n",
@@ -377,6 +378,7 @@ fn stats_from_v2_files() {
     assert_eq!(s.memory_current, Some(1 << 20));
     assert_eq!(s.memory_peak, Some(2 << 20));
     assert_eq!(s.pids_current, Some(3));
+    assert_eq!(s.fork_failures, Some(7));
     assert_eq!(s.cpu_usage_usec, Some(1_500_000));
     assert_eq!(s.nr_periods, Some(30));
     assert_eq!(s.nr_throttled, Some(12));

@@ -146,6 +146,8 @@ pub struct CgroupStats {
     pub memory_peak: Option<u64>,
     pub cpu_usage_usec: Option<u64>,
     pub pids_current: Option<u64>,
+    /// Forks refused because of `pids.max` (`pids.events` `max`).
+    pub fork_failures: Option<u64>,
     pub nr_periods: Option<u64>,
     pub nr_throttled: Option<u64>,
     pub throttled_usec: Option<u64>,

@@ -106,6 +106,8 @@ pub(crate) fn stats(
     }
     if let Some(dir) = leaf_of("pids") {
         stats.pids_current = fsio::read_u64(&dir.join("pids.current"))?;
+        stats.fork_failures = fsio::read_optional(&dir.join("pids.events"))?
+            .and_then(|text| fsio::keyed(&text, "max"));
     }
     Ok(())
 }

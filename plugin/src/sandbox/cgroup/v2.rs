@@ -222,6 +222,9 @@ pub(crate) fn stats(leaf: &Path, stats: &mut CgroupStats) -> Result<(), CgroupEr
     stats.pids_current = stats
         .pids_current
         .or(fsio::read_u64(&leaf.join("pids.current"))?);
+    if let Some(text) = fsio::read_optional(&leaf.join("pids.events"))? {
+        stats.fork_failures = stats.fork_failures.or(fsio::keyed(&text, "max"));
+    }
     if let Some(text) = fsio::read_optional(&leaf.join("cpu.stat"))? {
         stats.cpu_usage_usec = stats.cpu_usage_usec.or(fsio::keyed(&text, "usage_usec"));
         stats.nr_periods = stats.nr_periods.or(fsio::keyed(&text, "nr_periods"));
