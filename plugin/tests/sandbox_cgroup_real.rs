@@ -359,3 +359,30 @@ fn v1_freeze_kill_thaw_without_the_unified_tree() {
         wait_until("every process to die", Duration::from_secs(5), || gone(pid));
     }
 }
+
+/// A job cgroup left behind by a process that died is found again, killed and removed.
+#[test]
+fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
+    let Some(m) = manager("reopen") else { return };
+    let job = create(&m, "reopen", CgroupLimits::default());
+    let mut child = spawn(&job, "exec sleep 60");
+    let pid = child.id() as i32;
+    wait_until("the job", Duration::from_secs(10), || {
+        job.pids().unwrap().contains(&pid)
+    });
+    let dirs: Vec<_> = job.dirs().iter().map(|p| p.to_path_buf()).collect();
+    // Forget the handle as a crashed monitor would.
+    std::mem::forget(job.take());
+
+    let again = m.open_existing(&name("reopen")).unwrap().unwrap();
+    assert_eq!(
+        again.dirs(),
+        dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>()
+    );
+    assert_eq!(again.pids().unwrap(), vec![pid]);
+    again.kill_all().unwrap();
+    child.wait().unwrap();
+    again.remove().unwrap();
+    assert!(dirs.iter().all(|d| !d.exists()));
+    assert!(m.open_existing(&name("reopen")).unwrap().is_none());
+}

@@ -341,25 +341,7 @@ impl CgroupManager {
             mode: self.mode(),
             dirs: Vec::new(),
         };
-        let planned: Vec<LeafDir> = match &self.backend {
-            Backend::None(_) => Vec::new(),
-            Backend::V2(b) => vec![LeafDir {
-                dir: b.dir.join(name),
-                kind: DirKind::V2,
-            }],
-            Backend::Legacy { v1, unified } => v1
-                .list
-                .iter()
-                .map(|b| LeafDir {
-                    dir: b.dir.join(name),
-                    kind: DirKind::V1(b.mount.controllers.clone()),
-                })
-                .chain(unified.iter().map(|u| LeafDir {
-                    dir: u.join(name),
-                    kind: DirKind::V2,
-                }))
-                .collect(),
-        };
+        let planned = self.leaves(name);
         let result = (|| {
             for leaf in planned {
                 fsio::mkdir_new(&leaf.dir)?;
@@ -383,6 +365,47 @@ impl CgroupManager {
                 }),
             },
         }
+    }
+
+    fn leaves(&self, name: &str) -> Vec<LeafDir> {
+        match &self.backend {
+            Backend::None(_) => Vec::new(),
+            Backend::V2(b) => vec![LeafDir {
+                dir: b.dir.join(name),
+                kind: DirKind::V2,
+            }],
+            Backend::Legacy { v1, unified } => v1
+                .list
+                .iter()
+                .map(|b| LeafDir {
+                    dir: b.dir.join(name),
+                    kind: DirKind::V1(b.mount.controllers.clone()),
+                })
+                .chain(unified.iter().map(|u| LeafDir {
+                    dir: u.join(name),
+                    kind: DirKind::V2,
+                }))
+                .collect(),
+        }
+    }
+
+    /// The job cgroup `name` left by an earlier process (a monitor that died, a plugin that
+    /// restarted), so it can be killed and removed; `None` when no directory of it exists.
+    pub fn open_existing(&self, name: &str) -> Result<Option<JobCgroup>, CgroupError> {
+        if let Backend::None(reason) = &self.backend {
+            return Err(CgroupError::Unavailable(reason.clone()));
+        }
+        validate_name(name)?;
+        let dirs: Vec<LeafDir> = self
+            .leaves(name)
+            .into_iter()
+            .filter(|d| d.dir.is_dir())
+            .collect();
+        Ok((!dirs.is_empty()).then(|| JobCgroup {
+            name: name.to_owned(),
+            mode: self.mode(),
+            dirs,
+        }))
     }
 }
 
