@@ -386,3 +386,20 @@ fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
     assert!(dirs.iter().all(|d| !d.exists()));
     assert!(m.open_existing(&name("reopen")).unwrap().is_none());
 }
+
+/// Unprivileged, cgroups are either really writable (delegated) or reported as unusable.
+#[test]
+fn unprivileged_detect_never_claims_what_it_cannot_create() {
+    if nix::unistd::geteuid().is_root() {
+        eprintln!("skipping unprivileged detect: running as root");
+        return;
+    }
+    let m = CgroupManager::detect(&CgroupConfig::default()).unwrap();
+    match m.mode() {
+        Mode::None => assert!(m.unavailable_reason().is_some()),
+        _ => {
+            let job = m.create(&name("unpriv"), &CgroupLimits::default()).unwrap();
+            job.remove().unwrap();
+        }
+    }
+}

@@ -218,6 +218,19 @@ impl CgroupManager {
                 Ok(Backend::Legacy { v1, unified })
             }),
         };
+        let backend = backend.and_then(|b| {
+            let mgr = CgroupManager {
+                backend: b,
+                default_pids_max: None,
+            };
+            // A base someone else made (root, earlier) that this process can't write into is no
+            // better than no cgroups at all.
+            for dir in mgr.base_dirs() {
+                nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK)
+                    .map_err(|e| fsio::io_err("access", &dir, io::Error::from(e)))?;
+            }
+            Ok(mgr.backend)
+        });
         let backend = match backend {
             Ok(b) => b,
             Err(e) if fsio::is_permission(&e) => Backend::None(e.to_string()),
