@@ -240,6 +240,20 @@ fn configured_base_applies_in_every_hierarchy() {
             root.join("unified/jobs")
         ]
     );
+    for bad in ["/../escape", "relative", "/a/../../b"] {
+        let config = CgroupConfig {
+            base: Some(PathBuf::from(bad)),
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                CgroupManager::detect_in(&h, &config),
+                Err(executor_plugin::sandbox::cgroup::CgroupError::Config { .. })
+            ),
+            "{bad}"
+        );
+    }
+    assert!(!root.join("escape").exists() && !root.join("b").exists());
 }
 
 #[test]

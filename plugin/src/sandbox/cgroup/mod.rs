@@ -195,6 +195,23 @@ impl CgroupManager {
 
     /// As [`detect`](Self::detect), over an injected view of the host.
     pub fn detect_in(host: &HostView, config: &CgroupConfig) -> Result<CgroupManager, CgroupError> {
+        if let Some(base) = &config.base {
+            let plain = base.is_absolute()
+                && base.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !plain {
+                return Err(CgroupError::Config {
+                    detail: format!(
+                        "base {} must be an absolute cgroup path without '.' or '..'",
+                        base.display()
+                    ),
+                });
+            }
+        }
         let base_of = |own: &Path| match &config.base {
             Some(b) => b.clone(),
             None => default_base(own),
