@@ -1,3 +1,4 @@
+pub mod capabilities;
 pub mod logstore;
 pub mod monitor;
 pub mod registry;
