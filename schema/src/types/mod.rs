@@ -1,1 +1,32 @@
-//! Wire types (filled in by the schema work).
+//! Wire types: Bacalhau's Go-shaped models (exact Go keys out, any key case in) and the
+//! plugin protocol's own camelCase messages.
+
+#[macro_use]
+pub(crate) mod casefold;
+
+pub mod bid;
+pub mod datasize;
+pub mod executions;
+pub mod handshake;
+pub mod logs;
+pub mod network;
+pub mod request;
+pub mod resources;
+pub mod result;
+pub mod spec;
+pub mod storage;
+
+pub use bid::{BidStrategyRequest, BidStrategyResponse, Job, Task, TimeoutConfig};
+pub use datasize::{ByteSize, ByteSizeError};
+pub use executions::{ExecutionState, ExecutionStats, ExecutionSummary};
+pub use handshake::{
+    Capabilities, CgroupMode, EnforcedLimits, HostInfo, InitializeParams, InitializeResult,
+    PluginConfig, PluginInfo, ShutdownParams, PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS,
+};
+pub use logs::{LogEvent, LogStream, LogStreamRequest};
+pub use network::{Network, NetworkConfig, Port, UnknownNetwork};
+pub use request::{OutputLimits, RunCommandRequest};
+pub use resources::{Gpu, Resources, ResourcesConfig};
+pub use result::RunCommandResult;
+pub use spec::{ResultPath, SpecConfig};
+pub use storage::{InputSource, PreparedStorage, StorageVolume, StorageVolumeType};
