@@ -96,7 +96,7 @@ impl fmt::Display for ByteSize {
             return f.write_str("0B");
         }
         for (size, name) in units {
-            if b % size == 0 {
+            if b.is_multiple_of(size) {
                 return write!(f, "{}{}", b / size, name);
             }
         }
