@@ -2,7 +2,10 @@
 //! error codes and NDJSON framing. See `PROTOCOL.md` beside this crate.
 
 pub mod errors;
+pub mod jsonschema;
+pub mod native;
 pub mod types;
+pub mod validate;
 
 pub use errors::{ErrorCode, ExecutorError, FieldProblem};
 pub use types::*;

@@ -90,6 +90,8 @@ macro_rules! go_json {
     };
 }
 
+pub(crate) use go_json;
+
 pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

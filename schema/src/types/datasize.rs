@@ -64,7 +64,7 @@ impl ByteSize {
             return Err(ByteSizeError::Bits(text.to_string()));
         }
         let multiplier = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" | "byte" | "bytes" => 1,
+            "" | "b" | "byte" => 1,
             "k" | "kb" | "kib" | "kilo" | "kilobyte" | "kilobytes" => KB,
             "m" | "mb" | "mib" | "mega" | "megabyte" | "megabytes" => MB,
             "g" | "gb" | "gib" | "giga" | "gigabyte" | "gigabytes" => GB,

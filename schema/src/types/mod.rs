@@ -30,3 +30,7 @@ pub use resources::{Gpu, Resources, ResourcesConfig};
 pub use result::RunCommandResult;
 pub use spec::{ResultPath, SpecConfig};
 pub use storage::{InputSource, PreparedStorage, StorageVolume, StorageVolumeType};
+
+// Re-exported here so the crate root's `pub use types::*` reaches them.
+pub use crate::native::{NativeEngineSpec, ENGINE_NATIVE};
+pub use crate::validate::{validate_network, validate_resources, validate_run_request};
