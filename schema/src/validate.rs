@@ -211,7 +211,8 @@ pub fn validate_network(n: &NetworkConfig) -> Vec<FieldProblem> {
         }
     }
 
-    if !n.ports.is_empty() && !(host_like || n.network_type == Network::Bridge) {
+    let ports_allowed = host_like || n.network_type == Network::Bridge;
+    if !n.ports.is_empty() && !ports_allowed {
         problems.push(problem(
             "Network.Ports",
             "ports can only be set for Host or Bridge network modes",
