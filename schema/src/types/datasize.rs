@@ -34,7 +34,7 @@ impl fmt::Display for ByteSize {
             return f.write_str("0B");
         }
         for (name, size) in UNITS {
-            if self.0 % size == 0 {
+            if self.0.is_multiple_of(size) {
                 return write!(f, "{}{}", self.0 / size, name);
             }
         }
