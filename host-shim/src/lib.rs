@@ -1,1 +1,2 @@
-
+pub mod process;
+pub mod transport;

@@ -19,18 +19,21 @@ pub enum ErrorCode {
     ExecutionAlreadyCancelled,
     InvalidParams,
     Unsupported,
+    /// A method other than `initialize` called before `initialize`.
+    NotInitialized,
     /// Anything else that went wrong inside the plugin (I/O, the OS refusing something).
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::ExecutionAlreadyStarted,
         ErrorCode::ExecutionAlreadyComplete,
         ErrorCode::ExecutionNotFound,
         ErrorCode::ExecutionAlreadyCancelled,
         ErrorCode::InvalidParams,
         ErrorCode::Unsupported,
+        ErrorCode::NotInitialized,
         ErrorCode::Internal,
     ];
 
@@ -43,6 +46,7 @@ impl ErrorCode {
             ErrorCode::ExecutionAlreadyCancelled => -32004,
             ErrorCode::InvalidParams => -32602,
             ErrorCode::Unsupported => -32010,
+            ErrorCode::NotInitialized => -32011,
             ErrorCode::Internal => -32603,
         }
     }
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::ExecutionAlreadyCancelled => "ExecutionAlreadyCancelled",
             ErrorCode::InvalidParams => "InvalidParams",
             ErrorCode::Unsupported => "Unsupported",
+            ErrorCode::NotInitialized => "NotInitialized",
             ErrorCode::Internal => "Internal",
         }
     }

@@ -1,85 +1,64 @@
-//! The `native` engine's params (`EngineParams = {"Type": "native", "Params": {...}}`),
-//! modelled on Bacalhau's docker `EngineSpec` without the image.
+//! Engine `native`: its parameters inside `EngineParams`, modelled on the docker engine spec.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::errors::FieldProblem;
-use crate::types::casefold::{go_json, null_as_default};
-use crate::types::SpecConfig;
+use crate::types::{go_json, SpecConfig};
 
-/// The engine name this crate's plugin serves.
 pub const ENGINE_NATIVE: &str = "native";
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(remote = "Self", default)]
+/// `EngineParams.Params` for engine `native`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
 pub struct NativeEngineSpec {
-    /// Program and leading arguments; the program is looked up in `PATH` when not a path.
-    #[serde(
-        rename = "Entrypoint",
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_default"
-    )]
+    /// The program (resolved on `PATH` when it has no `/`) and its leading arguments. Required.
+    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Vec::is_empty")]
     pub entrypoint: Vec<String>,
     /// Arguments after the entrypoint.
-    #[serde(
-        rename = "Parameters",
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_default"
-    )]
+    #[serde(rename = "Parameters", default, skip_serializing_if = "Vec::is_empty")]
     pub parameters: Vec<String>,
-    /// `KEY=VALUE` entries.
+    /// `K=V` entries; they override the request's `Env`.
     #[serde(
         rename = "EnvironmentVariables",
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_default"
+        default,
+        skip_serializing_if = "Vec::is_empty"
     )]
     pub environment_variables: Vec<String>,
-    /// Absolute; empty means the execution's own directory.
-    #[serde(rename = "WorkingDirectory", skip_serializing_if = "String::is_empty")]
+    /// Absolute working directory of the job.
+    #[serde(
+        rename = "WorkingDirectory",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub working_directory: String,
 }
-
-go_json!(
-    NativeEngineSpec,
-    [
-        "Entrypoint",
-        "Parameters",
-        "EnvironmentVariables",
-        "WorkingDirectory",
-    ]
-);
+go_json!(NativeEngineSpec { "Entrypoint", "Parameters", "EnvironmentVariables", "WorkingDirectory" });
 
 const PARAMS: &str = "EngineParams.Params";
 
-fn problem(field: impl Into<String>, message: impl Into<String>) -> FieldProblem {
-    FieldProblem {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 impl NativeEngineSpec {
-    /// Decodes and validates the engine params, returning every problem found (field paths
-    /// are rooted at `EngineParams`).
+    /// Decode and validate a request's engine spec; every problem is reported.
     pub fn from_spec_config(spec: &SpecConfig) -> Result<Self, Vec<FieldProblem>> {
         if !spec.is_type(ENGINE_NATIVE) {
-            return Err(vec![problem(
-                "EngineParams.Type",
-                format!(
+            return Err(vec![FieldProblem {
+                field: "EngineParams.Type".into(),
+                message: format!(
                     "invalid native engine type. expected {ENGINE_NATIVE}, but received: {}",
                     spec.spec_type
                 ),
-            )]);
+            }]);
         }
-        let decoded: NativeEngineSpec = serde_json::from_value(Value::Object(spec.params.clone()))
-            .map_err(|e| {
-                vec![problem(
-                    PARAMS,
-                    format!("failed to decode native engine specs. {e}"),
-                )]
-            })?;
-        let problems = decoded.validate();
+        let decoded: NativeEngineSpec = serde_json::from_value(serde_json::Value::Object(
+            spec.params.clone(),
+        ))
+        .map_err(|e| {
+            vec![FieldProblem {
+                field: PARAMS.into(),
+                message: format!("failed to decode native engine specs. {e}"),
+            }]
+        })?;
+        let problems = decoded.problems();
         if problems.is_empty() {
             Ok(decoded)
         } else {
@@ -87,85 +66,130 @@ impl NativeEngineSpec {
         }
     }
 
-    /// Every problem with these params, docker's messages adapted.
-    pub fn validate(&self) -> Vec<FieldProblem> {
-        let mut problems = Vec::new();
+    pub fn problems(&self) -> Vec<FieldProblem> {
+        let mut out = Vec::new();
+        let mut problem =
+            |field: String, message: String| out.push(FieldProblem { field, message });
         if self.entrypoint.first().is_none_or(|p| p.trim().is_empty()) {
-            problems.push(problem(
+            problem(
                 format!("{PARAMS}.Entrypoint"),
-                "invalid native engine param: 'Entrypoint' cannot be empty",
-            ));
+                "invalid native engine param: 'Entrypoint' cannot be empty".into(),
+            );
         }
-        // execve takes C strings: a NUL would silently cut an argument short.
-        for (name, list) in [
-            ("Entrypoint", &self.entrypoint),
-            ("Parameters", &self.parameters),
-        ] {
-            for (i, arg) in list.iter().enumerate() {
-                if arg.contains('\0') {
-                    problems.push(problem(
-                        format!("{PARAMS}.{name}[{i}]"),
-                        format!("invalid native engine param: '{name}' entries cannot contain a NUL byte"),
-                    ));
-                }
+        for (i, arg) in self.entrypoint.iter().chain(&self.parameters).enumerate() {
+            if arg.contains('\0') {
+                problem(
+                    format!("{PARAMS}.{}", arg_field(i, self.entrypoint.len())),
+                    "invalid native engine param: arguments cannot contain NUL bytes".into(),
+                );
             }
         }
         if !self.working_directory.is_empty() && !self.working_directory.starts_with('/') {
-            problems.push(problem(
+            problem(
                 format!("{PARAMS}.WorkingDirectory"),
                 format!(
                     "invalid native engine param: 'WorkingDirectory' ({:?}) must contain absolute path",
                     self.working_directory
                 ),
-            ));
+            );
         }
-        for (i, kv) in self.environment_variables.iter().enumerate() {
+        for (i, entry) in self.environment_variables.iter().enumerate() {
             let field = format!("{PARAMS}.EnvironmentVariables[{i}]");
-            if kv
-                .get(..9)
-                .is_some_and(|p| p.eq_ignore_ascii_case("BACALHAU_"))
-            {
-                problems.push(problem(
+            match entry.split_once('=') {
+                None | Some(("", _)) => problem(
                     field,
-                    format!("invalid native engine param: environment variable '{kv}' cannot start with BACALHAU_"),
-                ));
-                continue;
-            }
-            match kv.split_once('=') {
-                Some((key, _)) if !key.is_empty() && !kv.contains('\0') => {}
-                _ => problems.push(problem(
+                    format!("invalid native engine param: environment variable '{entry}' must have the form NAME=VALUE"),
+                ),
+                Some((name, _)) if name.to_ascii_uppercase().starts_with("BACALHAU_") => problem(
                     field,
-                    format!("invalid native engine param: environment variable '{kv}' must have the form KEY=VALUE (non-empty KEY, no NUL byte)"),
-                )),
+                    format!("invalid native engine param: environment variable '{entry}' cannot start with BACALHAU_"),
+                ),
+                Some(_) if entry.contains('\0') => problem(
+                    field,
+                    format!("invalid native engine param: environment variable '{}' cannot contain NUL bytes", entry.replace('\0', "\\0")),
+                ),
+                Some(_) => {}
             }
         }
-        problems
+        out
     }
 
-    /// The full argument vector: entrypoint then parameters.
+    /// The job's argv: entrypoint, then parameters.
     pub fn argv(&self) -> Vec<String> {
         self.entrypoint
             .iter()
-            .chain(self.parameters.iter())
+            .chain(&self.parameters)
             .cloned()
             .collect()
     }
+}
 
-    /// The environment entries as `(key, value)` pairs (entries without `=` are skipped; they
-    /// do not pass validation).
-    pub fn env_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.environment_variables
-            .iter()
-            .filter_map(|kv| kv.split_once('='))
+fn arg_field(i: usize, entrypoint_len: usize) -> String {
+    if i < entrypoint_len {
+        format!("Entrypoint[{i}]")
+    } else {
+        format!("Parameters[{}]", i - entrypoint_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(params: serde_json::Value) -> SpecConfig {
+        serde_json::from_value(json!({"Type": "native", "Params": params})).unwrap()
     }
 
-    /// Wraps these params as the request's `EngineParams`.
-    pub fn to_spec_config(&self) -> SpecConfig {
-        let params = match serde_json::to_value(self) {
-            Ok(Value::Object(map)) => map,
-            // Serializing plain strings cannot fail or produce a non-object.
-            _ => serde_json::Map::new(),
-        };
-        SpecConfig::new(ENGINE_NATIVE).with_params(params)
+    #[test]
+    fn decodes_with_any_key_case() {
+        let s = NativeEngineSpec::from_spec_config(&spec(json!({
+            "entrypoint": ["sh", "-c"], "PARAMETERS": ["echo hi"],
+            "environmentVariables": ["A=1"], "workingdirectory": "/tmp"
+        })))
+        .unwrap();
+        assert_eq!(s.argv(), vec!["sh", "-c", "echo hi"]);
+        assert_eq!(s.environment_variables, vec!["A=1"]);
+        assert_eq!(s.working_directory, "/tmp");
+    }
+
+    #[test]
+    fn reports_every_problem_with_docker_style_messages() {
+        let problems = NativeEngineSpec::from_spec_config(&spec(json!({
+            "WorkingDirectory": "rel", "EnvironmentVariables": ["bacalhau_X=1", "NOEQUALS"]
+        })))
+        .unwrap_err();
+        let messages: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "invalid native engine param: 'Entrypoint' cannot be empty",
+                "invalid native engine param: 'WorkingDirectory' (\"rel\") must contain absolute path",
+                "invalid native engine param: environment variable 'bacalhau_X=1' cannot start with BACALHAU_",
+                "invalid native engine param: environment variable 'NOEQUALS' must have the form NAME=VALUE",
+            ]
+        );
+        assert_eq!(problems[0].field, "EngineParams.Params.Entrypoint");
+        assert_eq!(
+            problems[3].field,
+            "EngineParams.Params.EnvironmentVariables[1]"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_undecodable_params() {
+        let docker: SpecConfig = serde_json::from_value(json!({"Type": "docker"})).unwrap();
+        let p = NativeEngineSpec::from_spec_config(&docker).unwrap_err();
+        assert_eq!(
+            p[0].message,
+            "invalid native engine type. expected native, but received: docker"
+        );
+        let p = NativeEngineSpec::from_spec_config(&spec(json!({"Entrypoint": "sh"}))).unwrap_err();
+        assert!(
+            p[0].message
+                .starts_with("failed to decode native engine specs. "),
+            "{}",
+            p[0].message
+        );
     }
 }

@@ -1,292 +1,237 @@
-//! Request validation: every problem at once, each with its field path, in Bacalhau's words
-//! where Bacalhau has words for it.
+//! Validation of requests, with Bacalhau's messages where it has them. Every problem is
+//! returned, each with the path of its field, so a user fixes them all in one go.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 
 use crate::errors::FieldProblem;
 use crate::native::NativeEngineSpec;
-use crate::types::{
-    Network, NetworkConfig, PreparedStorage, Resources, ResultPath, RunCommandRequest,
-    StorageVolumeType,
-};
+use crate::types::{Network, NetworkConfig, Resources, RunCommandRequest, StorageVolume};
 
-/// Longest id we accept: the limit of one path component (NAME_MAX) and of a cgroup name.
-pub const MAX_ID_LEN: usize = 255;
-/// Bacalhau's port range for static (host) ports.
-pub const MIN_STATIC_PORT: i64 = 1024;
-pub const MAX_PORT: i64 = 65535;
-/// Port names become `BACALHAU_HOST_PORT_<Name>`; Bacalhau caps the whole name at 256.
-pub const MAX_PORT_NAME_LEN: usize = 256 - "BACALHAU_HOST_PORT_".len();
-/// Names of the files Bacalhau writes into the results directory; an output of the same name
-/// would collide with them.
-pub const RESERVED_RESULT_NAMES: [&str; 3] = ["stdout", "stderr", "exitCode"];
+/// Longest id accepted: ids become directory and cgroup names.
+pub const MAX_ID_LEN: usize = 200;
+/// Result file names an output may not shadow.
+const RESERVED_NAMES: [&str; 3] = ["stdout", "stderr", "exitCode"];
 
-fn problem(field: impl Into<String>, message: impl Into<String>) -> FieldProblem {
-    FieldProblem {
+fn problem(out: &mut Vec<FieldProblem>, field: impl Into<String>, message: impl Into<String>) {
+    out.push(FieldProblem {
         field: field.into(),
         message: message.into(),
-    }
+    });
 }
 
-/// Checks a whole `RunCommandRequest` for the native engine; returns its decoded engine params
-/// when there is nothing wrong, else every problem found.
-pub fn validate_run_request(
-    req: &RunCommandRequest,
-) -> Result<NativeEngineSpec, Vec<FieldProblem>> {
-    let mut problems = Vec::new();
-
-    if req.execution_id.is_empty() {
-        problems.push(problem("ExecutionID", "execution id is required"));
-    } else if let Some(why) = id_problem(&req.execution_id) {
-        problems.push(problem("ExecutionID", format!("execution id {why}")));
-    }
-    if let Some(why) = id_problem(&req.job_id) {
-        problems.push(problem("JobID", format!("job id {why}")));
-    }
-
-    let spec = match &req.engine_params {
-        None => {
-            problems.push(problem(
-                "EngineParams",
-                "engine params are required (Type \"native\" with Entrypoint)",
-            ));
-            None
-        }
-        Some(sc) => match NativeEngineSpec::from_spec_config(sc) {
-            Ok(spec) => Some(spec),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        },
-    };
-
-    problems.extend(validate_outputs(&req.outputs));
-    if let Some(resources) = &req.resources {
-        problems.extend(validate_resources(resources));
-    }
-    if let Some(network) = &req.network {
-        problems.extend(validate_network(network));
-    }
-    for (i, input) in req.inputs.iter().enumerate() {
-        problems.extend(validate_input(i, input));
-    }
-    if let Some(t) = req.execution_timeout {
-        if !t.is_finite() || t < 0.0 {
-            problems.push(problem(
-                "ExecutionTimeout",
-                format!("execution timeout must be a finite number of seconds >= 0, got {t}"),
-            ));
-        }
-    }
-    problems.extend(validate_dirs(req));
-    problems.extend(validate_env(req));
-
-    match spec {
-        Some(spec) if problems.is_empty() => Ok(spec),
-        _ => Err(problems),
-    }
-}
-
-/// Why `id` cannot name a directory and a cgroup, or `None` when it can.
-fn id_problem(id: &str) -> Option<String> {
+/// Why `id` cannot name a directory or a cgroup, if it cannot.
+pub fn id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
-        return Some("must not be empty".into());
+        return Some("is required".into());
     }
     if id.len() > MAX_ID_LEN {
         return Some(format!(
-            "is {} bytes long, more than {MAX_ID_LEN}",
+            "is {} bytes long; at most {MAX_ID_LEN} are allowed",
             id.len()
         ));
     }
-    if id.contains('/') {
-        return Some(format!("{id:?} must not contain '/'"));
-    }
-    if id.contains('\0') {
-        return Some(format!("{id:?} must not contain a NUL byte"));
-    }
-    if id == "." || id == ".." {
-        return Some(format!("must not be {id:?}"));
+    if id.starts_with('.') {
+        return Some(format!("{id:?} may not start with '.'"));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Some(format!(
-            "{id:?} contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+            "{:?} contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed",
+            id.escape_debug().to_string()
         ));
     }
     None
 }
 
-fn validate_outputs(outputs: &[ResultPath]) -> Vec<FieldProblem> {
-    let mut problems = Vec::new();
-    let mut names = HashSet::new();
-    let mut paths = HashSet::new();
-    for (i, out) in outputs.iter().enumerate() {
-        // Bacalhau's Normalize trims both before validating.
-        let name = out.name.trim();
-        let path = out.path.trim();
-        let name_field = format!("Outputs[{i}].Name");
-        let path_field = format!("Outputs[{i}].Path");
-        if name.is_empty() {
-            problems.push(problem(&name_field, "missing name"));
-        } else if name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-            problems.push(problem(
-                &name_field,
-                format!("result path name '{name}' must be a single path component (no '/', not '.' or '..')"),
-            ));
-        } else if RESERVED_RESULT_NAMES.contains(&name) {
-            problems.push(problem(
-                &name_field,
-                format!("result path name '{name}' collides with the result file of the same name"),
-            ));
-        } else if !names.insert(name) {
-            problems.push(problem(
-                &name_field,
-                format!("result path with name '{name}' already exists"),
-            ));
-        }
-        if path.is_empty() {
-            problems.push(problem(&path_field, "missing path"));
-        } else if !path.starts_with('/') {
-            problems.push(problem(
-                &path_field,
-                format!("result path `{path}` must be absolute"),
-            ));
-        } else if !paths.insert(path) {
-            problems.push(problem(
-                &path_field,
-                format!("result path `{path}` is already used by another output"),
-            ));
+/// Validate a whole `RunCommandRequest` for engine `native`; returns its decoded engine spec.
+pub fn validate_run_request(
+    req: &RunCommandRequest,
+) -> Result<NativeEngineSpec, Vec<FieldProblem>> {
+    let mut out = Vec::new();
+    if let Some(why) = id_problem(&req.execution_id) {
+        problem(&mut out, "ExecutionID", format!("execution id {why}"));
+    }
+    if !req.job_id.is_empty() {
+        if let Some(why) = id_problem(&req.job_id) {
+            problem(&mut out, "JobID", format!("job id {why}"));
         }
     }
-    problems
+    if req.results_dir.is_empty() && req.execution_dir.is_empty() {
+        problem(
+            &mut out,
+            "ResultsDir",
+            "either ResultsDir or ExecutionDir is required",
+        );
+    }
+    for (field, dir) in [
+        ("ResultsDir", &req.results_dir),
+        ("ExecutionDir", &req.execution_dir),
+    ] {
+        if !dir.is_empty() && !dir.starts_with('/') {
+            problem(
+                &mut out,
+                field,
+                format!("must be an absolute path, got {dir:?}"),
+            );
+        }
+    }
+    let spec = match &req.engine_params {
+        None => {
+            problem(&mut out, "EngineParams", "missing spec type");
+            None
+        }
+        Some(p) if p.spec_type.trim().is_empty() => {
+            problem(&mut out, "EngineParams.Type", "missing spec type");
+            None
+        }
+        Some(p) => match NativeEngineSpec::from_spec_config(p) {
+            Ok(s) => Some(s),
+            Err(mut problems) => {
+                out.append(&mut problems);
+                None
+            }
+        },
+    };
+    validate_outputs(req, &mut out);
+    for (i, input) in req.inputs.iter().enumerate() {
+        validate_volume(&input.volume, &format!("Inputs[{i}].Volume"), &mut out);
+    }
+    if let Some(r) = &req.resources {
+        out.extend(validate_resources(r));
+    }
+    if let Some(n) = &req.network {
+        out.extend(validate_network(n));
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            problem(
+                &mut out,
+                format!("Env.{}", k.escape_debug()),
+                "environment variable names must be non-empty without '=' or NUL, values without NUL",
+            );
+        }
+    }
+    if let Some(t) = req.execution_timeout {
+        if !t.is_finite() || t < 0.0 {
+            problem(
+                &mut out,
+                "ExecutionTimeout",
+                format!("must be a finite number of seconds >= 0, got {t}"),
+            );
+        }
+    }
+    match spec {
+        Some(s) if out.is_empty() => Ok(s),
+        _ => Err(out),
+    }
 }
 
-/// Checks allocated resources (field paths rooted at `Resources`).
+fn validate_outputs(req: &RunCommandRequest, out: &mut Vec<FieldProblem>) {
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    for (i, o) in req.outputs.iter().enumerate() {
+        let name = o.name.trim();
+        let path = o.path.trim();
+        let at = |f: &str| format!("Outputs[{i}].{f}");
+        if name.is_empty() {
+            problem(out, at("Name"), "missing name");
+        } else if let Some(why) = id_problem(name) {
+            problem(
+                out,
+                at("Name"),
+                format!("output name {why} (it names a directory under the results)"),
+            );
+        } else if RESERVED_NAMES.contains(&name) {
+            problem(
+                out,
+                at("Name"),
+                format!("output name '{name}' would overwrite the result file of that name"),
+            );
+        } else if !names.insert(name) {
+            problem(
+                out,
+                at("Name"),
+                format!("result path with name '{name}' already exists"),
+            );
+        }
+        if path.is_empty() {
+            problem(out, at("Path"), "missing path");
+        } else if !path.starts_with('/') {
+            problem(
+                out,
+                at("Path"),
+                format!("result path `{path}` must be absolute"),
+            );
+        } else if !paths.insert(path) {
+            problem(
+                out,
+                at("Path"),
+                format!("result path `{path}` is used by another output"),
+            );
+        }
+    }
+}
+
+fn validate_volume(v: &StorageVolume, at: &str, out: &mut Vec<FieldProblem>) {
+    if v.volume_type != StorageVolume::BIND {
+        problem(
+            out,
+            format!("{at}.type"),
+            format!("unknown storage volume type: {}", v.volume_type),
+        );
+    }
+    // A NUL cannot reach mount(2) or open(2): refuse it here with the field named.
+    for (key, path) in [("source", &v.source), ("target", &v.target)] {
+        if path.contains('\0') {
+            problem(
+                out,
+                format!("{at}.{key}"),
+                format!("input {key} path cannot contain NUL bytes"),
+            );
+        }
+    }
+    if !v.source.starts_with('/') {
+        problem(
+            out,
+            format!("{at}.source"),
+            format!("input source path must be absolute, got {:?}", v.source),
+        );
+    }
+    if !v.target.starts_with('/') {
+        problem(
+            out,
+            format!("{at}.target"),
+            format!("input target path must be absolute, got {:?}", v.target),
+        );
+    }
+}
+
 pub fn validate_resources(r: &Resources) -> Vec<FieldProblem> {
-    let mut problems = Vec::new();
+    let mut out = Vec::new();
     if !r.cpu.is_finite() || r.cpu < 0.0 {
-        problems.push(problem(
+        problem(
+            &mut out,
             "Resources.CPU",
             format!(
-                "invalid CPU value: {} (must be a finite number of cores >= 0)",
+                "invalid CPU value: {}; must be a number of cores >= 0",
                 r.cpu
             ),
-        ));
+        );
     }
     if r.gpus.len() as u64 > r.gpu {
-        problems.push(problem(
+        problem(
+            &mut out,
             "Resources.GPUs",
             format!(
                 "{} GPUs specified but have details for {}",
                 r.gpu,
                 r.gpus.len()
             ),
-        ));
+        );
     }
-    problems
-}
-
-/// Checks a network config as Bacalhau's `NetworkConfig.Validate` does (field paths rooted at
-/// `Network`). `Full`, Bacalhau's deprecated alias of `Host`, is treated as `Host`.
-pub fn validate_network(n: &NetworkConfig) -> Vec<FieldProblem> {
-    let mut problems = Vec::new();
-    let host_like = matches!(n.network_type, Network::Host | Network::Full);
-
-    if !n.domains.is_empty() && n.network_type != Network::HTTP {
-        problems.push(problem(
-            "Network.Domains",
-            "domains can only be set for HTTP network mode",
-        ));
-    }
-    for (i, d) in n.domains.iter().enumerate() {
-        if !valid_domain(d) {
-            problems.push(problem(
-                format!("Network.Domains[{i}]"),
-                format!("invalid domain {d:?}"),
-            ));
-        }
-    }
-
-    let ports_allowed = host_like || n.network_type == Network::Bridge;
-    if !n.ports.is_empty() && !ports_allowed {
-        problems.push(problem(
-            "Network.Ports",
-            "ports can only be set for Host or Bridge network modes",
-        ));
-    }
-    let mut names = HashSet::new();
-    let mut statics = HashSet::new();
-    let mut targets = HashSet::new();
-    for (i, p) in n.ports.iter().enumerate() {
-        let at = |f: &str| format!("Network.Ports[{i}].{f}");
-        if p.name.is_empty() {
-            problems.push(problem(at("Name"), "port name is required"));
-        } else if !valid_env_name(&p.name) {
-            problems.push(problem(
-                at("Name"),
-                format!("port name '{}' must be a valid environment variable name (^[A-Za-z_][A-Za-z0-9_]*$)", p.name),
-            ));
-        } else if p.name.len() > MAX_PORT_NAME_LEN {
-            problems.push(problem(
-                at("Name"),
-                format!(
-                    "port name '{}' is longer than {MAX_PORT_NAME_LEN} characters",
-                    p.name
-                ),
-            ));
-        } else if !names.insert(p.name.as_str()) {
-            problems.push(problem(
-                at("Name"),
-                format!("duplicate port name '{}'", p.name),
-            ));
-        }
-        if p.static_port != 0 {
-            if !(MIN_STATIC_PORT..=MAX_PORT).contains(&p.static_port) {
-                problems.push(problem(
-                    at("Static"),
-                    format!(
-                        "static port {} must be between {MIN_STATIC_PORT} and {MAX_PORT}",
-                        p.static_port
-                    ),
-                ));
-            } else if !statics.insert(p.static_port) {
-                problems.push(problem(
-                    at("Static"),
-                    format!("duplicate static port {}", p.static_port),
-                ));
-            }
-        }
-        if !(0..=MAX_PORT).contains(&p.target) {
-            problems.push(problem(
-                at("Target"),
-                format!("target port {} must be between 0 and {MAX_PORT}", p.target),
-            ));
-        } else if p.target != 0 && host_like {
-            problems.push(problem(
-                at("Target"),
-                "target ports cannot be set for Host network mode",
-            ));
-        } else if p.target != 0 && n.network_type == Network::Bridge && !targets.insert(p.target) {
-            problems.push(problem(
-                at("Target"),
-                format!("duplicate target port {}", p.target),
-            ));
-        }
-        if !p.host_network.is_empty() && p.host_network.parse::<IpAddr>().is_err() {
-            problems.push(problem(
-                at("HostNetwork"),
-                format!(
-                    "invalid host network {:?}: must be an IP address",
-                    p.host_network
-                ),
-            ));
-        }
-    }
-    problems
+    out
 }
 
 fn valid_env_name(s: &str) -> bool {
@@ -297,9 +242,10 @@ fn valid_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// A host name (a leading `.` is a wildcard for subdomains) or an IP address.
+/// A host name (a leading `.` stands for any subdomain, as in Bacalhau's `DomainSet`) or an
+/// IP address.
 fn valid_domain(d: &str) -> bool {
-    if d.parse::<IpAddr>().is_ok() {
+    if d.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
     let name = d.strip_prefix('.').unwrap_or(d);
@@ -314,66 +260,245 @@ fn valid_domain(d: &str) -> bool {
         })
 }
 
-fn validate_input(i: usize, input: &PreparedStorage) -> Vec<FieldProblem> {
-    let mut problems = Vec::new();
-    let v = &input.volume;
-    if v.volume_type != StorageVolumeType::BIND {
-        problems.push(problem(
-            format!("Inputs[{i}].Volume.type"),
-            format!("unknown storage volume type: {}", v.volume_type.0),
-        ));
+pub fn validate_network(n: &NetworkConfig) -> Vec<FieldProblem> {
+    let mut out = Vec::new();
+    if !n.domains.is_empty() && n.network_type != Network::Http {
+        problem(
+            &mut out,
+            "Network.Domains",
+            "domains can only be set for HTTP network mode",
+        );
     }
-    for (key, value) in [("source", &v.source), ("target", &v.target)] {
-        let field = format!("Inputs[{i}].Volume.{key}");
-        if value.is_empty() {
-            problems.push(problem(field, format!("missing volume {key}")));
-        } else if !value.starts_with('/') {
-            problems.push(problem(
-                field,
-                format!("volume {key} `{value}` must be an absolute path"),
-            ));
-        } else if value.contains('\0') {
-            problems.push(problem(
-                field,
-                format!("volume {key} must not contain a NUL byte"),
-            ));
-        }
-    }
-    problems
-}
-
-fn validate_dirs(req: &RunCommandRequest) -> Vec<FieldProblem> {
-    let mut problems = Vec::new();
-    if req.results_dir.is_empty() && req.execution_dir.is_empty() {
-        problems.push(problem(
-            "ResultsDir",
-            "ResultsDir or ExecutionDir is required",
-        ));
-    }
-    for (field, value) in [
-        ("ResultsDir", &req.results_dir),
-        ("ExecutionDir", &req.execution_dir),
-    ] {
-        if !value.is_empty() && !value.starts_with('/') {
-            problems.push(problem(
-                field,
-                format!("{field} `{value}` must be an absolute path"),
-            ));
-        }
-    }
-    problems
-}
-
-/// Env entries must survive execve: a key without `=`/NUL, a value without NUL.
-fn validate_env(req: &RunCommandRequest) -> Vec<FieldProblem> {
-    req.env
-        .iter()
-        .filter(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
-        .map(|(k, _)| {
+    for (i, d) in n.domains.iter().enumerate() {
+        if !valid_domain(d) {
             problem(
-                format!("Env[{k:?}]"),
-                "environment variable names must be non-empty without '=' or NUL, values without NUL",
-            )
-        })
-        .collect()
+                &mut out,
+                format!("Network.Domains[{i}]"),
+                format!("invalid domain {d:?}"),
+            );
+        }
+    }
+    let ports_allowed = matches!(
+        n.network_type,
+        Network::Host | Network::Full | Network::Bridge
+    );
+    if !n.ports.is_empty() && !ports_allowed {
+        problem(
+            &mut out,
+            "Network.Ports",
+            "ports can only be set for Host or Bridge network modes",
+        );
+    }
+    let max_name = 256 - "BACALHAU_HOST_PORT_".len();
+    let (mut names, mut statics, mut targets) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for (i, p) in n.ports.iter().enumerate() {
+        let at = |f: &str| format!("Network.Ports[{i}].{f}");
+        if p.name.is_empty() {
+            problem(&mut out, at("Name"), "port name is required");
+        } else if !valid_env_name(&p.name) {
+            problem(
+                &mut out,
+                at("Name"),
+                format!(
+                    "port name '{}' must be a valid environment variable name",
+                    p.name
+                ),
+            );
+        } else if p.name.len() > max_name {
+            problem(
+                &mut out,
+                at("Name"),
+                format!("port name is longer than {max_name} characters"),
+            );
+        } else if !names.insert(&p.name) {
+            problem(
+                &mut out,
+                at("Name"),
+                format!("duplicate port name '{}'", p.name),
+            );
+        }
+        if p.static_port != 0 {
+            if !(1024..=65535).contains(&p.static_port) {
+                problem(
+                    &mut out,
+                    at("Static"),
+                    format!(
+                        "static port {} must be between 1024 and 65535",
+                        p.static_port
+                    ),
+                );
+            } else if !statics.insert(p.static_port) {
+                problem(
+                    &mut out,
+                    at("Static"),
+                    format!("duplicate static port {}", p.static_port),
+                );
+            }
+        }
+        if p.target != 0 {
+            if matches!(n.network_type, Network::Host | Network::Full) {
+                problem(
+                    &mut out,
+                    at("Target"),
+                    "target ports cannot be set for Host network mode",
+                );
+            } else if !(0..=65535).contains(&p.target) {
+                problem(
+                    &mut out,
+                    at("Target"),
+                    format!("target port {} must be between 0 and 65535", p.target),
+                );
+            } else if !targets.insert(p.target) {
+                problem(
+                    &mut out,
+                    at("Target"),
+                    format!("duplicate target port {}", p.target),
+                );
+            }
+        }
+        if !p.host_network.is_empty() && p.host_network.parse::<std::net::IpAddr>().is_err() {
+            problem(
+                &mut out,
+                at("HostNetwork"),
+                format!("invalid host network IP '{}'", p.host_network),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(extra: serde_json::Value) -> RunCommandRequest {
+        let mut base = json!({
+            "JobID": "j-1", "ExecutionID": "e-1", "ResultsDir": "/tmp/r",
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["true"]}}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn fields(p: &[FieldProblem]) -> Vec<&str> {
+        p.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_minimal_request_is_valid() {
+        let spec = validate_run_request(&request(json!({}))).unwrap();
+        assert_eq!(spec.argv(), vec!["true"]);
+    }
+
+    #[test]
+    fn hostile_ids_are_refused_before_they_reach_a_path() {
+        for id in [
+            "",
+            "../x",
+            "/",
+            "a/b",
+            "a\0b",
+            ".",
+            "..",
+            ".hidden",
+            "é",
+            "a b",
+            &"x".repeat(10_000),
+        ] {
+            let p = validate_run_request(&request(json!({"ExecutionID": id}))).unwrap_err();
+            assert_eq!(fields(&p), vec!["ExecutionID"], "{id:?}");
+        }
+        let p = validate_run_request(&request(json!({"JobID": "../../etc"}))).unwrap_err();
+        assert_eq!(fields(&p), vec!["JobID"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let p = validate_run_request(&request(json!({
+            "ResultsDir": "relative",
+            "Outputs": [
+                {"Name": "out", "Path": "/out"}, {"Name": "out", "Path": "rel"},
+                {"Name": "../x", "Path": "/x"}, {"Name": "stdout", "Path": "/y"}, {"Name": "", "Path": ""}
+            ],
+            "Inputs": [{"InputSource": {}, "Volume": {"type": 2, "source": "src", "target": "/t"}}],
+            "Resources": {"CPU": -1, "GPU": 0, "GPUs": [{"Index": 0}]},
+            "Network": {"Type": "None", "Domains": ["a.com"], "Ports": [{"Name": "1bad", "Static": 80}]},
+            "ExecutionTimeout": -3
+        })))
+        .unwrap_err();
+        assert_eq!(
+            fields(&p),
+            vec![
+                "ResultsDir",
+                "Outputs[1].Name",
+                "Outputs[1].Path",
+                "Outputs[2].Name",
+                "Outputs[3].Name",
+                "Outputs[4].Name",
+                "Outputs[4].Path",
+                "Inputs[0].Volume.type",
+                "Inputs[0].Volume.source",
+                "Resources.CPU",
+                "Resources.GPUs",
+                "Network.Domains",
+                "Network.Ports",
+                "Network.Ports[0].Name",
+                "Network.Ports[0].Static",
+                "ExecutionTimeout",
+            ]
+        );
+        let msg = |f: &str| p.iter().find(|x| x.field == f).unwrap().message.clone();
+        assert_eq!(
+            msg("Outputs[1].Name"),
+            "result path with name 'out' already exists"
+        );
+        assert_eq!(msg("Outputs[1].Path"), "result path `rel` must be absolute");
+        assert_eq!(msg("Outputs[4].Name"), "missing name");
+        assert_eq!(msg("Outputs[4].Path"), "missing path");
+        assert_eq!(
+            msg("Inputs[0].Volume.type"),
+            "unknown storage volume type: 2"
+        );
+        assert_eq!(
+            msg("Resources.GPUs"),
+            "0 GPUs specified but have details for 1"
+        );
+        assert_eq!(
+            msg("Network.Domains"),
+            "domains can only be set for HTTP network mode"
+        );
+        assert_eq!(
+            msg("Network.Ports"),
+            "ports can only be set for Host or Bridge network modes"
+        );
+    }
+
+    #[test]
+    fn missing_engine_params() {
+        let mut r = request(json!({}));
+        r.engine_params = None;
+        let p = validate_run_request(&r).unwrap_err();
+        assert_eq!(p[0].message, "missing spec type");
+    }
+
+    #[test]
+    fn host_ports_rules() {
+        let n: NetworkConfig = serde_json::from_value(json!({"Type": "Host", "Ports": [
+            {"Name": "web", "Static": 8080, "Target": 80}, {"Name": "web", "Static": 8080}
+        ]}))
+        .unwrap();
+        let p = validate_network(&n);
+        let messages: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "target ports cannot be set for Host network mode",
+                "duplicate port name 'web'",
+                "duplicate static port 8080"
+            ]
+        );
+    }
 }

@@ -1,5 +1,9 @@
 //! Every validation message, with its field path.
 
+use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
+use executor_schema::validate::{
+    validate_network, validate_resources, validate_run_request, MAX_ID_LEN,
+};
 use executor_schema::*;
 use serde_json::json;
 
@@ -50,10 +54,7 @@ fn native(params: serde_json::Value) -> RunCommandRequest {
 fn a_valid_request_yields_its_engine_spec() {
     let spec = validate_run_request(&valid()).unwrap();
     assert_eq!(spec.argv(), vec!["/bin/sh", "-c", "echo hi"]);
-    assert_eq!(
-        spec.env_pairs().collect::<Vec<_>>(),
-        vec![("A", "1"), ("EMPTY", "")]
-    );
+    assert_eq!(spec.environment_variables, vec!["A=1", "EMPTY="]);
     assert_eq!(spec.working_directory, "/tmp");
     // ExecutionDir alone is enough.
     let mut req = valid();
@@ -89,10 +90,11 @@ fn ids_must_be_safe_path_components() {
     req.execution_id.clear();
     assert_problem(&req, "ExecutionID", "execution id is required");
     let cases = [
-        ("a/b", "must not contain '/'"),
-        ("a\0b", "must not contain a NUL byte"),
-        (".", "must not be \".\""),
-        ("..", "must not be \"..\""),
+        ("a/b", "contains '/'"),
+        ("a\0b", "contains '\\0'"),
+        (".", "may not start with '.'"),
+        ("..", "may not start with '.'"),
+        (".hidden", "may not start with '.'"),
         ("a b", "contains ' '; only ASCII letters, digits"),
         ("é", "contains 'é'"),
     ];
@@ -105,13 +107,18 @@ fn ids_must_be_safe_path_components() {
         assert_problem(&req, "JobID", msg);
     }
     let mut req = valid();
-    req.execution_id = "x".repeat(256);
-    assert_problem(&req, "ExecutionID", "is 256 bytes long, more than 255");
-    req.execution_id = "x".repeat(255);
+    req.execution_id = "x".repeat(MAX_ID_LEN + 1);
+    assert_problem(
+        &req,
+        "ExecutionID",
+        &format!("is {} bytes long; at most {MAX_ID_LEN}", MAX_ID_LEN + 1),
+    );
+    req.execution_id = "x".repeat(MAX_ID_LEN);
     assert!(problems(&req).is_empty());
+    // JobID is optional (LogStreamRequest-era hosts may leave it out), but checked when given.
     let mut req = valid();
     req.job_id.clear();
-    assert_problem(&req, "JobID", "job id must not be empty");
+    assert!(problems(&req).is_empty());
     let mut req = valid();
     req.execution_id = "e-1_A.b".into();
     assert!(problems(&req).is_empty());
@@ -121,10 +128,13 @@ fn ids_must_be_safe_path_components() {
 fn native_engine_messages() {
     let mut req = valid();
     req.engine_params = None;
-    assert_problem(&req, "EngineParams", "engine params are required");
+    assert_problem(&req, "EngineParams", "missing spec type");
+    let mut req = valid();
+    req.engine_params.as_mut().unwrap().spec_type = " ".into();
+    assert_problem(&req, "EngineParams.Type", "missing spec type");
 
     let mut req = valid();
-    req.engine_params = Some(SpecConfig::new("docker"));
+    req.engine_params = Some(serde_json::from_value(json!({"Type": "docker"})).unwrap());
     assert_problem(
         &req,
         "EngineParams.Type",
@@ -162,17 +172,27 @@ fn native_engine_messages() {
             &format!("invalid native engine param: environment variable '{bad}' cannot start with BACALHAU_"),
         );
     }
-    for bad in ["NOEQUALS", "=value", "A=b\0c"] {
+    assert_problem(
+        &native(json!({"Entrypoint": ["ls"], "EnvironmentVariables": ["A=b\0c"]})),
+        "EngineParams.Params.EnvironmentVariables[0]",
+        "environment variable 'A=b\\0c' cannot contain NUL bytes",
+    );
+    for bad in ["NOEQUALS", "=value"] {
         assert_problem(
             &native(json!({"Entrypoint": ["ls"], "EnvironmentVariables": [bad]})),
             "EngineParams.Params.EnvironmentVariables[0]",
-            "must have the form KEY=VALUE",
+            "must have the form NAME=VALUE",
         );
     }
     assert_problem(
         &native(json!({"Entrypoint": ["ls"], "Parameters": ["a", "b\0"]})),
         "EngineParams.Params.Parameters[1]",
-        "cannot contain a NUL byte",
+        "invalid native engine param: arguments cannot contain NUL bytes",
+    );
+    assert_problem(
+        &native(json!({"Entrypoint": ["l\0s"]})),
+        "EngineParams.Params.Entrypoint[0]",
+        "arguments cannot contain NUL bytes",
     );
     // Params decode case-insensitively, as Go would.
     let spec =
@@ -187,7 +207,14 @@ fn native_spec_round_trips_through_spec_config() {
         parameters: vec!["hi".into()],
         ..Default::default()
     };
-    let sc = spec.to_spec_config();
+    let sc = SpecConfig {
+        spec_type: ENGINE_NATIVE.into(),
+        params: serde_json::to_value(&spec)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
     assert_eq!(
         serde_json::to_value(&sc).unwrap(),
         json!({"Type": "native", "Params": {"Entrypoint": ["/bin/echo"], "Parameters": ["hi"]}})
@@ -199,7 +226,10 @@ fn native_spec_round_trips_through_spec_config() {
 fn result_path_messages() {
     let set = |name: &str, path: &str| {
         let mut req = valid();
-        req.outputs[1] = ResultPath::new(name, path);
+        req.outputs[1] = ResultPath {
+            name: name.into(),
+            path: path.into(),
+        };
         req
     };
     assert_problem(&set("", "/x"), "Outputs[1].Name", "missing name");
@@ -218,20 +248,20 @@ fn result_path_messages() {
     assert_problem(
         &set("x", "/outputs"),
         "Outputs[1].Path",
-        "result path `/outputs` is already used",
+        "result path `/outputs` is used by another output",
     );
     for bad in ["../x", "/", "a/b", ".", ".."] {
         assert_problem(
             &set(bad, "/y"),
             "Outputs[1].Name",
-            "must be a single path component",
+            "(it names a directory under the results)",
         );
     }
     for reserved in ["stdout", "stderr", "exitCode"] {
         assert_problem(
             &set(reserved, "/y"),
             "Outputs[1].Name",
-            "collides with the result file",
+            "would overwrite the result file of that name",
         );
     }
     // Bacalhau trims before checking.
@@ -345,7 +375,7 @@ fn network_messages() {
     assert_net(
         json!({"Type": "Host", "Ports": [{"Name": long}]}),
         "Network.Ports[0].Name",
-        "is longer than 237 characters",
+        "port name is longer than 237 characters",
     );
     assert!(net(json!({"Type": "Host", "Ports": [{"Name": "a".repeat(237)}]})).is_empty());
     assert_net(
@@ -396,7 +426,7 @@ fn network_messages() {
     assert_net(
         json!({"Type": "Host", "Ports": [{"Name": "a", "HostNetwork": "localhost"}]}),
         "Network.Ports[0].HostNetwork",
-        "invalid host network \"localhost\": must be an IP address",
+        "invalid host network IP 'localhost'",
     );
 
     let mut req = valid();
@@ -410,7 +440,7 @@ fn input_volume_messages() {
     let vol = |t: u32, source: &str, target: &str| {
         let mut req = valid();
         req.inputs[0].volume = StorageVolume {
-            volume_type: StorageVolumeType(t),
+            volume_type: t,
             read_only: false,
             source: source.into(),
             target: target.into(),
@@ -430,22 +460,22 @@ fn input_volume_messages() {
     assert_problem(
         &vol(1, "a", "/b"),
         "Inputs[0].Volume.source",
-        "volume source `a` must be an absolute path",
+        "input source path must be absolute, got \"a\"",
     );
     assert_problem(
         &vol(1, "/a", "b"),
         "Inputs[0].Volume.target",
-        "volume target `b` must be an absolute path",
+        "input target path must be absolute, got \"b\"",
     );
     assert_problem(
         &vol(1, "", "/b"),
         "Inputs[0].Volume.source",
-        "missing volume source",
+        "input source path must be absolute, got \"\"",
     );
     assert_problem(
         &vol(1, "/a", ""),
         "Inputs[0].Volume.target",
-        "missing volume target",
+        "input target path must be absolute, got \"\"",
     );
     assert_problem(&vol(1, "/a\0", "/b"), "Inputs[0].Volume.source", "NUL");
 }
@@ -458,7 +488,7 @@ fn timeout_dirs_and_env_messages() {
         assert_problem(
             &req,
             "ExecutionTimeout",
-            "execution timeout must be a finite number of seconds >= 0",
+            "must be a finite number of seconds >= 0, got ",
         );
     }
     let mut req = valid();
@@ -467,20 +497,24 @@ fn timeout_dirs_and_env_messages() {
 
     let mut req = valid();
     req.results_dir.clear();
-    assert_problem(&req, "ResultsDir", "ResultsDir or ExecutionDir is required");
+    assert_problem(
+        &req,
+        "ResultsDir",
+        "either ResultsDir or ExecutionDir is required",
+    );
     let mut req = valid();
     req.results_dir = "results".into();
     assert_problem(
         &req,
         "ResultsDir",
-        "ResultsDir `results` must be an absolute path",
+        "must be an absolute path, got \"results\"",
     );
     let mut req = valid();
     req.execution_dir = "exec".into();
     assert_problem(
         &req,
         "ExecutionDir",
-        "ExecutionDir `exec` must be an absolute path",
+        "must be an absolute path, got \"exec\"",
     );
 
     for (k, v) in [("", "x"), ("A=B", "x"), ("A", "x\0y")] {
@@ -488,7 +522,7 @@ fn timeout_dirs_and_env_messages() {
         req.env.insert(k.into(), v.into());
         assert_problem(
             &req,
-            &format!("Env[{k:?}]"),
+            &format!("Env.{}", k.escape_debug()),
             "environment variable names must be non-empty",
         );
     }

@@ -1,1 +1,82 @@
-fn main(){}
+//! `executor-native`: the executor plugin for engine `native`. Started by a host with the
+//! cookie in its environment, it serves JSON-RPC on stdin/stdout.
+
+use std::process::ExitCode;
+
+use executor_plugin::rpc::{self, NativePlugin};
+use executor_plugin::server::{self, Exit, ServerConfig};
+use executor_plugin::stdio;
+use executor_schema::api::ExecutorApiServer;
+
+fn main() -> ExitCode {
+    // Monitor mode must be decided before any async runtime or thread exists.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == executor_plugin::monitor::MONITOR_ARG)
+    {
+        std::process::exit(executor_plugin::monitor::main_from_args(argv));
+    }
+    let mut args = argv.into_iter();
+    let program = args
+        .next()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| rpc::PLUGIN_NAME.to_string());
+    match args.next().as_ref().and_then(|a| a.to_str()) {
+        Some("--version") | Some("-V") => {
+            println!("{} {}", rpc::PLUGIN_NAME, env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    if !stdio::cookie_present() {
+        eprintln!("{}", stdio::cookie_missing_message(&program));
+        return ExitCode::from(1);
+    }
+    // Before any thread exists: the descriptor juggling and the environment change are only
+    // sound single-threaded.
+    let fds = stdio::take_protocol_stdin().and_then(|i| Ok((i, stdio::take_protocol_stdout()?)));
+    let (input, output) = match fds {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("{program}: cannot set up the protocol descriptors: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Jobs must not look like they were started by a host.
+    unsafe { std::env::remove_var(stdio::COOKIE_KEY) };
+    stdio::init_tracing();
+    if std::env::var_os("EXECUTOR_PLUGIN_SELFTEST_STRAY_PRINT").is_some() {
+        // Self-test of the descriptor swap: this must land on stderr, not the protocol pipe.
+        println!("a stray print that must not reach the host");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let input = stdio::ProtocolInput::from_fd(input)?;
+        let output = stdio::ProtocolOutput::from_fd(output)?;
+        let methods = NativePlugin::new().into_rpc();
+        server::serve(methods.into(), input, output, ServerConfig::default())
+            .await
+            .map_err(std::io::Error::other)
+    });
+    // Pending calls (a `wait` on a running job) are abandoned: executions live on in their
+    // monitors and a new plugin re-attaches to them.
+    runtime.shutdown_background();
+    match result {
+        Ok(Exit::Shutdown) | Ok(Exit::InputClosed) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,162 +1,143 @@
-//! `datasize.ByteSize` from `github.com/c2h5oh/datasize`, as Bacalhau's `OutputLimits` use it.
+//! Byte sizes as Bacalhau sends them: `datasize.ByteSize` text (`"1GB"`, `"2KB"`, 1024-based) or
+//! a plain integer.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// A byte count that travels as Go's `datasize.ByteSize` text (`"1GB"`, `"2KB"`, `"1500B"`);
-/// decoding also takes a plain JSON integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
-const KB: u64 = 1 << 10;
-const MB: u64 = 1 << 20;
-const GB: u64 = 1 << 30;
-const TB: u64 = 1 << 40;
-const PB: u64 = 1 << 50;
-const EB: u64 = 1 << 60;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ByteSizeError {
-    #[error("datasize: invalid syntax in {0:?}")]
-    Syntax(String),
-    #[error("datasize: {0:?} overflows 64 bits")]
-    Overflow(String),
-    #[error("datasize: {0:?} uses a bit unit (b); only byte units (B) are accepted")]
-    Bits(String),
-}
+const UNITS: [(&str, u64); 7] = [
+    ("EB", 1 << 60),
+    ("PB", 1 << 50),
+    ("TB", 1 << 40),
+    ("GB", 1 << 30),
+    ("MB", 1 << 20),
+    ("KB", 1 << 10),
+    ("B", 1),
+];
 
 impl ByteSize {
-    pub const B: ByteSize = ByteSize(1);
-    pub const KB: ByteSize = ByteSize(KB);
-    pub const MB: ByteSize = ByteSize(MB);
-    pub const GB: ByteSize = ByteSize(GB);
-    pub const TB: ByteSize = ByteSize(TB);
-    pub const PB: ByteSize = ByteSize(PB);
-    pub const EB: ByteSize = ByteSize(EB);
+    pub const KB: u64 = 1 << 10;
+    pub const MB: u64 = 1 << 20;
+    pub const GB: u64 = 1 << 30;
 
-    pub const fn bytes(self) -> u64 {
+    pub fn bytes(self) -> u64 {
         self.0
-    }
-
-    /// Parses as `ByteSize.UnmarshalText` does: decimal digits, then an optional unit
-    /// (surrounding spaces allowed), case-insensitive, 1024-based; `Kb`, `Mb`, ... are refused
-    /// as bit spellings.
-    pub fn parse(text: &str) -> Result<ByteSize, ByteSizeError> {
-        let digits_end = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        if digits_end == 0 {
-            return Err(ByteSizeError::Syntax(text.to_string()));
-        }
-        let mut value: u64 = 0;
-        for b in text[..digits_end].bytes() {
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(b - b'0')))
-                .ok_or_else(|| ByteSizeError::Overflow(text.to_string()))?;
-        }
-        let unit = text[digits_end..].trim();
-        if matches!(unit, "Kb" | "Mb" | "Gb" | "Tb" | "Pb" | "Eb") {
-            return Err(ByteSizeError::Bits(text.to_string()));
-        }
-        let multiplier = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" | "byte" => 1,
-            "k" | "kb" | "kib" | "kilo" | "kilobyte" | "kilobytes" => KB,
-            "m" | "mb" | "mib" | "mega" | "megabyte" | "megabytes" => MB,
-            "g" | "gb" | "gib" | "giga" | "gigabyte" | "gigabytes" => GB,
-            "t" | "tb" | "tib" | "tera" | "terabyte" | "terabytes" => TB,
-            "p" | "pb" | "pib" | "peta" | "petabyte" | "petabytes" => PB,
-            "e" | "eb" | "eib" | "exa" | "exabyte" | "exabytes" => EB,
-            _ => return Err(ByteSizeError::Syntax(text.to_string())),
-        };
-        value
-            .checked_mul(multiplier)
-            .map(ByteSize)
-            .ok_or_else(|| ByteSizeError::Overflow(text.to_string()))
     }
 }
 
-/// Go's `ByteSize.String()`/`MarshalText`: the largest unit that divides exactly.
 impl fmt::Display for ByteSize {
+    /// As Go's `datasize.ByteSize.String`: the largest unit that divides exactly.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        let units = [
-            (EB, "EB"),
-            (PB, "PB"),
-            (TB, "TB"),
-            (GB, "GB"),
-            (MB, "MB"),
-            (KB, "KB"),
-        ];
-        if b == 0 {
+        if self.0 == 0 {
             return f.write_str("0B");
         }
-        for (size, name) in units {
-            if b.is_multiple_of(size) {
-                return write!(f, "{}{}", b / size, name);
+        for (name, size) in UNITS {
+            if self.0.is_multiple_of(size) {
+                return write!(f, "{}{}", self.0 / size, name);
             }
         }
-        write!(f, "{b}B")
+        write!(f, "{}B", self.0)
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseByteSizeError {
+    #[error("invalid byte size {0:?}: expected a number with an optional unit such as 512KB, 1GB or 2MiB")]
+    Invalid(String),
+    #[error("invalid byte size {0:?}: {1} is a unit of bits; use bytes (B, KB, MB, ...)")]
+    Bits(String, String),
+    #[error("byte size {0:?} is too large")]
+    Overflow(String),
 }
 
 impl FromStr for ByteSize {
-    type Err = ByteSizeError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ByteSize::parse(s)
+    type Err = ParseByteSizeError;
+
+    /// Accepts what c2h5oh/datasize accepts: digits, optional spaces, then `b`, `k`/`kb`/`kib`,
+    /// `m`..., any case, except bit spellings such as `Kb` or `Mb`.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let invalid = || ParseByteSizeError::Invalid(input.to_string());
+        // Go trims around the unit only: a leading space is a syntax error there too.
+        let s = input;
+        let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if digits_end == 0 {
+            return Err(invalid());
+        }
+        let number: u64 = s[..digits_end]
+            .parse()
+            .map_err(|_| ParseByteSizeError::Overflow(input.to_string()))?;
+        let unit = s[digits_end..].trim();
+        // Lower-case `b` after an upper-case prefix letter means bits (Kb, Mb, ...).
+        if unit.len() == 2
+            && unit.ends_with('b')
+            && unit.starts_with(|c: char| c.is_ascii_uppercase())
+            && unit != "Bb"
+        {
+            return Err(ParseByteSizeError::Bits(
+                input.to_string(),
+                unit.to_string(),
+            ));
+        }
+        let multiplier = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" | "byte" => 1,
+            "k" | "kb" | "kib" | "kilo" | "kilobyte" | "kilobytes" => 1 << 10,
+            "m" | "mb" | "mib" | "mega" | "megabyte" | "megabytes" => 1 << 20,
+            "g" | "gb" | "gib" | "giga" | "gigabyte" | "gigabytes" => 1 << 30,
+            "t" | "tb" | "tib" | "tera" | "terabyte" | "terabytes" => 1 << 40,
+            "p" | "pb" | "pib" | "peta" | "petabyte" | "petabytes" => 1 << 50,
+            "e" | "eb" | "eib" | "exa" | "exabyte" | "exabytes" => 1 << 60,
+            _ => return Err(invalid()),
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| ParseByteSizeError::Overflow(input.to_string()))
     }
 }
 
-impl From<u64> for ByteSize {
-    fn from(v: u64) -> Self {
-        ByteSize(v)
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
             type Value = ByteSize;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a data size such as \"1GB\" or a non-negative integer")
+                f.write_str("a byte size: a string such as \"1GB\" or a non-negative integer")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
                 u64::try_from(v)
                     .map(ByteSize)
-                    .map_err(|_| E::custom(format_args!("data size {v} is negative")))
+                    .map_err(|_| E::custom(format!("byte size cannot be negative: {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(Visitor)
     }
 }
 
 impl schemars::JsonSchema for ByteSize {
-    fn schema_name() -> Cow<'static, str> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
         "ByteSize".into()
     }
+
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "A byte count: Go datasize text (\"1GB\", \"2KB\", \"1500B\"; 1024-based) or, on input, a non-negative integer.",
-            "anyOf": [
-                { "type": "string", "pattern": "^[0-9]+ *([A-Za-z]*) *$" },
-                { "type": "integer", "minimum": 0 }
+            "description": "A byte size: datasize text as Go's datasize.ByteSize writes it (\"1GB\", \"2KB\", \"0B\", \"1500B\"; units 1024-based; decoding also accepts kib/mib/..., any case) or a non-negative integer.",
+            "oneOf": [
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*([kKmMgGtTpPeE]([iI]?[bB])?|[bB])?\\s*$"},
+                {"type": "integer", "minimum": 0}
             ]
         })
     }
@@ -167,97 +148,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_as_c2h5oh_datasize() {
-        let table: &[(&str, u64)] = &[
-            ("0", 0),
-            ("0B", 0),
-            ("1024", 1024),
-            ("1500B", 1500),
-            ("1b", 1),
-            ("7byte", 7),
+    fn formats_like_go_datasize() {
+        for (n, s) in [
+            (0, "0B"),
+            (1 << 30, "1GB"),
+            (2048, "2KB"),
+            (1500, "1500B"),
+            (3 << 20, "3MB"),
+            (1 << 60, "1EB"),
+        ] {
+            assert_eq!(ByteSize(n).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn parses_datasize_text() {
+        for (s, n) in [
+            ("1GB", 1u64 << 30),
             ("2KB", 2048),
             ("2kb", 2048),
-            ("2kB", 2048),
-            ("2K", 2048),
-            ("2k", 2048),
-            ("2KiB", 2048),
             ("2kib", 2048),
-            ("3 MB", 3 << 20),
-            ("3mib", 3 << 20),
-            ("3megabytes", 3 << 20),
-            ("1GB", 1 << 30),
-            ("1 gigabyte ", 1 << 30),
-            ("1TB", 1 << 40),
-            ("1PB", 1 << 50),
-            ("1EB", 1 << 60),
-            ("15EB", 15 << 60),
-            ("18446744073709551615", u64::MAX),
-        ];
-        for &(text, want) in table {
-            assert_eq!(ByteSize::parse(text), Ok(ByteSize(want)), "{text:?}");
-        }
-    }
-
-    #[test]
-    fn rejects_what_datasize_rejects() {
-        for text in [
-            "", "GB", " 1GB", "-1", "1.5GB", "1 XB", "1bytes", "1GBs", "0x10",
+            ("2KiB", 2048),
+            ("2K", 2048),
+            ("0B", 0),
+            ("1500", 1500),
+            ("10 MB ", 10 << 20),
+            ("1500B", 1500),
         ] {
-            assert!(
-                matches!(ByteSize::parse(text), Err(ByteSizeError::Syntax(_))),
-                "{text:?}"
-            );
+            assert_eq!(s.parse::<ByteSize>(), Ok(ByteSize(n)), "{s}");
         }
-        for text in ["1Kb", "1Mb", "2Gb", "1Tb", "1Pb", "1Eb", "1 Mb "] {
-            assert!(
-                matches!(ByteSize::parse(text), Err(ByteSizeError::Bits(_))),
-                "{text:?}"
-            );
+        for s in ["", "GB", "1.5GB", "-1KB", "1XB", "99999999999999999999"] {
+            assert!(s.parse::<ByteSize>().is_err(), "{s}");
         }
-        for text in [
-            "16EB",
-            "18446744073709551616",
-            "99999999999999999999999",
-            "17179869184GB",
-        ] {
-            assert!(
-                matches!(ByteSize::parse(text), Err(ByteSizeError::Overflow(_))),
-                "{text:?}"
-            );
-        }
+        assert!(matches!(
+            "1Kb".parse::<ByteSize>(),
+            Err(ParseByteSizeError::Bits(..))
+        ));
+        assert!(matches!(
+            "1Mb".parse::<ByteSize>(),
+            Err(ParseByteSizeError::Bits(..))
+        ));
+        assert!(matches!(
+            "20000EB".parse::<ByteSize>(),
+            Err(ParseByteSizeError::Overflow(..))
+        ));
     }
 
     #[test]
-    fn formats_as_go_marshal_text() {
-        let table: &[(u64, &str)] = &[
-            (0, "0B"),
-            (1, "1B"),
-            (1023, "1023B"),
-            (1024, "1KB"),
-            (1500, "1500B"),
-            (2048, "2KB"),
-            (1536 * 1024, "1536KB"),
-            (1 << 20, "1MB"),
-            (1 << 30, "1GB"),
-            (3 << 40, "3TB"),
-            (1 << 50, "1PB"),
-            (1 << 60, "1EB"),
-            (u64::MAX, "18446744073709551615B"),
-        ];
-        for &(n, want) in table {
-            assert_eq!(ByteSize(n).to_string(), want);
-            assert_eq!(ByteSize::parse(want), Ok(ByteSize(n)));
-        }
-    }
-
-    #[test]
-    fn json_accepts_strings_and_integers() {
-        let s: ByteSize = serde_json::from_str("\"2KB\"").unwrap();
-        assert_eq!(s, ByteSize(2048));
-        let n: ByteSize = serde_json::from_str("4096").unwrap();
-        assert_eq!(serde_json::to_string(&n).unwrap(), "\"4KB\"");
-        assert!(serde_json::from_str::<ByteSize>("-5").is_err());
+    fn json_accepts_text_and_integers() {
+        assert_eq!(
+            serde_json::from_str::<ByteSize>("\"1GB\"").unwrap(),
+            ByteSize(1 << 30)
+        );
+        assert_eq!(
+            serde_json::from_str::<ByteSize>("4096").unwrap(),
+            ByteSize(4096)
+        );
+        assert!(serde_json::from_str::<ByteSize>("-1").is_err());
         assert!(serde_json::from_str::<ByteSize>("1.5").is_err());
-        assert!(serde_json::from_str::<ByteSize>("\"2Kb\"").is_err());
+        assert_eq!(serde_json::to_string(&ByteSize(2048)).unwrap(), "\"2KB\"");
     }
 }

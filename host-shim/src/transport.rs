@@ -1,0 +1,189 @@
+//! jsonrpsee client transport over a plugin's stdin/stdout pipes, framed as NDJSON.
+//!
+//! The receiver is forgiving where jsonrpsee is not: one stray non-JSON line would otherwise end
+//! the client (jsonrpsee treats an unparsable message as fatal), so such lines are logged and
+//! skipped. When the plugin's stdout closes, the error names the exit status and the plugin's
+//! last stderr lines, and jsonrpsee fails every pending call with it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use executor_schema::framing::{EncodeError, Frame, NdjsonCodec};
+use futures::{SinkExt, StreamExt};
+use jsonrpsee::core::client::{ReceivedMessage, TransportReceiverT, TransportSenderT};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// How a plugin process ended, as far as the host knows.
+pub type ExitWatch = watch::Receiver<Option<String>>;
+
+/// The last lines a plugin wrote on stderr, kept for error messages.
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    const KEEP: usize = 20;
+
+    pub fn push(&self, line: String) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == Self::KEEP {
+                q.pop_front();
+            }
+            q.push_back(line);
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("plugin {plugin} closed its protocol output ({status}){tail}")]
+    Closed {
+        plugin: String,
+        status: String,
+        tail: String,
+    },
+    #[error("reading from plugin {plugin} failed: {source}")]
+    Read {
+        plugin: String,
+        source: std::io::Error,
+    },
+    #[error("writing to plugin {plugin} failed: {source}")]
+    Write { plugin: String, source: EncodeError },
+}
+
+pub struct Sender<W> {
+    plugin: String,
+    frames: FramedWrite<W, NdjsonCodec>,
+}
+
+pub struct Receiver<R> {
+    plugin: String,
+    frames: FramedRead<R, NdjsonCodec>,
+    exit: ExitWatch,
+    stderr: StderrTail,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
+    pub fn new(plugin: impl Into<String>, output: W) -> Self {
+        Sender {
+            plugin: plugin.into(),
+            frames: FramedWrite::new(output, NdjsonCodec::default()),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
+    pub fn new(plugin: impl Into<String>, input: R, exit: ExitWatch, stderr: StderrTail) -> Self {
+        Receiver {
+            plugin: plugin.into(),
+            frames: FramedRead::new(input, NdjsonCodec::default()),
+            exit,
+            stderr,
+        }
+    }
+
+    async fn closed_error(&mut self) -> TransportError {
+        // The pipe usually closes a moment before the exit status is known.
+        let status = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.exit.wait_for(Option::is_some).await;
+        })
+        .await;
+        let status = match (status, self.exit.borrow().clone()) {
+            (_, Some(s)) => s,
+            _ => "still running".to_string(),
+        };
+        // Give the stderr drain a moment to catch the last words.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = self.stderr.lines();
+        let tail = if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last stderr lines:\n{}", lines.join("\n"))
+        };
+        TransportError::Closed {
+            plugin: self.plugin.clone(),
+            status,
+            tail,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> TransportSenderT for Sender<W> {
+    type Error = TransportError;
+
+    async fn send(&mut self, msg: String) -> Result<(), TransportError> {
+        self.frames
+            .send(msg)
+            .await
+            .map_err(|source| TransportError::Write {
+                plugin: self.plugin.clone(),
+                source,
+            })
+    }
+
+    async fn close(&mut self) -> Result<(), TransportError> {
+        SinkExt::<String>::close(&mut self.frames)
+            .await
+            .map_err(|source| TransportError::Write {
+                plugin: self.plugin.clone(),
+                source,
+            })
+    }
+}
+
+/// Whether a line can be a JSON-RPC message at all (object or batch array).
+fn looks_like_json_message(line: &[u8]) -> bool {
+    matches!(
+        line.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{') | Some(b'[')
+    )
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> TransportReceiverT for Receiver<R> {
+    type Error = TransportError;
+
+    async fn receive(&mut self) -> Result<ReceivedMessage, TransportError> {
+        loop {
+            match self.frames.next().await {
+                Some(Ok(Frame::Line(line))) => {
+                    if looks_like_json_message(&line) {
+                        match String::from_utf8(line) {
+                            Ok(text)
+                                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() =>
+                            {
+                                return Ok(ReceivedMessage::Text(text));
+                            }
+                            Ok(text) => {
+                                tracing::warn!(plugin = %self.plugin, line = %text, "skipped an unparsable line on the plugin's protocol output");
+                            }
+                            Err(e) => {
+                                tracing::warn!(plugin = %self.plugin, line = %String::from_utf8_lossy(e.as_bytes()), "skipped a non-UTF-8 line on the plugin's protocol output");
+                            }
+                        }
+                    } else {
+                        tracing::warn!(plugin = %self.plugin, line = %String::from_utf8_lossy(&line), "skipped a non-JSON line on the plugin's protocol output");
+                    }
+                }
+                Some(Ok(Frame::Oversized { len })) => {
+                    tracing::warn!(plugin = %self.plugin, len, "skipped an oversized message from the plugin");
+                }
+                Some(Err(source)) => {
+                    return Err(TransportError::Read {
+                        plugin: self.plugin.clone(),
+                        source,
+                    })
+                }
+                None => return Err(self.closed_error().await),
+            }
+        }
+    }
+}

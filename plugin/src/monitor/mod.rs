@@ -1,0 +1,459 @@
+//! The execution monitor: `executor-native __monitor <exec-state-dir>`.
+//!
+//! One small process per execution, with no async runtime. It detaches into its own session,
+//! becomes a child subreaper, spawns the job, drains its pipes into the log and the results files,
+//! enforces the deadline, turns SIGTERM into a graceful stop, kills whatever the job leaves behind,
+//! and writes `result.json`. Its state directory is the whole interface with the plugin, so it
+//! does not depend on the plugin staying alive.
+
+pub mod pidfd;
+pub mod signals;
+pub mod spawn;
+pub mod supervise;
+pub mod tree;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::results::{self, OutputSink, StreamSummary};
+use crate::state::{
+    self, ExecDir, JobResult, MonitorRecord, MonitorSpec, ProcId, RequestRecord, ResultRecord,
+    StateError,
+};
+use spawn::{JobSandbox, NoSandbox, SpawnError};
+use supervise::{Outcome, Stop, Supervisor};
+
+/// argv[1] that selects monitor mode in `executor-native`.
+pub const MONITOR_ARG: &str = "__monitor";
+
+pub const CANCELLED_MSG: &str = "execution already cancelled";
+
+/// The one line the monitor writes on its stdout for the plugin's `start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum MonitorReport {
+    /// The job is running.
+    Running {
+        #[serde(rename = "jobPid")]
+        job_pid: i32,
+    },
+    /// The job could not be executed; its (failed) result follows in `result.json`.
+    NotStarted { reason: String },
+    /// Setup failed: a start error, no result will follow.
+    Failed { error: String },
+}
+
+/// Where the job's output goes besides the results files.
+pub trait JobLog {
+    /// `stream`: 0 = stdout, 1 = stderr.
+    fn write(&mut self, stream: usize, data: &[u8]);
+    fn end(&mut self);
+    /// The first error writing the log, if any.
+    fn error(&self) -> Option<String>;
+}
+
+/// Writes the log in the `raw_container_logs` format.
+pub struct RawLog {
+    writer: Option<crate::logstore::LogWriter>,
+    error: Option<String>,
+}
+
+impl RawLog {
+    pub fn create(path: &Path) -> io::Result<Self> {
+        Ok(RawLog {
+            writer: Some(crate::logstore::LogWriter::create(path)?),
+            error: None,
+        })
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        eprintln!("monitor: writing the log failed, logging stops: {e}");
+        self.error.get_or_insert_with(|| e.to_string());
+        self.writer = None;
+    }
+}
+
+impl JobLog for RawLog {
+    fn write(&mut self, stream: usize, data: &[u8]) {
+        let s = if stream == 0 {
+            crate::logstore::Stream::Stdout
+        } else {
+            crate::logstore::Stream::Stderr
+        };
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.write(s, data) {
+                self.fail(e);
+            }
+        }
+    }
+    fn end(&mut self) {
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.end() {
+                self.fail(e);
+            }
+        }
+    }
+    fn error(&self) -> Option<String> {
+        self.error.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("usage: executor-native {MONITOR_ARG} <execution-state-dir>")]
+    Usage,
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{what}: {source}")]
+    Setup { what: String, source: io::Error },
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> MonitorError {
+    move |source| MonitorError::Setup {
+        what: what.into(),
+        source,
+    }
+}
+
+/// Entry point of monitor mode; `args` is the whole argv. Returns the process exit code.
+pub fn main_from_args<I, S>(args: I) -> i32
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    // First, so a cancel that arrives while we start up is queued, not fatal.
+    if let Err(e) = signals::block() {
+        eprintln!("monitor: blocking signals: {e}");
+    }
+    let mut reporter = Reporter::stdout();
+    let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
+        let e = MonitorError::Usage;
+        eprintln!("{e}");
+        reporter.send(&MonitorReport::Failed {
+            error: e.to_string(),
+        });
+        return 2;
+    };
+    match run(&ExecDir::at(dir), &mut NoSandbox, &mut reporter) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("monitor: {e}");
+            reporter.send(&MonitorReport::Failed {
+                error: e.to_string(),
+            });
+            1
+        }
+    }
+}
+
+/// The report channel: fd 1, a pipe the plugin reads. Exactly one line is sent, then fd 1 is
+/// pointed at /dev/null so the plugin sees EOF and nothing can block on a full pipe later.
+pub struct Reporter {
+    sent: bool,
+}
+
+impl Reporter {
+    fn stdout() -> Self {
+        Reporter { sent: false }
+    }
+
+    pub fn send(&mut self, report: &MonitorReport) {
+        if self.sent {
+            return;
+        }
+        self.sent = true;
+        let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
+        line.push(b'\n');
+        // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
+        // closing it.
+        let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+        // The plugin may be gone (EPIPE; SIGPIPE is ignored by the Rust runtime): the job runs on.
+        let _ = out.write_all(&line);
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
+            unsafe { libc::dup2(null.as_raw_fd(), 1) };
+        }
+    }
+}
+
+/// Run one execution to its end. Errors are setup errors (reported as start errors); everything
+/// after the job started ends in `result.json`.
+pub fn run(
+    dir: &ExecDir,
+    sandbox: &mut dyn JobSandbox,
+    reporter: &mut Reporter,
+) -> Result<(), MonitorError> {
+    detach();
+    let record: RequestRecord = state::read_json(&dir.request())?;
+    let spec = record.monitor;
+    let me = ProcId::of(std::process::id() as i32).map_err(setup("reading own start time"))?;
+    let mut mon = MonitorRecord {
+        monitor: me,
+        job: None,
+        log_path: spec.log_path.clone(),
+    };
+    state::write_json_atomic(&dir.monitor(), &mon)?;
+
+    std::fs::create_dir_all(&spec.results_dir).map_err(setup(format!(
+        "creating results directory {}",
+        spec.results_dir.display()
+    )))?;
+    for name in &spec.output_names {
+        let p = spec.results_dir.join(name);
+        match std::fs::create_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(setup(format!("creating output {}", p.display()))(e)),
+        }
+    }
+    let l = spec.limits;
+    let out_path = spec.results_dir.join(results::STDOUT_FILE);
+    let err_path = spec.results_dir.join(results::STDERR_FILE);
+    let mut sinks = [
+        OutputSink::create(&out_path, l.stdout_file, l.stdout_return)
+            .map_err(setup(format!("creating {}", out_path.display())))?,
+        OutputSink::create(&err_path, l.stderr_file, l.stderr_return)
+            .map_err(setup(format!("creating {}", err_path.display())))?,
+    ];
+    let mut log = RawLog::create(&spec.log_path)
+        .map_err(setup(format!("creating log {}", spec.log_path.display())))?;
+    let sigfd = signals::SignalFd::open().map_err(setup("opening signalfd"))?;
+
+    let started = Instant::now();
+    let outcome = match spawn::spawn_job(&spec, sandbox) {
+        Ok(job) => {
+            mon.job = ProcId::of(job.pid).ok();
+            if let Err(e) = state::write_json_atomic(&dir.monitor(), &mon) {
+                eprintln!("monitor: recording the job pid: {e}");
+            }
+            reporter.send(&MonitorReport::Running { job_pid: job.pid });
+            let deadline = spec
+                .timeout_secs
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .map(|t| (started + Duration::from_secs_f64(t), t));
+            let sup = Supervisor {
+                job_pid: job.pid,
+                sigfd: &sigfd,
+                pipes: [
+                    Some(OwnedFd::from(job.stdout)),
+                    Some(OwnedFd::from(job.stderr)),
+                ],
+                sinks: &mut sinks,
+                log: &mut log,
+                sandbox,
+                deadline,
+                grace: Duration::from_millis(spec.kill_grace_ms),
+            };
+            sup.run().map_err(|e| {
+                // The loop itself failed (poll/signalfd): stop the job rather than orphan it.
+                tree::kill_descendants(Some(job.pid));
+                format!("execution monitor failed while supervising the job: {e}")
+            })
+        }
+        Err(SpawnError::Exec(reason)) => {
+            reporter.send(&MonitorReport::NotStarted {
+                reason: reason.clone(),
+            });
+            Err(format!("failed to start job: {reason}"))
+        }
+        Err(SpawnError::Setup(e)) => return Err(setup("spawning the job")(e)),
+    };
+    sandbox.cleanup();
+    finish(dir, &spec, sinks, &mut log, outcome, sandbox.oom_killed())
+}
+
+/// Own session (the plugin's signals and terminal don't reach us), child subreaper (orphans of
+/// the job come to us), and nothing inherited from the plugin kept open.
+fn detach() {
+    // SAFETY: plain syscalls. setsid fails only if we already lead a group, which is fine.
+    unsafe {
+        libc::setsid();
+        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 {
+            eprintln!(
+                "monitor: PR_SET_CHILD_SUBREAPER: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    close_from(3);
+}
+
+/// Close every descriptor from `first` up, whatever the plugin left open: an inherited copy of
+/// the plugin's protocol pipe would keep its host from ever seeing EOF, and nothing of it may
+/// reach the job. Everything the monitor needs is opened after this.
+fn close_from(first: u32) {
+    // SAFETY: nothing of ours is open at or above `first` yet.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if rc == 0 {
+        return;
+    }
+    // Older kernels: walk our descriptors (collected first: read_dir holds one itself).
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= first as i32)
+            .collect();
+        for fd in fds {
+            // SAFETY: closing a descriptor nothing of ours uses; a stale one just fails.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn finish(
+    dir: &ExecDir,
+    spec: &MonitorSpec,
+    sinks: [OutputSink; 2],
+    log: &mut dyn JobLog,
+    outcome: Result<Outcome, String>,
+    oom_killed: bool,
+) -> Result<(), MonitorError> {
+    let [out, err] = sinks;
+    let (out, err) = (out.finish(), err.finish());
+    let mut result = match &outcome {
+        Ok(o) => outcome_result(o, oom_killed),
+        Err(reason) => JobResult::failed(reason.clone()),
+    };
+    result.stdout = out.summary_lossy();
+    result.stdout_truncated = out.truncated;
+    result.stderr = err.summary_lossy();
+    result.stderr_truncated = err.truncated;
+    let mut errors: Vec<String> = Vec::new();
+    if !result.error_msg.is_empty() {
+        errors.push(std::mem::take(&mut result.error_msg));
+    }
+    errors.extend(stream_errors(&out, &err));
+    if let Err(e) = results::write_exit_code(&spec.results_dir, result.exit_code) {
+        errors.push(format!("writing exitCode: {e}"));
+    }
+    // errors.Join semantics, as Bacalhau's WriteJobResults.
+    result.error_msg = errors.join("\n");
+    log.end();
+
+    let mut notes = std::collections::BTreeMap::new();
+    if let Ok(o) = &outcome {
+        if o.killed_after_grace {
+            notes.insert("killedAfterGrace".into(), "true".into());
+        }
+        if o.pipes_abandoned {
+            notes.insert("pipesAbandoned".into(), "true".into());
+        }
+    }
+    if let Some(e) = log.error() {
+        notes.insert("logError".into(), e);
+    }
+    let rec = ResultRecord {
+        result,
+        finished_at_ms: state::now_ms(),
+        stdout_bytes: out.total,
+        stderr_bytes: err.total,
+        notes,
+    };
+    state::write_json_atomic(&dir.result(), &rec)?;
+    Ok(())
+}
+
+fn stream_errors(out: &StreamSummary, err: &StreamSummary) -> Vec<String> {
+    [out, err].iter().filter_map(|s| s.error.clone()).collect()
+}
+
+/// The result for a job that ran: exit status, or the reason it was stopped.
+pub fn outcome_result(o: &Outcome, oom_killed: bool) -> JobResult {
+    match o.stop {
+        Some(Stop::Cancelled) => return JobResult::failed(CANCELLED_MSG),
+        Some(Stop::Deadline(secs)) => {
+            return JobResult::failed(format!(
+                "context deadline exceeded: execution timed out after {}",
+                go_duration(secs)
+            ))
+        }
+        None => {}
+    }
+    let Some(status) = o.main_status else {
+        return JobResult::failed("execution monitor lost the job's exit status");
+    };
+    let exit_code = if libc::WIFEXITED(status) {
+        i64::from(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        128 + i64::from(libc::WTERMSIG(status))
+    } else {
+        -1
+    };
+    JobResult {
+        exit_code,
+        error_msg: if oom_killed {
+            "memory limit exceeded".into()
+        } else {
+            String::new()
+        },
+        ..JobResult::default()
+    }
+}
+
+/// Seconds as Go's `time.Duration` prints them for whole and fractional seconds (`1s`, `1.5s`).
+fn go_duration(secs: f64) -> String {
+    if secs >= 1.0 || secs == 0.0 {
+        format!("{secs}s")
+    } else {
+        format!("{}ms", secs * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_map_like_docker() {
+        let exited = |code: i32| Outcome {
+            main_status: Some(code << 8),
+            ..Outcome::default()
+        };
+        assert_eq!(outcome_result(&exited(0), false).exit_code, 0);
+        let r = outcome_result(&exited(123), false);
+        assert_eq!((r.exit_code, r.error_msg.as_str()), (123, ""));
+        let killed = Outcome {
+            main_status: Some(libc::SIGKILL),
+            ..Outcome::default()
+        };
+        assert_eq!(outcome_result(&killed, false).exit_code, 137);
+        assert_eq!(
+            outcome_result(&killed, true).error_msg,
+            "memory limit exceeded"
+        );
+        let cancelled = Outcome {
+            stop: Some(Stop::Cancelled),
+            ..exited(0)
+        };
+        let r = outcome_result(&cancelled, false);
+        assert_eq!((r.exit_code, r.error_msg.as_str()), (-1, CANCELLED_MSG));
+        let late = Outcome {
+            stop: Some(Stop::Deadline(1.0)),
+            ..exited(0)
+        };
+        assert_eq!(
+            outcome_result(&late, false).error_msg,
+            "context deadline exceeded: execution timed out after 1s"
+        );
+        assert_eq!(go_duration(0.25), "250ms");
+        assert_eq!(go_duration(1.5), "1.5s");
+    }
+
+    #[test]
+    fn reports_are_one_json_object() {
+        let r = MonitorReport::Running { job_pid: 7 };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"status":"running","jobPid":7}"#);
+        let back: MonitorReport = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, r);
+    }
+}

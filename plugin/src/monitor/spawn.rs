@@ -1,0 +1,257 @@
+//! Spawning the job: program resolution, environment, its own session, pipes, and the hooks a
+//! sandbox plugs in (extra `pre_exec` steps, a whole-tree kill, an OOM check).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+
+use crate::state::MonitorSpec;
+
+/// The search path when the job's environment sets none (as execvp's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A step run in the job between fork and exec. It must be async-signal-safe: no allocation,
+/// no locks; only raw syscalls on data prepared before the fork.
+pub type PreExecStep = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
+
+/// What a sandbox (cgroups, rlimits, namespaces) adds to the plain process-tree monitor.
+/// Every method has a default that does nothing, so the monitor works without one.
+pub trait JobSandbox {
+    /// Steps to run in the child after it has become a session leader, before exec.
+    fn pre_exec_steps(&mut self) -> Vec<PreExecStep> {
+        Vec::new()
+    }
+    /// Kill every process of the job at once (e.g. `cgroup.kill`). The monitor still kills the
+    /// process group and walks its descendants afterwards, so this is an addition, not a
+    /// replacement.
+    fn kill_all(&mut self) {}
+    /// Whether the kernel's OOM killer killed a process of the job.
+    fn oom_killed(&self) -> bool {
+        false
+    }
+    /// Called once everything of the job has been reaped.
+    fn cleanup(&mut self) {}
+}
+
+/// No sandbox: process group + subreaper only.
+#[derive(Debug, Default)]
+pub struct NoSandbox;
+impl JobSandbox for NoSandbox {}
+
+/// The running job.
+#[derive(Debug)]
+pub struct SpawnedJob {
+    pub pid: i32,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+/// Why the job could not be started. A program that cannot be executed is part of the job's
+/// outcome (a failed result), not a setup error of the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}")]
+    Exec(String),
+    #[error("spawning the job: {0}")]
+    Setup(io::Error),
+}
+
+/// The job's environment: a PATH default, then the spec's entries in order (later wins).
+pub fn job_env(spec: &MonitorSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
+    for (k, v) in &spec.env {
+        if let Some(slot) = env.iter_mut().find(|(ek, _)| ek == k) {
+            slot.1 = v.clone();
+        } else {
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    env
+}
+
+/// Resolve the program as execvp does: a name with a slash is used as is, otherwise the first
+/// executable regular file of that name in PATH.
+pub fn resolve_program(program: &str, path_var: &str) -> Result<PathBuf, String> {
+    if program.is_empty() {
+        return Err("exec: no command".into());
+    }
+    if program.contains('/') {
+        let p = Path::new(program);
+        return match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Err(format!("exec: {program:?}: is a directory")),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Err(format!("exec: {program:?}: permission denied"))
+            }
+            Ok(_) => Ok(p.to_path_buf()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(format!("exec: {program:?}: no such file or directory"))
+            }
+            Err(e) => Err(format!("exec: {program:?}: {e}")),
+        };
+    }
+    for dir in path_var.split(':') {
+        // An empty PATH entry means the current directory, as execvp.
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(program);
+        if let Ok(m) = std::fs::metadata(&candidate) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!(
+        "exec: {program:?}: executable file not found in $PATH"
+    ))
+}
+
+/// Spawn the job in its own session and process group with stdin on /dev/null and stdout/stderr
+/// on fresh pipes. All of the monitor's own descriptors are close-on-exec, so none leaks in.
+pub fn spawn_job(
+    spec: &MonitorSpec,
+    sandbox: &mut dyn JobSandbox,
+) -> Result<SpawnedJob, SpawnError> {
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| SpawnError::Exec("exec: no command".into()))?;
+    let env = job_env(spec);
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    let resolved = resolve_program(program, path_var).map_err(SpawnError::Exec)?;
+    if let Some(wd) = &spec.working_dir {
+        if !wd.is_dir() {
+            return Err(SpawnError::Exec(format!(
+                "chdir to working directory {}: no such directory",
+                wd.display()
+            )));
+        }
+    }
+
+    let mut cmd = Command::new(&resolved);
+    cmd.arg0(OsStr::from_bytes(program.as_bytes()))
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(wd) = &spec.working_dir {
+        cmd.current_dir(wd);
+    }
+    // SAFETY: sigprocmask and setsid are async-signal-safe; the set lives on the child's stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            // std resets SIGPIPE but not the mask, and the monitor blocks the signals it reads
+            // from its signalfd: the job must start with none blocked, or it could not be
+            // stopped with SIGTERM.
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    for step in sandbox.pre_exec_steps() {
+        // SAFETY: the JobSandbox contract requires steps to be async-signal-safe.
+        unsafe {
+            cmd.pre_exec(step);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| classify_spawn_error(program, e))?;
+    let pid = child.id() as i32;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(SpawnError::Setup(io::Error::other("job pipes missing")));
+    };
+    // The Child handle is dropped without waiting: the monitor reaps with waitpid(-1).
+    Ok(SpawnedJob {
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// std's spawn reports the exec errno of the child (and has reaped it). Errors that mean "this
+/// program cannot run" become the job's outcome; anything else failed in our own setup.
+fn classify_spawn_error(program: &str, e: io::Error) -> SpawnError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => SpawnError::Exec(format!(
+            "exec: {program:?}: no such file or directory (or its interpreter is missing)"
+        )),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            SpawnError::Exec(format!("exec: {program:?}: permission denied"))
+        }
+        Some(libc::ENOEXEC) => SpawnError::Exec(format!("exec: {program:?}: exec format error")),
+        Some(libc::ETXTBSY) => SpawnError::Exec(format!("exec: {program:?}: text file busy")),
+        Some(libc::EISDIR) => SpawnError::Exec(format!("exec: {program:?}: is a directory")),
+        _ => SpawnError::Setup(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert_eq!(
+            resolve_program("sh", DEFAULT_PATH)
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "sh"
+        );
+        let err = resolve_program("no-such-program-xyz", DEFAULT_PATH).unwrap_err();
+        assert!(
+            err.contains("no-such-program-xyz") && err.contains("not found"),
+            "{err}"
+        );
+        let err = resolve_program("/etc/passwd", DEFAULT_PATH).unwrap_err();
+        assert!(err.contains("permission denied"), "{err}");
+        let err = resolve_program("/nonexistent/x", DEFAULT_PATH).unwrap_err();
+        assert!(err.contains("no such file"), "{err}");
+        let err = resolve_program("/tmp", DEFAULT_PATH).unwrap_err();
+        assert!(err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn later_env_entries_win_and_path_has_a_default() {
+        let spec = MonitorSpec {
+            execution_id: "e".into(),
+            job_id: "j".into(),
+            argv: vec!["true".into()],
+            env: vec![
+                ("A".into(), "request".into()),
+                ("B".into(), "b".into()),
+                ("A".into(), "engine".into()),
+            ],
+            working_dir: None,
+            results_dir: "/nonexistent".into(),
+            output_names: vec![],
+            log_path: "/nonexistent/log".into(),
+            limits: Default::default(),
+            timeout_secs: None,
+            kill_grace_ms: 2000,
+        };
+        let env = job_env(&spec);
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".into(), DEFAULT_PATH.into()),
+                ("A".into(), "engine".into()),
+                ("B".into(), "b".into())
+            ]
+        );
+    }
+}

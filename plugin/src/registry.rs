@@ -1,0 +1,766 @@
+//! The plugin side of executions: the state machine, one monitor process per execution, waiting,
+//! cancelling, re-attaching to monitors after a plugin restart, and retention.
+//!
+//! Everything durable lives in the execution's state directory (see [`crate::state`]); the
+//! in-memory map is rebuilt from it by [`Registry::open`].
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use executor_schema::ExecutorError;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::watch;
+
+use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
+use crate::state::{
+    self, ExecDir, JobResult, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord,
+};
+
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_RETAINED: usize = 1000;
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub state_root: PathBuf,
+    /// The `executor-native` binary, re-executed as `<exe> __monitor <dir>`.
+    pub monitor_exe: PathBuf,
+    /// How long a finished execution stays queryable.
+    pub retention: Duration,
+    /// How many finished executions are kept at most (the oldest go first).
+    pub max_retained: usize,
+    /// Between the graceful SIGTERM and the kill of the whole tree on cancel or deadline.
+    pub kill_grace: Duration,
+}
+
+impl RegistryConfig {
+    pub fn new(state_root: impl Into<PathBuf>, monitor_exe: impl Into<PathBuf>) -> Self {
+        RegistryConfig {
+            state_root: state_root.into(),
+            monitor_exe: monitor_exe.into(),
+            retention: DEFAULT_RETENTION,
+            max_retained: DEFAULT_MAX_RETAINED,
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("state root {path}: {source}")]
+    StateRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where an execution's log is, and whether it has ended (no more frames will be appended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSource {
+    pub path: PathBuf,
+    pub ended: bool,
+}
+
+/// The lifecycle of one execution as the registry sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The monitor is being launched; `start` has not returned yet.
+    Starting,
+    Running,
+    Finished(Arc<ResultRecord>),
+}
+
+/// A snapshot of one execution for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecInfo {
+    pub execution_id: String,
+    pub job_id: String,
+    pub phase: Phase,
+    pub created_at_ms: u64,
+    pub log_path: PathBuf,
+}
+
+struct Exec {
+    id: String,
+    job_id: String,
+    dir: ExecDir,
+    log_path: PathBuf,
+    created_at_ms: u64,
+    phase: watch::Sender<Phase>,
+    /// The monitor, once launched; for cancel.
+    monitor: Mutex<Option<Arc<OwnedFd>>>,
+    /// Cancel arrived before the monitor reported: signal it once it has.
+    cancel_pending: AtomicBool,
+}
+
+impl Exec {
+    fn new(id: &str, job_id: &str, dir: ExecDir, log_path: PathBuf, created_at_ms: u64) -> Self {
+        Exec {
+            id: id.to_string(),
+            job_id: job_id.to_string(),
+            dir,
+            log_path,
+            created_at_ms,
+            phase: watch::Sender::new(Phase::Starting),
+            monitor: Mutex::new(None),
+            cancel_pending: AtomicBool::new(false),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    fn finished(&self) -> Option<Arc<ResultRecord>> {
+        match &*self.phase.borrow() {
+            Phase::Finished(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    fn monitor_fd(&self) -> Option<Arc<OwnedFd>> {
+        lock(&self.monitor).clone()
+    }
+
+    fn signal_monitor(&self) -> Result<(), ExecutorError> {
+        let Some(fd) = self.monitor_fd() else {
+            return Ok(());
+        };
+        pidfd::send_signal(&fd, libc::SIGTERM)
+            .map(|_| ())
+            .map_err(|e| {
+                ExecutorError::internal(format!("signalling the execution monitor: {e}"))
+                    .with_execution(self.id.clone())
+            })
+    }
+}
+
+pub struct Registry {
+    config: RegistryConfig,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    shutting_down: AtomicBool,
+    janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// Open the state root, re-attach to running monitors and load finished results.
+    pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, RegistryError> {
+        let root = state::executions_root(&config.state_root);
+        std::fs::create_dir_all(&root).map_err(|e| RegistryError::StateRoot {
+            path: root.clone(),
+            source: e,
+        })?;
+        let reg = Arc::new(Registry {
+            config,
+            execs: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            janitor: Mutex::new(None),
+        });
+        let found = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || scan(&root))
+                .await
+                .unwrap_or_default()
+        };
+        for (exec, monitor) in found {
+            let exec = Arc::new(exec);
+            if let Some(fd) = monitor {
+                let fd = Arc::new(fd);
+                *lock(&exec.monitor) = Some(fd.clone());
+                exec.phase.send_replace(Phase::Running);
+                tokio::spawn(watch_monitor(exec.clone(), fd, None));
+            }
+            lock(&reg.execs).insert(exec.id.clone(), exec);
+        }
+        reg.evict().await;
+        let weak = Arc::downgrade(&reg);
+        let period =
+            (reg.config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        *lock(&reg.janitor) = Some(tokio::spawn(janitor(weak, period)));
+        Ok(reg)
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Launch a monitor for a resolved spec. `request` is the wire request, kept for inspection.
+    /// Returns once the job is running (or its failure to execute is known).
+    pub async fn start_spec(
+        &self,
+        request: serde_json::Value,
+        mut spec: MonitorSpec,
+    ) -> Result<(), ExecutorError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ExecutorError::unsupported("the plugin is shutting down"));
+        }
+        let id = spec.execution_id.clone();
+        check_execution_id(&id)?;
+        spec.kill_grace_ms = self.config.kill_grace.as_millis() as u64;
+        let dir = ExecDir::new(&self.config.state_root, &id);
+        let exec = {
+            let mut execs = lock(&self.execs);
+            if let Some(existing) = execs.get(&id) {
+                return Err(match existing.phase() {
+                    Phase::Finished(_) => ExecutorError::already_complete(id),
+                    _ => ExecutorError::already_started(id),
+                });
+            }
+            let exec = Arc::new(Exec::new(
+                &id,
+                &spec.job_id,
+                dir.clone(),
+                spec.log_path.clone(),
+                state::now_ms(),
+            ));
+            execs.insert(id.clone(), exec.clone());
+            exec
+        };
+        self.evict().await;
+
+        let record = RequestRecord {
+            request,
+            monitor: spec,
+            created_at_ms: exec.created_at_ms,
+        };
+        let exe = self.config.monitor_exe.clone();
+        let launched = tokio::task::spawn_blocking(move || launch(&exe, &dir, &record))
+            .await
+            .map_err(|e| ExecutorError::internal(format!("launching the monitor: {e}")))
+            .and_then(|r| r);
+        match launched {
+            Ok((child, fd, _report)) => {
+                let fd = Arc::new(fd);
+                *lock(&exec.monitor) = Some(fd.clone());
+                exec.phase.send_replace(Phase::Running);
+                tokio::spawn(watch_monitor(exec.clone(), fd, Some(child)));
+                if exec.cancel_pending.load(Ordering::SeqCst) {
+                    exec.signal_monitor()?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // A start error leaves nothing behind: the id may be started again.
+                lock(&self.execs).remove(&id);
+                let dir = exec.dir.dir.clone();
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                Err(e.with_execution(id))
+            }
+        }
+    }
+
+    /// Wait for the execution to finish; the stored result once it has, as often as asked.
+    pub async fn wait_record(
+        &self,
+        execution_id: &str,
+    ) -> Result<Arc<ResultRecord>, ExecutorError> {
+        let exec = self.get(execution_id)?;
+        let mut rx = exec.phase.subscribe();
+        let phase = rx
+            .wait_for(|p| matches!(p, Phase::Finished(_)))
+            .await
+            .map_err(|_| ExecutorError::internal("execution state lost"))?;
+        match &*phase {
+            Phase::Finished(r) => Ok(r.clone()),
+            _ => Err(ExecutorError::internal("execution state lost")),
+        }
+    }
+
+    /// Unknown: NotFound; finished: Ok; running: SIGTERM to the monitor (which stops the job
+    /// gracefully) and return once it is sent.
+    pub async fn cancel(&self, execution_id: &str) -> Result<(), ExecutorError> {
+        let exec = self.get(execution_id)?;
+        match exec.phase() {
+            Phase::Finished(_) => Ok(()),
+            Phase::Starting => {
+                exec.cancel_pending.store(true, Ordering::SeqCst);
+                // The monitor may have reported between the phase read and the flag.
+                if exec.phase() == Phase::Running {
+                    exec.signal_monitor()?;
+                }
+                Ok(())
+            }
+            Phase::Running => exec.signal_monitor(),
+        }
+    }
+
+    pub fn infos(&self) -> Vec<ExecInfo> {
+        let mut v: Vec<ExecInfo> = lock(&self.execs)
+            .values()
+            .map(|e| ExecInfo {
+                execution_id: e.id.clone(),
+                job_id: e.job_id.clone(),
+                phase: e.phase(),
+                created_at_ms: e.created_at_ms,
+                log_path: e.log_path.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (a.created_at_ms, &a.execution_id).cmp(&(b.created_at_ms, &b.execution_id))
+        });
+        v
+    }
+
+    /// Where the execution's log is and whether it has ended.
+    pub fn log_source(&self, execution_id: &str) -> Result<LogSource, ExecutorError> {
+        let exec = self.get(execution_id)?;
+        Ok(LogSource {
+            path: exec.log_path.clone(),
+            ended: exec.finished().is_some(),
+        })
+    }
+
+    /// Stop accepting work. With `cancel_running`, cancel every running execution and wait
+    /// (bounded) for their results; otherwise they keep running under their monitors.
+    pub async fn shutdown(&self, cancel_running: bool) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(j) = lock(&self.janitor).take() {
+            j.abort();
+        }
+        if !cancel_running {
+            return;
+        }
+        let running: Vec<Arc<Exec>> = lock(&self.execs)
+            .values()
+            .filter(|e| e.finished().is_none())
+            .cloned()
+            .collect();
+        for e in &running {
+            e.cancel_pending.store(true, Ordering::SeqCst);
+            let _ = e.signal_monitor();
+        }
+        let bound = self.config.kill_grace + Duration::from_secs(5);
+        let waits = running.iter().map(|e| {
+            let mut rx = e.phase.subscribe();
+            async move {
+                let _ = rx.wait_for(|p| matches!(p, Phase::Finished(_))).await;
+            }
+        });
+        let _ = tokio::time::timeout(bound, futures::future::join_all(waits)).await;
+    }
+
+    fn get(&self, execution_id: &str) -> Result<Arc<Exec>, ExecutorError> {
+        lock(&self.execs)
+            .get(execution_id)
+            .cloned()
+            .ok_or_else(|| ExecutorError::not_found(execution_id))
+    }
+
+    /// Drop finished executions past the retention time, then the oldest beyond the count.
+    pub async fn evict(&self) {
+        let now = state::now_ms();
+        let retention_ms = self.config.retention.as_millis() as u64;
+        let gone: Vec<PathBuf> = {
+            let mut execs = lock(&self.execs);
+            let mut finished: Vec<(u64, String)> = execs
+                .values()
+                .filter_map(|e| e.finished().map(|r| (r.finished_at_ms, e.id.clone())))
+                .collect();
+            finished.sort();
+            let over = finished.len().saturating_sub(self.config.max_retained);
+            let doomed: Vec<String> = finished
+                .iter()
+                .enumerate()
+                .filter(|(i, (at, _))| *i < over || now.saturating_sub(*at) >= retention_ms)
+                .map(|(_, (_, id))| id.clone())
+                .collect();
+            // Renamed aside while the map is locked, so a new start of the same id can never
+            // have its fresh directory deleted by this eviction.
+            doomed
+                .iter()
+                .filter_map(|id| execs.remove(id))
+                .filter_map(|e| {
+                    let aside =
+                        e.dir
+                            .dir
+                            .with_file_name(format!(".evicted.{}.{}", e.id, state::now_ms()));
+                    match std::fs::rename(&e.dir.dir, &aside) {
+                        Ok(()) => Some(aside),
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(err) => {
+                            tracing::warn!(execution = %e.id, "evicting execution state: {err}");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<PathBuf>>()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in gone {
+                if let Err(err) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("removing evicted state {}: {err}", dir.display());
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// The parts of a validated request the monitor needs, as plain values.
+#[derive(Debug, Clone, Default)]
+pub struct SpecInput {
+    pub execution_id: String,
+    pub job_id: String,
+    pub entrypoint: Vec<String>,
+    pub parameters: Vec<String>,
+    /// The request's `Env` (lower precedence than the engine's variables).
+    pub request_env: Vec<(String, String)>,
+    /// The engine's `EnvironmentVariables`, `K=V` each.
+    pub engine_env: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+    pub results_dir: Option<PathBuf>,
+    pub execution_dir: Option<PathBuf>,
+    pub output_names: Vec<String>,
+    pub limits: crate::state::Limits,
+    pub timeout_secs: Option<f64>,
+}
+
+/// Resolve where everything goes and what the job sees:
+/// results in `ResultsDir`, else `ExecutionDir/results`, else the state directory's `results`;
+/// the log at `ExecutionDir/logs/raw_container_logs`, else in the state directory; environment =
+/// request `Env`, then engine variables (engine wins), then `BACALHAU_EXECUTION_ID`/`_JOB_ID`.
+pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
+    let dir = ExecDir::new(state_root, &input.execution_id);
+    let results_dir = input
+        .results_dir
+        .clone()
+        .or_else(|| input.execution_dir.as_ref().map(|d| d.join("results")))
+        .unwrap_or_else(|| dir.dir.join("results"));
+    let log_path = input
+        .execution_dir
+        .as_ref()
+        .map(|d| d.join("logs").join(state::LOG_FILE))
+        .unwrap_or_else(|| dir.default_log());
+    let mut env = input.request_env;
+    for kv in &input.engine_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        env.push((k.to_string(), v.to_string()));
+    }
+    env.push(("BACALHAU_EXECUTION_ID".into(), input.execution_id.clone()));
+    env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
+    let mut argv = input.entrypoint;
+    argv.extend(input.parameters);
+    MonitorSpec {
+        execution_id: input.execution_id,
+        job_id: input.job_id,
+        argv,
+        env,
+        working_dir: input.working_dir,
+        results_dir,
+        output_names: input.output_names,
+        log_path,
+        limits: input.limits,
+        timeout_secs: input.timeout_secs,
+        kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
+    }
+}
+
+/// The id names a directory under the state root: it must be one plain path component.
+fn check_execution_id(id: &str) -> Result<(), ExecutorError> {
+    let bad = if id.is_empty() {
+        Some("cannot be empty")
+    } else if id.starts_with('.') || id.contains(['/', '\0']) {
+        Some("must not start with '.' or contain '/' or NUL")
+    } else if id.len() > 200 {
+        Some("must be at most 200 bytes")
+    } else {
+        None
+    };
+    match bad {
+        Some(message) => Err(ExecutorError::invalid_params(vec![
+            executor_schema::FieldProblem {
+                field: "ExecutionID".into(),
+                message: message.into(),
+            },
+        ])),
+        None => Ok(()),
+    }
+}
+
+async fn janitor(reg: Weak<Registry>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(reg) = reg.upgrade() else {
+            return;
+        };
+        reg.evict().await;
+    }
+}
+
+/// Start the monitor and read its one-line report. The monitor is our child until it exits;
+/// it detaches into its own session so it outlives us.
+fn launch(
+    exe: &Path,
+    dir: &ExecDir,
+    record: &RequestRecord,
+) -> Result<(Child, OwnedFd, MonitorReport), ExecutorError> {
+    let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
+    // A leftover directory of an execution nobody knows (a start that failed half-way).
+    let _ = std::fs::remove_dir_all(&dir.dir);
+    std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
+    state::write_json_atomic(&dir.request(), record)
+        .map_err(|e| ExecutorError::internal(e.to_string()))?;
+    let log =
+        std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    let mut child = Command::new(exe)
+        .arg(MONITOR_ARG)
+        .arg(&dir.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| io(&format!("starting the monitor {}", exe.display()), e))?;
+    // Our unreaped child: its pid cannot be reused, so this pidfd names it.
+    let fd = match pidfd::open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io("pidfd_open on the monitor", e));
+        }
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    match serde_json::from_str::<MonitorReport>(line.trim()) {
+        Ok(MonitorReport::Failed { error }) => {
+            let _ = child.wait();
+            Err(ExecutorError::internal(error))
+        }
+        Ok(report) => Ok((child, fd, report)),
+        Err(_) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
+            Err(ExecutorError::internal(format!(
+                "the execution monitor exited before the job started ({status}): {}",
+                log.trim()
+            )))
+        }
+    }
+}
+
+/// Wait for the monitor to exit (pidfd readable), reap it if it is our child, and publish the
+/// result it wrote - or a failed result if it died without one.
+async fn watch_monitor(exec: Arc<Exec>, fd: Arc<OwnedFd>, child: Option<Child>) {
+    let registered = fd.try_clone().and_then(|own| {
+        // SAFETY: the AsyncFd owns this duplicate and nothing else closes or replaces it.
+        unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(e) => {
+            // No reactor registration: fall back to polling the process identity.
+            tracing::warn!(execution = %exec.id, "watching the monitor by pidfd failed: {e}");
+            while pidfd::send_signal(&fd, 0).unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let exec2 = exec.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        let status = child.and_then(|mut c| c.wait().ok()).map(|s| s.to_string());
+        load_or_bury(&exec2.dir, &exec2.log_path, status.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| failed_record(&format!("execution monitor watcher failed: {e}")));
+    exec.phase.send_replace(Phase::Finished(Arc::new(record)));
+}
+
+fn failed_record(reason: &str) -> ResultRecord {
+    ResultRecord {
+        result: JobResult::failed(reason),
+        finished_at_ms: state::now_ms(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        notes: Default::default(),
+    }
+}
+
+/// The monitor is gone: its result, or - if it died without writing one - a failed result made
+/// durable, the log ended, and whatever is left of the job killed, so nothing waits for ever.
+fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultRecord {
+    match state::read_json::<ResultRecord>(&dir.result()) {
+        Ok(r) => return r,
+        Err(e) if !e.is_not_found() => {
+            tracing::warn!("unreadable result: {e}");
+        }
+        Err(_) => {}
+    }
+    if let Ok(mon) = state::read_json::<MonitorRecord>(&dir.monitor()) {
+        if let Some(job) = mon.job.filter(|j| j.is_alive()) {
+            // The job leads its own process group; the monitor that would have killed it is gone.
+            // SAFETY: plain syscall; the start time check above guards against pid reuse.
+            unsafe { libc::kill(-job.pid, libc::SIGKILL) };
+        }
+    }
+    let reason = format!(
+        "execution monitor exited unexpectedly{} without writing a result; see {}",
+        status.map(|s| format!(" ({s})")).unwrap_or_default(),
+        dir.monitor_log().display()
+    );
+    let record = failed_record(&reason);
+    if let Err(e) = state::write_json_atomic(&dir.result(), &record) {
+        tracing::warn!("recording the failed result: {e}");
+    }
+    if let Err(e) = crate::logstore::append_end_frame(log_path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("ending the log of a dead monitor: {e}");
+        }
+    }
+    record
+}
+
+/// Rebuild executions from the state root: finished ones with their result, running ones with a
+/// pidfd on their (verified) monitor, dead ones buried.
+fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if id.starts_with(".evicted.") {
+            // An eviction interrupted by a crash.
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        }
+        if id.starts_with('.') {
+            continue;
+        }
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let dir = ExecDir::at(entry.path());
+        let Ok(req) = state::read_json::<RequestRecord>(&dir.request()) else {
+            // Not an execution we wrote (or a start that never got as far as its request).
+            tracing::warn!(execution = %id, "ignoring a state directory without a readable request.json");
+            continue;
+        };
+        let exec = Exec::new(
+            &id,
+            &req.monitor.job_id,
+            dir.clone(),
+            req.monitor.log_path.clone(),
+            req.created_at_ms,
+        );
+        if dir.result().exists() {
+            let r = load_or_bury(&dir, &exec.log_path, None);
+            exec.phase.send_replace(Phase::Finished(Arc::new(r)));
+            out.push((exec, None));
+            continue;
+        }
+        let live = state::read_json::<MonitorRecord>(&dir.monitor())
+            .ok()
+            .and_then(|m| pidfd::open_verified(&m.monitor));
+        match live {
+            Some(fd) => out.push((exec, Some(fd))),
+            None => {
+                let r = load_or_bury(&dir, &exec.log_path, None);
+                exec.phase.send_replace(Phase::Finished(Arc::new(r)));
+                out.push((exec, None));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_ids_must_be_one_path_component() {
+        for bad in ["", ".", "..", "../x", "a/b", ".evicted.x", "a\0b"] {
+            let err = check_execution_id(bad).unwrap_err();
+            assert_eq!(
+                err.code,
+                executor_schema::ErrorCode::InvalidParams,
+                "{bad:?}"
+            );
+        }
+        assert!(check_execution_id("e-7f3a_1.b").is_ok());
+    }
+
+    #[test]
+    fn paths_follow_results_dir_then_execution_dir() {
+        let root = Path::new("/state");
+        let base = SpecInput {
+            execution_id: "e1".into(),
+            job_id: "j1".into(),
+            entrypoint: vec!["sh".into(), "-c".into()],
+            parameters: vec!["echo hi".into()],
+            ..SpecInput::default()
+        };
+        let s = build_spec(root, base.clone());
+        assert_eq!(s.results_dir, Path::new("/state/executions/e1/results"));
+        assert_eq!(
+            s.log_path,
+            Path::new("/state/executions/e1/raw_container_logs")
+        );
+        assert_eq!(s.argv, ["sh", "-c", "echo hi"]);
+
+        let s = build_spec(
+            root,
+            SpecInput {
+                execution_dir: Some("/exec/e1".into()),
+                ..base.clone()
+            },
+        );
+        assert_eq!(s.results_dir, Path::new("/exec/e1/results"));
+        assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+
+        let s = build_spec(
+            root,
+            SpecInput {
+                execution_dir: Some("/exec/e1".into()),
+                results_dir: Some("/r".into()),
+                ..base
+            },
+        );
+        assert_eq!(s.results_dir, Path::new("/r"));
+        assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+    }
+
+    #[test]
+    fn engine_env_overrides_request_env_and_ids_come_last() {
+        let s = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                execution_id: "e".into(),
+                job_id: "j".into(),
+                request_env: vec![("A".into(), "req".into()), ("B".into(), "b".into())],
+                engine_env: vec!["A=eng=x".into(), "C".into()],
+                ..SpecInput::default()
+            },
+        );
+        let env = crate::monitor::spawn::job_env(&s);
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("A"), Some("eng=x"));
+        assert_eq!(get("B"), Some("b"));
+        assert_eq!(get("C"), Some(""));
+        assert_eq!(get("BACALHAU_EXECUTION_ID"), Some("e"));
+        assert_eq!(get("BACALHAU_JOB_ID"), Some("j"));
+        assert!(get("PATH").is_some());
+    }
+}

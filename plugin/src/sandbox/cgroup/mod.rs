@@ -1,0 +1,653 @@
+//! One interface over cgroup v2, v1 and hybrid hosts (and over none, where cgroups can't be
+//! used), written against the cgroupfs files directly.
+//!
+//! Layout: a base cgroup per host (default `<own cgroup>/executor-plugins` in each hierarchy) and a
+//! leaf per execution, `<base>/<name>`. On pure v2 the base has the controllers enabled in its
+//! `cgroup.subtree_control` and never holds processes; processes found in the cgroup that must
+//! delegate are moved to `<base>/supervisor`. A process already in such a supervisor leaf (the
+//! plugin after relocation, or a monitor it spawned) resolves the same base.
+
+mod detect;
+mod fsio;
+mod v1;
+mod v2;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use detect::{parse_proc_cgroup, FsKind, FsProbe, HostView, Membership};
+
+/// Name of the base cgroup created under this process's own cgroup.
+pub const BASE_NAME: &str = "executor-plugins";
+/// Leaf under the base that receives processes moved out of a cgroup that must delegate.
+pub const SUPERVISOR_LEAF: &str = "supervisor";
+/// CFS period: quota = cores x this.
+pub const CPU_PERIOD_US: u64 = 100_000;
+/// The kernel refuses quotas under 1 ms.
+const MIN_CPU_QUOTA_US: u64 = 1_000;
+/// The pids cap when a request sets none, against fork bombs.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
+const RMDIR_PATIENCE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroups are not usable on this host: {0}")]
+    Unavailable(String),
+    #[error("the {limit} limit cannot be enforced on this host: {reason}")]
+    Unenforceable { limit: &'static str, reason: String },
+    #[error("invalid {limit} limit: {detail}")]
+    InvalidLimit { limit: &'static str, detail: String },
+    #[error("invalid cgroup name {0:?}: use letters, digits, '.', '_' or '-', not starting with '.', and not \"supervisor\"")]
+    InvalidName(String),
+    #[error("cgroup configuration: {detail}")]
+    Config { detail: String },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("malformed {}: {detail}", path.display())]
+    Parse { path: PathBuf, detail: String },
+    #[error("cannot enable controllers in {}: it holds processes this plugin does not own; configure a delegated base cgroup", path.display())]
+    InternalProcesses { path: PathBuf },
+    #[error("processes {pids:?} survived killing cgroup {name}")]
+    KillIncomplete { name: String, pids: Vec<i32> },
+    #[error("{first}; cleaning up after it also failed: {cleanup}")]
+    Cleanup {
+        first: Box<CgroupError>,
+        cleanup: Box<CgroupError>,
+    },
+}
+
+/// Which cgroup arrangement the host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    V2,
+    V1,
+    /// v1 controllers for limits plus the v2 tree for tracking and `cgroup.kill`.
+    Hybrid,
+    None,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::V2 => "v2",
+            Mode::V1 => "v1",
+            Mode::Hybrid => "hybrid",
+            Mode::None => "none",
+        }
+    }
+}
+
+/// Which limits a job cgroup actually enforces here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforced {
+    pub cpu: bool,
+    pub memory: bool,
+    pub pids: bool,
+    /// Swap is capped too (`memory.swap.max` / `memsw`); without it a job may swap past its
+    /// memory limit.
+    pub swap: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupConfig {
+    /// Base cgroup path as `/proc/self/cgroup` prints paths (e.g.
+    /// `/system.slice/host.service` under systemd `Delegate=yes`), applied in every hierarchy.
+    /// Default: `<own cgroup>/executor-plugins`.
+    pub base: Option<PathBuf>,
+    /// `pids.max` when a job sets none; `None` for no cap.
+    pub default_pids_max: Option<u64>,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            base: None,
+            default_pids_max: Some(DEFAULT_PIDS_MAX),
+        }
+    }
+}
+
+/// What a job asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupLimits {
+    /// Cores (0.5 = half of one CPU's time).
+    pub cpu: Option<f64>,
+    /// Bytes.
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Limits as they will be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ResolvedLimits {
+    pub cpu_quota_us: Option<u64>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Live usage of a job cgroup; `None` where this host does not account it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    pub pids_current: Option<u64>,
+    /// Forks refused because of `pids.max` (`pids.events` `max`).
+    pub fork_failures: Option<u64>,
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_usec: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    None(String),
+    V2(v2::Base),
+    Legacy {
+        v1: v1::Bases,
+        /// The base in the controller-less v2 tree of a hybrid host.
+        unified: Option<PathBuf>,
+    },
+}
+
+/// Detects the host's cgroups once and creates job cgroups.
+#[derive(Debug, Clone)]
+pub struct CgroupManager {
+    backend: Backend,
+    default_pids_max: Option<u64>,
+}
+
+/// The default base for a process in cgroup `own`.
+fn default_base(own: &Path) -> PathBuf {
+    let in_supervisor = own.file_name().is_some_and(|n| n == SUPERVISOR_LEAF)
+        && own
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == BASE_NAME);
+    match (in_supervisor, own.parent()) {
+        (true, Some(parent)) => parent.to_path_buf(),
+        _ => own.join(BASE_NAME),
+    }
+}
+
+impl CgroupManager {
+    /// Detects this host's cgroups and prepares the base. No cgroupfs, or no permission to
+    /// write it, gives a manager in [`Mode::None`]; other failures are errors.
+    pub fn detect(config: &CgroupConfig) -> Result<CgroupManager, CgroupError> {
+        let host = HostView::current()
+            .map_err(|e| fsio::io_err("read", Path::new("/proc/self/cgroup"), e))?;
+        Self::detect_in(&host, config)
+    }
+
+    /// As [`detect`](Self::detect), over an injected view of the host.
+    pub fn detect_in(host: &HostView, config: &CgroupConfig) -> Result<CgroupManager, CgroupError> {
+        if let Some(base) = &config.base {
+            let plain = base.is_absolute()
+                && base.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !plain {
+                return Err(CgroupError::Config {
+                    detail: format!(
+                        "base {} must be an absolute cgroup path without '.' or '..'",
+                        base.display()
+                    ),
+                });
+            }
+        }
+        let base_of = |own: &Path| match &config.base {
+            Some(b) => b.clone(),
+            None => default_base(own),
+        };
+        let backend = match detect::detect_layout(host) {
+            detect::Layout::None(reason) => Ok(Backend::None(reason)),
+            detect::Layout::Unified { mount, own } => {
+                let own_dir = fsio::under(&mount, &own);
+                let base_dir = fsio::under(&mount, &base_of(&own));
+                v2::prepare(&mount, &own_dir, &base_dir).map(Backend::V2)
+            }
+            detect::Layout::Legacy { v1, unified } => v1::prepare(&v1, base_of).and_then(|v1| {
+                let unified = match unified {
+                    Some((mount, own)) => {
+                        let dir = fsio::under(&mount, &base_of(&own));
+                        fsio::mkdir_all(&dir)?;
+                        Some(dir)
+                    }
+                    None => None,
+                };
+                Ok(Backend::Legacy { v1, unified })
+            }),
+        };
+        let backend = backend.and_then(|b| {
+            let mgr = CgroupManager {
+                backend: b,
+                default_pids_max: None,
+            };
+            // A base someone else made (root, earlier) that this process can't write into is no
+            // better than no cgroups at all.
+            for dir in mgr.base_dirs() {
+                nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK)
+                    .map_err(|e| fsio::io_err("access", &dir, io::Error::from(e)))?;
+            }
+            Ok(mgr.backend)
+        });
+        let backend = match backend {
+            Ok(b) => b,
+            Err(e) if fsio::is_permission(&e) => Backend::None(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        Ok(CgroupManager {
+            backend,
+            default_pids_max: config.default_pids_max,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        match &self.backend {
+            Backend::None(_) => Mode::None,
+            Backend::V2(_) => Mode::V2,
+            Backend::Legacy { unified: None, .. } => Mode::V1,
+            Backend::Legacy {
+                unified: Some(_), ..
+            } => Mode::Hybrid,
+        }
+    }
+
+    /// Why cgroups can't be used, in [`Mode::None`].
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::None(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub fn enforces(&self) -> Enforced {
+        match &self.backend {
+            Backend::None(_) => Enforced::default(),
+            Backend::V2(b) => Enforced {
+                cpu: b.has("cpu"),
+                memory: b.has("memory"),
+                pids: b.has("pids"),
+                swap: b.swap,
+            },
+            Backend::Legacy { v1, .. } => Enforced {
+                cpu: v1.has("cpu"),
+                memory: v1.has("memory"),
+                pids: v1.has("pids"),
+                swap: v1.swap,
+            },
+        }
+    }
+
+    /// The base directories (one per hierarchy), for diagnostics.
+    pub fn base_dirs(&self) -> Vec<PathBuf> {
+        match &self.backend {
+            Backend::None(_) => Vec::new(),
+            Backend::V2(b) => vec![b.dir.clone()],
+            Backend::Legacy { v1, unified } => v1
+                .list
+                .iter()
+                .map(|b| b.dir.clone())
+                .chain(unified.iter().cloned())
+                .collect(),
+        }
+    }
+
+    fn resolve(&self, limits: &CgroupLimits) -> Result<ResolvedLimits, CgroupError> {
+        let enforced = self.enforces();
+        let unenforceable = |limit| CgroupError::Unenforceable {
+            limit,
+            reason: format!("no {limit} controller in {} mode", self.mode().as_str()),
+        };
+        let mut out = ResolvedLimits::default();
+        if let Some(cores) = limits.cpu {
+            if !(cores.is_finite() && cores > 0.0) {
+                return Err(CgroupError::InvalidLimit {
+                    limit: "cpu",
+                    detail: format!("{cores} cores"),
+                });
+            }
+            if !enforced.cpu {
+                return Err(unenforceable("cpu"));
+            }
+            let quota = (cores * CPU_PERIOD_US as f64).round();
+            // Saturating float-to-int conversion; a quota past u64 is "unlimited" in practice.
+            out.cpu_quota_us = Some((quota as u64).max(MIN_CPU_QUOTA_US));
+        }
+        if let Some(bytes) = limits.memory {
+            if bytes == 0 {
+                return Err(CgroupError::InvalidLimit {
+                    limit: "memory",
+                    detail: "0 bytes".to_owned(),
+                });
+            }
+            if !enforced.memory {
+                return Err(unenforceable("memory"));
+            }
+            out.memory = Some(bytes);
+        }
+        match limits.pids {
+            Some(0) => {
+                return Err(CgroupError::InvalidLimit {
+                    limit: "pids",
+                    detail: "0 processes".to_owned(),
+                })
+            }
+            Some(_) if !enforced.pids => return Err(unenforceable("pids")),
+            Some(n) => out.pids = Some(n),
+            None if enforced.pids => out.pids = self.default_pids_max,
+            None => {}
+        }
+        Ok(out)
+    }
+
+    /// Creates the job's cgroup `<base>/<name>` in every hierarchy and writes its limits. A limit
+    /// this host can't enforce is an error, never silently dropped.
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+        if let Backend::None(reason) = &self.backend {
+            return Err(CgroupError::Unavailable(reason.clone()));
+        }
+        validate_name(name)?;
+        let resolved = self.resolve(limits)?;
+        let mut job = JobCgroup {
+            name: name.to_owned(),
+            mode: self.mode(),
+            dirs: Vec::new(),
+        };
+        let planned = self.leaves(name);
+        let result = (|| {
+            for leaf in planned {
+                fsio::mkdir_new(&leaf.dir)?;
+                job.dirs.push(leaf);
+            }
+            match &self.backend {
+                Backend::V2(b) => v2::write_limits(&job.dirs[0].dir, b, &resolved),
+                Backend::Legacy { v1, .. } => {
+                    v1::write_limits(|c| job.v1_dir(c).map(Path::to_path_buf), v1.swap, &resolved)
+                }
+                Backend::None(_) => Ok(()),
+            }
+        })();
+        match result {
+            Ok(()) => Ok(job),
+            Err(first) => match job.remove() {
+                Ok(()) => Err(first),
+                Err(cleanup) => Err(CgroupError::Cleanup {
+                    first: Box::new(first),
+                    cleanup: Box::new(cleanup),
+                }),
+            },
+        }
+    }
+
+    fn leaves(&self, name: &str) -> Vec<LeafDir> {
+        match &self.backend {
+            Backend::None(_) => Vec::new(),
+            Backend::V2(b) => vec![LeafDir {
+                dir: b.dir.join(name),
+                kind: DirKind::V2,
+            }],
+            Backend::Legacy { v1, unified } => v1
+                .list
+                .iter()
+                .map(|b| LeafDir {
+                    dir: b.dir.join(name),
+                    kind: DirKind::V1(b.mount.controllers.clone()),
+                })
+                .chain(unified.iter().map(|u| LeafDir {
+                    dir: u.join(name),
+                    kind: DirKind::V2,
+                }))
+                .collect(),
+        }
+    }
+
+    /// The job cgroup `name` left by an earlier process (a monitor that died, a plugin that
+    /// restarted), so it can be killed and removed; `None` when no directory of it exists.
+    pub fn open_existing(&self, name: &str) -> Result<Option<JobCgroup>, CgroupError> {
+        if let Backend::None(reason) = &self.backend {
+            return Err(CgroupError::Unavailable(reason.clone()));
+        }
+        validate_name(name)?;
+        let dirs: Vec<LeafDir> = self
+            .leaves(name)
+            .into_iter()
+            .filter(|d| d.dir.is_dir())
+            .collect();
+        Ok((!dirs.is_empty()).then(|| JobCgroup {
+            name: name.to_owned(),
+            mode: self.mode(),
+            dirs,
+        }))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), CgroupError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name != SUPERVISOR_LEAF
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::InvalidName(name.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DirKind {
+    /// A v2 leaf (pure v2, or the tracking tree of a hybrid host).
+    V2,
+    /// A v1 leaf in the hierarchy carrying these controllers.
+    V1(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+struct LeafDir {
+    dir: PathBuf,
+    kind: DirKind,
+}
+
+/// One execution's cgroup (a directory in each hierarchy). Not removed on drop: the owner kills
+/// and removes it explicitly, after reading [`oom_killed`](Self::oom_killed).
+#[derive(Debug)]
+pub struct JobCgroup {
+    name: String,
+    mode: Mode,
+    dirs: Vec<LeafDir>,
+}
+
+/// Open `cgroup.procs` descriptors of a job cgroup, to join it between `fork` and `exec`.
+#[derive(Debug)]
+pub struct JoinFds {
+    fds: Vec<OwnedFd>,
+}
+
+impl JoinFds {
+    /// Moves the calling process into the job cgroup in every hierarchy. Async-signal-safe: one
+    /// `write(2)` of "0" per descriptor, no allocation; meant for `CommandExt::pre_exec`.
+    pub fn join_self(&self) -> io::Result<()> {
+        for fd in &self.fds {
+            // SAFETY: the descriptor is open for the lifetime of `self`; the buffer is static.
+            let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl JobCgroup {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The job's directories, one per hierarchy.
+    pub fn dirs(&self) -> Vec<&Path> {
+        self.dirs.iter().map(|d| d.dir.as_path()).collect()
+    }
+
+    fn v2_dir(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| matches!(d.kind, DirKind::V2))
+            .map(|d| d.dir.as_path())
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| matches!(&d.kind, DirKind::V1(c) if c.iter().any(|c| c == controller)))
+            .map(|d| d.dir.as_path())
+    }
+
+    /// Opens the `cgroup.procs` files to write from the child. Call before spawning; the
+    /// descriptors are close-on-exec, so the job never inherits them.
+    pub fn join_handle(&self) -> Result<JoinFds, CgroupError> {
+        let fds = self
+            .dirs
+            .iter()
+            .map(|d| {
+                let path = d.dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(|f: File| OwnedFd::from(f))
+                    .map_err(|e| fsio::io_err("open", &path, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JoinFds { fds })
+    }
+
+    /// Every process in the job cgroup, in any hierarchy.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut all = Vec::new();
+        for d in &self.dirs {
+            all.extend(fsio::read_pids(&d.dir.join("cgroup.procs"))?);
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    /// Kills every process of the job and returns once none is left. `cgroup.kill` where the
+    /// kernel has it (v2 and the v2 tree of a hybrid host, 5.14+); otherwise freeze, SIGKILL
+    /// each process, thaw, until the cgroup is empty.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let start = Instant::now();
+        if let Some(dir) = self.v2_dir() {
+            let kill_file = dir.join("cgroup.kill");
+            if kill_file.exists() {
+                fsio::write_value(&kill_file, "1")?;
+                while start.elapsed() < Duration::from_secs(2) {
+                    if self.pids()?.is_empty() {
+                        return Ok(());
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        loop {
+            let pids = self.pids()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > KILL_PATIENCE {
+                return Err(CgroupError::KillIncomplete {
+                    name: self.name.clone(),
+                    pids,
+                });
+            }
+            self.set_frozen(true)?;
+            // Frozen, the cgroup can't fork, so this list is complete.
+            let pids = self.pids();
+            if let Ok(pids) = &pids {
+                for &pid in pids {
+                    // A kill that fails shows up as a survivor on the next pass, and as
+                    // `KillIncomplete` once patience runs out.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            // Thaw even when listing failed, or the job would stay frozen forever.
+            self.set_frozen(false)?;
+            pids?;
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        if let Some(dir) = self.v1_dir("freezer") {
+            return v1::set_frozen(dir, frozen);
+        }
+        if let Some(dir) = self.v2_dir() {
+            let file = dir.join("cgroup.freeze");
+            if file.exists() {
+                return fsio::write_value(&file, if frozen { "1" } else { "0" });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel OOM-killed a process of the job. Read it before [`remove`](Self::remove).
+    /// Without a memory controller nothing can be OOM-killed by a job limit: `false`.
+    pub fn oom_killed(&self) -> Result<bool, CgroupError> {
+        if let Some(dir) = self.v1_dir("memory") {
+            return Ok(v1::oom_kills(dir)? > 0);
+        }
+        match self.v2_dir() {
+            Some(dir) if self.mode == Mode::V2 && dir.join("memory.events").exists() => {
+                Ok(v2::oom_kills(dir)? > 0)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        let mut stats = CgroupStats::default();
+        v1::stats(|c| self.v1_dir(c).map(Path::to_path_buf), &mut stats)?;
+        if let Some(dir) = self.v2_dir() {
+            v2::stats(dir, &mut stats)?;
+        }
+        Ok(stats)
+    }
+
+    /// Removes the job's directories; they must hold no live process (see
+    /// [`kill_all`](Self::kill_all)).
+    pub fn remove(self) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for d in self.dirs.iter().rev() {
+            if let Err(e) = fsio::rmdir_retry(&d.dir, RMDIR_PATIENCE) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}

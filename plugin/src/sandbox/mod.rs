@@ -1,0 +1,7 @@
+//! Isolation and resource limits for a job: cgroups (v2, v1, hybrid), rlimits and a private
+//! network namespace. Everything a job needs at fork time is prepared before `fork` so that the
+//! `pre_exec` steps only make raw system calls (no allocation, no locks).
+
+pub mod cgroup;
+pub mod netns;
+pub mod rlimit;

@@ -1,0 +1,363 @@
+//! The plugin's JSON-RPC connection loop over any byte pipe pair (stdin/stdout in production).
+//!
+//! jsonrpsee ships no stdio server, so this assembles one from jsonrpsee-core's public parts, as
+//! reth's IPC server does: one reader that frames lines and spawns a task per request, and one
+//! writer task that owns the output and drains a single channel, so responses and subscription
+//! notifications can never interleave inside a line.
+
+use std::sync::Arc;
+
+use executor_schema::framing::{Frame, NdjsonCodec, MAX_MESSAGE_SIZE};
+use futures::{SinkExt, StreamExt};
+use jsonrpsee::core::id_providers::RandomIntegerIdProvider;
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params, Request};
+use jsonrpsee::{
+    BoundedSubscriptions, ConnectionId, Extensions, MethodCallback, MethodSink, Methods,
+    SubscriptionState,
+};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Method whose successful answer ends the connection once that answer is written.
+pub const SHUTDOWN_METHOD: &str = "shutdown";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_message_size: usize,
+    pub max_subscriptions: u32,
+    /// Messages queued for the writer before senders wait.
+    pub message_buffer: usize,
+    /// Methods served before the next line is read, so a host may pipeline calls after them
+    /// (`initialize`); everything else runs concurrently.
+    pub barrier_methods: Vec<&'static str>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_size: MAX_MESSAGE_SIZE,
+            max_subscriptions: 1024,
+            message_buffer: 1024,
+            barrier_methods: vec!["initialize"],
+        }
+    }
+}
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The peer closed our input: the host is gone.
+    InputClosed,
+    /// A `shutdown` call succeeded and its answer was written.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("reading the protocol input failed: {0}")]
+    Read(std::io::Error),
+    #[error("writing the protocol output failed: {0}")]
+    Write(String),
+}
+
+/// A stop request shared with method handlers (e.g. a fatal condition), besides `shutdown`.
+#[derive(Clone)]
+pub struct StopHandle(Arc<watch::Sender<bool>>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Serve `methods` until the input closes or `shutdown` succeeds.
+pub async fn serve<R, W>(
+    methods: Methods,
+    input: R,
+    output: W,
+    config: ServerConfig,
+) -> Result<Exit, ServerError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    serve_with_stop(
+        methods,
+        input,
+        output,
+        config,
+        StopHandle(Arc::new(stop_tx)),
+        stop_rx,
+    )
+    .await
+}
+
+async fn serve_with_stop<R, W>(
+    methods: Methods,
+    input: R,
+    output: W,
+    config: ServerConfig,
+    stop: StopHandle,
+    mut stop_rx: watch::Receiver<bool>,
+) -> Result<Exit, ServerError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Box<RawValue>>(config.message_buffer);
+    let writer = tokio::spawn(write_loop(
+        rx,
+        FramedWrite::new(output, NdjsonCodec::new(config.max_message_size)),
+        stop_rx.clone(),
+    ));
+    let conn = Arc::new(Connection {
+        methods,
+        sink: MethodSink::new_with_limit(
+            tx,
+            u32::try_from(config.max_message_size).unwrap_or(u32::MAX),
+        ),
+        subscriptions: BoundedSubscriptions::new(config.max_subscriptions),
+        max_response_size: config.max_message_size,
+        barrier_methods: config.barrier_methods,
+        stop,
+    });
+    let mut frames = FramedRead::new(input, NdjsonCodec::new(config.max_message_size));
+
+    let exit = loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop_rx) => break Ok(Exit::Shutdown),
+            frame = frames.next() => match frame {
+                None => break Ok(Exit::InputClosed),
+                Some(Err(e)) => break Err(ServerError::Read(e)),
+                Some(Ok(Frame::Oversized { len })) => {
+                    tracing::warn!(len, "rejected an oversized message");
+                    let err = ErrorObject::owned(
+                        -32600,
+                        format!(
+                            "Invalid request: message of {len} bytes exceeds the {} byte limit",
+                            conn.max_response_size
+                        ),
+                        None::<()>,
+                    );
+                    conn.send_error(Id::Null, err).await;
+                }
+                Some(Ok(Frame::Line(line))) => {
+                    let conn = conn.clone();
+                    if conn.is_barrier(&line) {
+                        // Later lines are read only once this call has been answered.
+                        conn.handle_line(line).await;
+                    } else {
+                        tokio::spawn(async move { conn.handle_line(line).await });
+                    }
+                }
+            }
+        }
+    };
+
+    // On input EOF the writer must still flush answers of calls already running? No: the host
+    // is gone, nobody reads them. On shutdown the writer drains what was queued first.
+    if exit.as_ref().is_ok_and(|e| *e == Exit::InputClosed) {
+        conn.stop.stop();
+    }
+    match writer.await {
+        Ok(Ok(())) => exit,
+        Ok(Err(e)) => Err(e),
+        Err(join) => Err(ServerError::Write(join.to_string())),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<Box<RawValue>>,
+    mut out: FramedWrite<W, NdjsonCodec>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    loop {
+        tokio::select! {
+            biased;
+            msg = rx.recv() => match msg {
+                Some(msg) => feed(&mut out, msg).await?,
+                None => break,
+            },
+            _ = stopped(&mut stop_rx) => {
+                // Everything queued before the stop (the shutdown answer among it) goes out.
+                while let Ok(msg) = rx.try_recv() {
+                    feed(&mut out, msg).await?;
+                }
+                break;
+            }
+        }
+        // Batch what is already queued into one flush.
+        while let Ok(msg) = rx.try_recv() {
+            feed(&mut out, msg).await?;
+        }
+        flush(&mut out).await?;
+    }
+    flush(&mut out).await
+}
+
+async fn flush<W: AsyncWrite + Unpin>(
+    out: &mut FramedWrite<W, NdjsonCodec>,
+) -> Result<(), ServerError> {
+    SinkExt::<&str>::flush(out)
+        .await
+        .map_err(|e| ServerError::Write(e.to_string()))
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it before anything else awaits.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn feed<W: AsyncWrite + Unpin>(
+    out: &mut FramedWrite<W, NdjsonCodec>,
+    msg: Box<RawValue>,
+) -> Result<(), ServerError> {
+    use executor_schema::framing::EncodeError;
+    match out.feed(msg.get()).await {
+        Ok(()) => Ok(()),
+        // One bad message must not take the connection down; the peer gets nothing for it,
+        // which only happens for a notification too big to send (responses are size-checked).
+        Err(e @ (EncodeError::TooLarge { .. } | EncodeError::NotJson(_))) => {
+            tracing::error!(error = %e, "dropped an outgoing message");
+            Ok(())
+        }
+        Err(EncodeError::Io(e)) => Err(ServerError::Write(e.to_string())),
+    }
+}
+
+struct Connection {
+    methods: Methods,
+    sink: MethodSink,
+    subscriptions: BoundedSubscriptions,
+    max_response_size: usize,
+    barrier_methods: Vec<&'static str>,
+    stop: StopHandle,
+}
+
+const CONN_ID: ConnectionId = ConnectionId(0);
+
+impl Connection {
+    async fn send_error(&self, id: Id<'_>, err: ErrorObject<'_>) {
+        // A closed sink means the writer is gone, i.e. we are shutting down.
+        let _ = self.sink.send_error(id, err).await;
+    }
+
+    fn is_barrier(&self, line: &[u8]) -> bool {
+        #[derive(serde::Deserialize)]
+        struct MethodOnly<'a> {
+            #[serde(borrow)]
+            method: Option<std::borrow::Cow<'a, str>>,
+        }
+        !self.barrier_methods.is_empty()
+            && serde_json::from_slice::<MethodOnly<'_>>(line)
+                .ok()
+                .and_then(|m| m.method)
+                .is_some_and(|m| self.barrier_methods.contains(&m.as_ref()))
+    }
+
+    async fn handle_line(&self, line: Vec<u8>) {
+        match serde_json::from_slice::<Request<'_>>(&line) {
+            Ok(req) => self.handle_request(req).await,
+            Err(_) => self.reject(&line).await,
+        }
+    }
+
+    /// Answer a line that is not a single valid request with the right error, or nothing for a
+    /// notification (JSON-RPC: a notification is never answered).
+    async fn reject(&self, line: &[u8]) {
+        let value: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = ErrorObject::owned(-32700, format!("Parse error: {e}"), None::<()>);
+                return self.send_error(Id::Null, err).await;
+            }
+        };
+        let invalid =
+            |msg: &str| ErrorObject::owned(-32600, format!("Invalid request: {msg}"), None::<()>);
+        match &value {
+            serde_json::Value::Array(_) => {
+                let err = invalid("batch requests are not supported; send one request per line");
+                self.send_error(Id::Null, err).await
+            }
+            serde_json::Value::Object(obj) => {
+                let id = obj.get("id").and_then(json_id);
+                match id {
+                    None if obj.contains_key("method") && !obj.contains_key("id") => {
+                        tracing::debug!("ignored a notification from the host");
+                    }
+                    id => {
+                        let why = if obj.get("jsonrpc").and_then(|v| v.as_str()) != Some("2.0") {
+                            "\"jsonrpc\" must be \"2.0\""
+                        } else if !obj.get("method").is_some_and(|m| m.is_string()) {
+                            "\"method\" must be a string"
+                        } else if id.is_none() {
+                            "\"id\" must be a number, a string or null"
+                        } else {
+                            "\"params\" must be an array or an object"
+                        };
+                        self.send_error(id.unwrap_or(Id::Null), invalid(why)).await
+                    }
+                }
+            }
+            _ => {
+                self.send_error(Id::Null, invalid("expected a JSON object"))
+                    .await
+            }
+        }
+    }
+
+    async fn handle_request(&self, req: Request<'_>) {
+        let id = req.id.clone().into_owned();
+        let method = req.method.to_string();
+        let params = Params::new(req.params.as_ref().map(|p| p.get())).into_owned();
+        let Some((_, callback)) = self.methods.method_with_name(&method) else {
+            let err = ErrorObject::owned(-32601, format!("Method not found: {method}"), None::<()>);
+            return self.send_error(id, err).await;
+        };
+        let max = self.max_response_size;
+        let response = match callback {
+            MethodCallback::Sync(cb) => cb(id, params, max, Extensions::new()),
+            MethodCallback::Async(cb) => cb(id, params, CONN_ID, max, Extensions::new()).await,
+            MethodCallback::Unsubscription(cb) => cb(id, params, CONN_ID, max, Extensions::new()),
+            MethodCallback::Subscription(cb) => {
+                let Some(permit) = self.subscriptions.acquire() else {
+                    let err: ErrorObjectOwned = ErrorObject::owned(
+                        -32006,
+                        "Too many subscriptions on the connection",
+                        None::<()>,
+                    );
+                    return self.send_error(id, err).await;
+                };
+                let state = SubscriptionState {
+                    conn_id: CONN_ID,
+                    id_provider: &RandomIntegerIdProvider,
+                    subscription_permit: permit,
+                };
+                cb(id, params, self.sink.clone(), state, Extensions::new()).await
+            }
+        };
+        // A subscription's answer was already sent by `accept`/`reject`, before any item.
+        if response.is_method_call() {
+            let success = response.is_success();
+            let _ = self.sink.send(response.into_json()).await;
+            if success && method == SHUTDOWN_METHOD {
+                self.stop.stop();
+            }
+        } else if !response.is_subscription() {
+            let _ = self.sink.send(response.into_json()).await;
+        }
+    }
+}
+
+fn json_id(v: &serde_json::Value) -> Option<Id<'static>> {
+    match v {
+        serde_json::Value::Null => Some(Id::Null),
+        serde_json::Value::Number(n) => n.as_u64().map(Id::Number),
+        serde_json::Value::String(s) => Some(Id::Str(s.clone().into())),
+        _ => None,
+    }
+}

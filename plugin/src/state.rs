@@ -1,0 +1,351 @@
+//! The on-disk state of executions: the directory layout under the state root, atomic JSON
+//! records, and process identity (pid + start time) so a reused pid is never mistaken for ours.
+//!
+//! The execution's state directory is the whole interface between the plugin and the monitor:
+//!
+//! ```text
+//! <state_root>/executions/<ExecutionID>/
+//!   request.json        plugin, before launching: the wire request + the resolved MonitorSpec
+//!   monitor.json        monitor, at start and once the job runs: MonitorRecord
+//!   raw_container_logs  the log, unless the request named an ExecutionDir
+//!   result.json         monitor at the end (or the plugin for a dead monitor): ResultRecord
+//!   monitor.log         the monitor's stderr
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const EXECUTIONS_DIR: &str = "executions";
+pub const REQUEST_FILE: &str = "request.json";
+pub const MONITOR_FILE: &str = "monitor.json";
+pub const RESULT_FILE: &str = "result.json";
+pub const MONITOR_LOG_FILE: &str = "monitor.log";
+pub const LOG_FILE: &str = "raw_container_logs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: malformed JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the file simply isn't there (as opposed to unreadable or corrupt).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StateError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Paths of one execution's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecDir {
+    pub dir: PathBuf,
+}
+
+impl ExecDir {
+    pub fn new(state_root: &Path, execution_id: &str) -> Self {
+        ExecDir {
+            dir: executions_root(state_root).join(execution_id),
+        }
+    }
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        ExecDir { dir: dir.into() }
+    }
+    pub fn request(&self) -> PathBuf {
+        self.dir.join(REQUEST_FILE)
+    }
+    pub fn monitor(&self) -> PathBuf {
+        self.dir.join(MONITOR_FILE)
+    }
+    pub fn result(&self) -> PathBuf {
+        self.dir.join(RESULT_FILE)
+    }
+    pub fn monitor_log(&self) -> PathBuf {
+        self.dir.join(MONITOR_LOG_FILE)
+    }
+    /// Where the log goes when the request names no `ExecutionDir`.
+    pub fn default_log(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+}
+
+pub fn executions_root(state_root: &Path) -> PathBuf {
+    state_root.join(EXECUTIONS_DIR)
+}
+
+/// Everything the monitor needs, resolved by the plugin so the monitor never interprets the wire
+/// request (and needs no validation code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorSpec {
+    pub execution_id: String,
+    pub job_id: String,
+    /// Program and arguments: Entrypoint ++ Parameters. The program is looked up in PATH.
+    pub argv: Vec<String>,
+    /// The job's whole environment, in order; later entries win.
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub results_dir: PathBuf,
+    /// Names of the outputs: `results/<Name>` is created for each.
+    pub output_names: Vec<String>,
+    pub log_path: PathBuf,
+    pub limits: Limits,
+    /// Seconds; `None` or non-positive means no deadline.
+    pub timeout_secs: Option<f64>,
+    /// Milliseconds between the graceful SIGTERM and the kill of the whole tree.
+    pub kill_grace_ms: u64,
+}
+
+/// Output limits in bytes (DESIGN.md "Results").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub stdout_file: u64,
+    pub stdout_return: u64,
+    pub stderr_file: u64,
+    pub stderr_return: u64,
+}
+
+impl Default for Limits {
+    /// Bacalhau's system defaults: 1 GiB files, 2 KiB summaries.
+    fn default() -> Self {
+        Limits {
+            stdout_file: 1 << 30,
+            stdout_return: 2048,
+            stderr_file: 1 << 30,
+            stderr_return: 2048,
+        }
+    }
+}
+
+/// `request.json`: the request as it came over the wire (for list/inspection) and the spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    pub request: serde_json::Value,
+    pub monitor: MonitorSpec,
+    /// Milliseconds since the epoch when the plugin accepted the request.
+    pub created_at_ms: u64,
+}
+
+/// A process named so that pid reuse can be detected: `starttime` from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcId {
+    pub fn of(pid: i32) -> io::Result<Self> {
+        Ok(ProcId {
+            pid,
+            start_time: proc_start_time(pid)?,
+        })
+    }
+
+    /// The process is alive (or a zombie) and is the same one that was recorded.
+    pub fn is_alive(&self) -> bool {
+        matches!(proc_start_time(self.pid), Ok(t) if t == self.start_time)
+    }
+}
+
+/// `monitor.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorRecord {
+    pub monitor: ProcId,
+    /// The job's main process (its pid is also its process group and session id).
+    #[serde(default)]
+    pub job: Option<ProcId>,
+    pub log_path: PathBuf,
+}
+
+/// The result in Bacalhau's JSON shape (`models.RunCommandResult`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobResult {
+    #[serde(rename = "Stdout")]
+    pub stdout: String,
+    #[serde(rename = "StdoutTruncated")]
+    pub stdout_truncated: bool,
+    #[serde(rename = "stderr")]
+    pub stderr: String,
+    #[serde(rename = "StderrTruncated")]
+    pub stderr_truncated: bool,
+    #[serde(rename = "ExitCode")]
+    pub exit_code: i64,
+    #[serde(rename = "ErrorMsg")]
+    pub error_msg: String,
+}
+
+impl JobResult {
+    /// Bacalhau's `NewFailedResult`.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        JobResult {
+            exit_code: -1,
+            error_msg: reason.into(),
+            ..JobResult::default()
+        }
+    }
+}
+
+/// `result.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultRecord {
+    pub result: JobResult,
+    pub finished_at_ms: u64,
+    /// Total bytes the job wrote to each stream (beyond any limit).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// Free-form facts for diagnosis (e.g. what was killed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Write JSON so that a reader sees the old file or the new one, never a torn one, and the new
+/// one survives a crash: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    write_atomic(path, &bytes).map_err(|e| StateError::io(path, e))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename itself must reach the disk too.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, StateError> {
+    let bytes = fs::read(path).map_err(|e| StateError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StateError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// `starttime` (field 22 of `/proc/<pid>/stat`, clock ticks since boot).
+pub fn proc_start_time(pid: i32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_field(&stat, 22)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))
+}
+
+/// Parent pid (field 4 of `/proc/<pid>/stat`).
+pub fn proc_ppid(pid: i32) -> io::Result<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_field(&stat, 4)
+        .and_then(|v| i32::try_from(v).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))
+}
+
+/// A numeric field of a `/proc/<pid>/stat` line (1-based, as in proc(5)). The command name
+/// (field 2) may contain spaces and parentheses, so fields are counted from its last `)`.
+pub fn parse_stat_field(stat: &str, field: usize) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let index = field.checked_sub(3)?;
+    after.split_whitespace().nth(index)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        let line = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1 2";
+        assert_eq!(parse_stat_field(line, 4), Some(77));
+        assert_eq!(parse_stat_field(line, 22), Some(98765));
+        assert_eq!(parse_stat_field(line, 99), None);
+    }
+
+    #[test]
+    fn own_process_identity_is_alive_and_a_changed_start_time_is_not() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let other = ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.is_alive());
+        assert_eq!(proc_ppid(std::process::id() as i32).unwrap(), unsafe {
+            libc::getppid()
+        });
+    }
+
+    #[test]
+    fn atomic_json_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("result.json");
+        let rec = ResultRecord {
+            result: JobResult::failed("boom"),
+            finished_at_ms: 5,
+            stdout_bytes: 1,
+            stderr_bytes: 2,
+            notes: BTreeMap::new(),
+        };
+        write_json_atomic(&path, &rec).unwrap();
+        write_json_atomic(&path, &rec).unwrap();
+        let back: ResultRecord = read_json(&path).unwrap();
+        assert_eq!(back, rec);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(raw["result"]["stderr"], "");
+        assert_eq!(raw["result"]["ExitCode"], -1);
+        assert!(read_json::<ResultRecord>(&dir.path().join("nope"))
+            .unwrap_err()
+            .is_not_found());
+    }
+}
