@@ -1,3 +1,4 @@
+pub mod bid;
 pub mod logstore;
 pub mod monitor;
 pub mod registry;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
-use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
+use executor_schema::native::NativeEngineSpec;
 use executor_schema::validate::validate_run_request;
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
@@ -229,61 +229,6 @@ fn log_event(item: &LogItem) -> LogEvent {
     }
 }
 
-/// Semantic bid: can this host run the job's task at all?
-fn semantic_bid(request: &BidStrategyRequest) -> BidStrategyResponse {
-    let Some(task) = request.job.task() else {
-        return BidStrategyResponse::new(false, "run jobs without a task");
-    };
-    let Some(engine) = &task.engine else {
-        return BidStrategyResponse::new(false, "run tasks without an engine spec");
-    };
-    if !engine.is_type(ENGINE_NATIVE) {
-        return BidStrategyResponse::new(
-            false,
-            format!("support engine {:?} in {PLUGIN_NAME}", engine.spec_type),
-        );
-    }
-    let spec = match NativeEngineSpec::from_spec_config(engine) {
-        Ok(s) => s,
-        Err(problems) => {
-            let why = problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            return BidStrategyResponse::new(
-                false,
-                format!("accept this native engine spec: {why}"),
-            );
-        }
-    };
-    let program = &spec.entrypoint[0];
-    if let Err(why) =
-        crate::monitor::spawn::resolve_program(program, crate::monitor::spawn::DEFAULT_PATH)
-    {
-        return BidStrategyResponse::new(
-            false,
-            format!("have the program {program:?} installed: {why}"),
-        );
-    }
-    if !task.input_sources.is_empty() {
-        return BidStrategyResponse::new(
-            false,
-            "mount inputs for native jobs yet (no filesystem isolation)",
-        );
-    }
-    if let Some(net) = &task.network {
-        use executor_schema::Network;
-        if matches!(net.network_type, Network::Http | Network::Bridge) {
-            return BidStrategyResponse::new(
-                false,
-                format!("support {} networking for native jobs", net.network_type),
-            );
-        }
-    }
-    BidStrategyResponse::new(true, "run native jobs whose program is installed")
-}
-
 /// The default state root: `/var/lib/executor-plugins/<engine>` as root, else under
 /// `$XDG_STATE_HOME` (or `~/.local/state`).
 pub fn default_state_dir(engine: &str) -> PathBuf {
@@ -389,16 +334,23 @@ impl ExecutorApiServer for NativePlugin {
 
     async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
         self.session()?;
-        Ok(semantic_bid(&request))
+        Ok(crate::bid::semantic(&request))
     }
 
     async fn should_bid_based_on_usage(
         &self,
         _request: BidStrategyRequest,
-        _usage: Resources,
+        usage: Resources,
     ) -> RpcResult<BidStrategyResponse> {
-        self.session()?;
-        Err(not_implemented("executor_shouldBidBasedOnUsage"))
+        let session = self.session()?;
+        let problems = executor_schema::validate::validate_resources(&usage);
+        if !problems.is_empty() {
+            return Err(ExecutorError::invalid_params(problems).into());
+        }
+        let gpus = self.capabilities().gpus.len() as u64;
+        let capacity = crate::bid::Capacity::of_host(&session.state_dir, gpus);
+        let held = self.held_resources();
+        Ok(crate::bid::usage(&usage, capacity, &held))
     }
 
     async fn start(&self, request: RunCommandRequest) -> RpcResult<()> {
@@ -481,6 +433,33 @@ impl ExecutorApiServer for NativePlugin {
 }
 
 impl NativePlugin {
+    /// What running executions were allocated, from their stored requests.
+    fn held_resources(&self) -> Resources {
+        let Ok(session) = self.session() else {
+            return Resources::default();
+        };
+        let mut held = Resources::default();
+        for info in session.registry.infos() {
+            if matches!(info.phase, Phase::Finished(_)) {
+                continue;
+            }
+            let path = crate::state::ExecDir::new(&session.state_dir, &info.execution_id).request();
+            let Ok(record) = crate::state::read_json::<crate::state::RequestRecord>(&path) else {
+                continue;
+            };
+            let Ok(req) = serde_json::from_value::<RunCommandRequest>(record.request) else {
+                continue;
+            };
+            if let Some(r) = req.resources {
+                held.cpu += r.cpu;
+                held.memory = held.memory.saturating_add(r.memory);
+                held.disk = held.disk.saturating_add(r.disk);
+                held.gpu = held.gpu.saturating_add(r.gpu);
+            }
+        }
+        held
+    }
+
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
         let session = self.session()?;
         let spec = validate_run_request(&request).map_err(|p| {
