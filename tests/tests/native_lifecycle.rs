@@ -432,6 +432,13 @@ fn a_killed_plugin_is_replaced_and_reattaches_without_losing_anything() {
     let mut plugin = RawPlugin::spawn();
     plugin.initialize(env.state.path());
     env.plugin = plugin;
+    // Still running under its monitor: a new plugin knows it.
+    let again = env.request("ra-3", "true", json!({}));
+    let msg = env.plugin.call(7, "executor_start", json!([again]));
+    assert_eq!(
+        msg["error"]["code"], -32001,
+        "start of a running id after restart: {msg}"
+    );
     for n in 1..=3 {
         let exec = format!("ra-{n}");
         let r = env.wait(&exec);
