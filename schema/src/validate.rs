@@ -9,6 +9,9 @@ use crate::types::{Network, NetworkConfig, Resources, RunCommandRequest, Storage
 
 /// Longest id accepted: ids become directory and cgroup names.
 pub const MAX_ID_LEN: usize = 200;
+/// Largest summary a result may carry per stream: two of them, JSON-escaped at worst six bytes
+/// per byte, must fit in one 16 MiB protocol message.
+pub const MAX_RETURN_LENGTH: u64 = 1 << 20;
 /// Result file names an output may not shadow.
 const RESERVED_NAMES: [&str; 3] = ["stdout", "stderr", "exitCode"];
 
@@ -119,6 +122,22 @@ pub fn validate_run_request(
                 &mut out,
                 "ExecutionTimeout",
                 format!("must be a finite number of seconds >= 0, got {t}"),
+            );
+        }
+    }
+    let limits = &req.output_limits;
+    for (key, size) in [
+        ("MaxStdoutReturnLength", limits.max_stdout_return_length),
+        ("MaxStderrReturnLength", limits.max_stderr_return_length),
+    ] {
+        if size.bytes() > MAX_RETURN_LENGTH {
+            problem(
+                &mut out,
+                format!("OutputLimits.{key}"),
+                format!(
+                    "{size} cannot travel in a result (at most {} per stream); the whole output is in the result files",
+                    crate::types::ByteSize(MAX_RETURN_LENGTH)
+                ),
             );
         }
     }
@@ -474,6 +493,22 @@ mod tests {
             msg("Network.Ports"),
             "ports can only be set for Host or Bridge network modes"
         );
+    }
+
+    #[test]
+    fn return_lengths_must_fit_in_a_message() {
+        let p = validate_run_request(&request(
+            json!({"OutputLimits": {"MaxStdoutReturnLength": "2MB"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(fields(&p), vec!["OutputLimits.MaxStdoutReturnLength"]);
+        assert!(
+            p[0].message
+                .starts_with("2MB cannot travel in a result (at most 1MB per stream)"),
+            "{}",
+            p[0].message
+        );
+        assert!(validate_run_request(&request(json!({"OutputLimits": {"MaxStdoutReturnLength": "1MB", "MaxStdoutFileLength": "100GB"}}))).is_ok());
     }
 
     #[test]
