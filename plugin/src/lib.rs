@@ -1,3 +1,4 @@
+pub mod bid;
 pub mod capabilities;
 pub mod logstore;
 pub mod monitor;

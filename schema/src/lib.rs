@@ -4,6 +4,7 @@
 pub mod api;
 pub mod errors;
 pub mod framing;
+pub mod jsonschema;
 pub mod native;
 pub mod types;
 pub mod validate;

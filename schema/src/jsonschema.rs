@@ -1,0 +1,42 @@
+//! JSON Schema (2020-12) of every message, describing the encoded form (exact Bacalhau keys).
+
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::Value;
+
+use crate::errors::ErrorData;
+use crate::native::NativeEngineSpec;
+use crate::types::*;
+
+fn schema_for<T: JsonSchema>() -> (String, Value) {
+    let generator = SchemaSettings::draft2020_12()
+        .for_serialize()
+        .into_generator();
+    let schema = generator.into_root_schema_for::<T>();
+    (format!("{}.json", T::schema_name()), schema.to_value())
+}
+
+/// One `(file name, schema)` per message type, in a stable order.
+pub fn generate_all() -> Vec<(String, Value)> {
+    vec![
+        schema_for::<RunCommandRequest>(),
+        schema_for::<RunCommandResult>(),
+        schema_for::<Resources>(),
+        schema_for::<NetworkConfig>(),
+        schema_for::<ResultPath>(),
+        schema_for::<SpecConfig>(),
+        schema_for::<PreparedStorage>(),
+        schema_for::<OutputLimits>(),
+        schema_for::<LogStreamRequest>(),
+        schema_for::<LogEvent>(),
+        schema_for::<BidStrategyRequest>(),
+        schema_for::<BidStrategyResponse>(),
+        schema_for::<InitializeParams>(),
+        schema_for::<InitializeResult>(),
+        schema_for::<ShutdownParams>(),
+        schema_for::<ExecutionSummary>(),
+        schema_for::<ExecutionStats>(),
+        schema_for::<NativeEngineSpec>(),
+        schema_for::<ErrorData>(),
+    ]
+}
