@@ -4,14 +4,14 @@
 use std::path::Path;
 
 use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
-use executor_schema::{BidStrategyRequest, BidStrategyResponse, Network, Resources};
+use executor_schema::{BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources};
 
 use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
 use crate::rpc::PLUGIN_NAME;
 
 /// Semantic bid: the engine spec decodes and validates, the program is installed, and the
-/// network and inputs can be honoured.
-pub fn semantic(request: &BidStrategyRequest) -> BidStrategyResponse {
+/// network, inputs and limits can be honoured on this host.
+pub fn semantic(request: &BidStrategyRequest, caps: &Capabilities) -> BidStrategyResponse {
     let Some(task) = request.job.task() else {
         return BidStrategyResponse::new(false, "run jobs without a task");
     };
@@ -56,6 +56,24 @@ pub fn semantic(request: &BidStrategyRequest) -> BidStrategyResponse {
             return BidStrategyResponse::new(
                 false,
                 format!("support {} networking for native jobs", net.network_type),
+            );
+        }
+        if net.network_type == Network::None && !caps.network_isolation {
+            return BidStrategyResponse::new(
+                false,
+                "isolate the network of native jobs (it needs root to create network namespaces)",
+            );
+        }
+    }
+    let wanted = &task.resources;
+    for (what, asked, enforced) in [
+        ("CPU", &wanted.cpu, caps.limits.cpu),
+        ("memory", &wanted.memory, caps.limits.memory),
+    ] {
+        if !asked.trim().is_empty() && !enforced {
+            return BidStrategyResponse::new(
+                false,
+                format!("enforce {what} limits (cgroup mode {:?}); run the plugin as root on a host with cgroups", caps.cgroup_mode),
             );
         }
     }

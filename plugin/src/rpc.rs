@@ -34,6 +34,9 @@ type RpcResult<T> = Result<T, ErrorObjectOwned>;
 /// What `initialize` settled; set once.
 struct Session {
     state_dir: PathBuf,
+    config: PluginConfig,
+    /// Detected once at `initialize`: what this host can enforce.
+    capabilities: Capabilities,
     registry: Arc<Registry>,
 }
 
@@ -59,7 +62,10 @@ impl NativePlugin {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        self.session
+            .get()
+            .map(|s| s.capabilities.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -68,10 +74,6 @@ fn not_initialized() -> ExecutorError {
         ErrorCode::NotInitialized,
         "plugin not initialized: call `initialize` first",
     )
-}
-
-fn not_implemented(method: &str) -> ErrorObjectOwned {
-    ExecutorError::unsupported(format!("{method} is not implemented yet by {PLUGIN_NAME}")).into()
 }
 
 fn seconds(value: Option<f64>, field: &str, default: Duration) -> Result<Duration, ExecutorError> {
@@ -105,7 +107,7 @@ fn registry_config(
 }
 
 /// The plain values the monitor needs, from a validated request.
-fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec) -> SpecInput {
+fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec, config: &PluginConfig) -> SpecInput {
     let limits = &req.output_limits;
     SpecInput {
         execution_id: req.execution_id.clone(),
@@ -140,11 +142,9 @@ fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec) -> SpecInput {
             .as_ref()
             .map(|n| n.network_type)
             .unwrap_or_default(),
-        // PluginConfig cgroupBase / defaultPidsMax / nofileLimit belong here once the session
-        // keeps the config; until then the sandbox defaults apply.
-        cgroup_base: None,
-        default_pids_max: None,
-        nofile: None,
+        cgroup_base: config.cgroup_base.clone(),
+        default_pids_max: config.default_pids_max,
+        nofile: config.nofile_limit,
     }
 }
 
@@ -304,8 +304,16 @@ impl ExecutorApiServer for NativePlugin {
                 let registry = Registry::open(rc).await.map_err(|e| {
                     ExecutorError::internal(format!("cannot open the state directory: {e}"))
                 })?;
+                let detect_config = config.clone();
+                let capabilities = tokio::task::spawn_blocking(move || {
+                    crate::capabilities::detect(&detect_config)
+                })
+                .await
+                .map_err(|e| ExecutorError::internal(format!("detecting capabilities: {e}")))?;
                 Ok::<_, ExecutorError>(Session {
                     state_dir: state_dir.clone(),
+                    config: config.clone(),
+                    capabilities,
                     registry,
                 })
             })
@@ -338,7 +346,7 @@ impl ExecutorApiServer for NativePlugin {
 
     async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
         self.session()?;
-        Ok(crate::bid::semantic(&request))
+        Ok(crate::bid::semantic(&request, &self.capabilities()))
     }
 
     async fn should_bid_based_on_usage(
@@ -380,9 +388,8 @@ impl ExecutorApiServer for NativePlugin {
         Ok(registry.infos().into_iter().map(summary).collect())
     }
 
-    async fn stats(&self, _execution_id: String) -> RpcResult<ExecutionStats> {
-        self.session()?;
-        Err(not_implemented("executor_stats"))
+    async fn stats(&self, execution_id: String) -> RpcResult<ExecutionStats> {
+        Ok(self.session()?.registry.stats(&execution_id).await?)
     }
 
     async fn subscribe_logs(
@@ -473,7 +480,10 @@ impl NativePlugin {
             .map_err(|e| e.with_execution(request.execution_id.clone()))?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
-        let monitor_spec = build_spec(&session.state_dir, spec_input(&request, spec))?;
+        let monitor_spec = build_spec(
+            &session.state_dir,
+            spec_input(&request, spec, &session.config),
+        )?;
         session.registry.start_spec(wire, monitor_spec).await
     }
 
