@@ -372,6 +372,49 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
 }
 
 #[test]
+fn working_dir_is_a_writable_scratch_with_binds_inside() {
+    if skip_unless_supported("working_dir_is_a_writable_scratch_with_binds_inside") {
+        return;
+    }
+    let l = Layout::new();
+    let user = UserPlan::default_unprivileged().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    fs::set_permissions(input.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(input.path().join("data.txt"), "in-work").unwrap();
+    let mut spec = l.spec();
+    spec.working_dir = Some("/job/work".into());
+    spec.binds = vec![Bind {
+        source: input.path().to_owned(),
+        target: "/job/work/in".into(),
+        read_only: true,
+    }];
+    let plan = FsPlan::new(&spec).unwrap();
+    let out = ok(&run(
+        "pwd; echo scratch > note && cat note; cat in/data.txt",
+        Some(plan),
+        Some(user),
+        true,
+    ));
+    assert_eq!(out, "/job/work\nscratch\nin-work");
+    // The scratch lived in the job's namespace only.
+    assert!(!l.root().join("job/work/note").exists());
+    assert!(!input.path().join("note").exists());
+
+    // Inside a bind the working directory must already exist in the source.
+    let mut spec = l.spec();
+    spec.working_dir = Some("/data/missing".into());
+    spec.binds = vec![Bind {
+        source: input.path().to_owned(),
+        target: "/data".into(),
+        read_only: true,
+    }];
+    assert!(matches!(
+        FsPlan::new(&spec),
+        Err(FsError::NestedTargetMissing { .. })
+    ));
+}
+
+#[test]
 fn user_resolution() {
     let nobody = UserPlan::resolve("nobody");
     let Ok(nobody) = nobody else {

@@ -48,7 +48,8 @@ pub struct FsSpec {
     pub system_ro: Vec<PathBuf>,
     /// Inputs at their targets, outputs (`results/<Name>`) read-write at their `Path`.
     pub binds: Vec<Bind>,
-    /// Where the job starts; `/` when absent. Created when it lies directly in the root.
+    /// Where the job starts; `/` when absent. Inside a bind it must exist in the bind's source;
+    /// anywhere else it is a private writable tmpfs, and binds below it are mounted on top.
     pub working_dir: Option<PathBuf>,
 }
 
@@ -407,7 +408,8 @@ enum Entry {
         /// System directories carry their submounts (e.g. a container's /etc/hosts).
         recursive: bool,
     },
-    Tmp,
+    /// A private, writable tmpfs: `/tmp`, and the working directory when no bind provides it.
+    Tmpfs(PathBuf),
     Proc,
     Dev,
 }
@@ -416,7 +418,7 @@ impl Entry {
     fn target(&self) -> &Path {
         match self {
             Entry::Bind { target, .. } => target,
-            Entry::Tmp => Path::new("/tmp"),
+            Entry::Tmpfs(target) => target,
             Entry::Proc => Path::new("/proc"),
             Entry::Dev => Path::new("/dev"),
         }
@@ -664,7 +666,7 @@ impl FsPlan {
                 }
             }
         }
-        entries.push(Entry::Tmp);
+        entries.push(Entry::Tmpfs(PathBuf::from("/tmp")));
         entries.push(Entry::Proc);
         entries.push(Entry::Dev);
 
@@ -702,6 +704,17 @@ impl FsPlan {
                 recursive: false,
             });
         }
+        let workdir = match &spec.working_dir {
+            None => PathBuf::from("/"),
+            Some(w) => {
+                check_clean("working directory", w)?;
+                let w = rewrite(w, &links);
+                if let Some(scratch) = working_dir_entry(&w, &entries)? {
+                    entries.push(scratch);
+                }
+                w
+            }
+        };
         // Outer mounts first so that none hides one inside it; the sort is stable, so system
         // directories come before the sandbox's own mounts, which come before the job's binds.
         entries.sort_by_key(|e| depth(e.target()));
@@ -741,14 +754,14 @@ impl FsPlan {
             };
             match outer {
                 None => create_in_root(what, target, &root, &relative(target), kind)?,
-                Some(Entry::Tmp) => {
-                    let rel = relative(target);
-                    let mut p = root.join("tmp");
+                Some(Entry::Tmpfs(tmpfs)) => {
+                    let rel = relative(target.strip_prefix(tmpfs).unwrap_or(target));
+                    let mut p = root.join(relative(tmpfs));
                     let n = rel.components().count();
-                    for (j, c) in rel.components().skip(1).enumerate() {
+                    for (j, c) in rel.components().enumerate() {
                         p.push(c);
                         let pc = cstring(what, &p)?;
-                        if j + 2 == n && kind == Kind::File {
+                        if j + 1 == n && kind == Kind::File {
                             steps.push(Step::Touch { path: pc });
                         } else {
                             steps.push(Step::Mkdir {
@@ -821,7 +834,7 @@ impl FsPlan {
                         }
                     }
                 }
-                Entry::Tmp => steps.push(Step::Mount {
+                Entry::Tmpfs(_) => steps.push(Step::Mount {
                     source: Some(c"tmpfs".to_owned()),
                     target: host_c,
                     fstype: Some(c"tmpfs".to_owned()),
@@ -844,37 +857,6 @@ impl FsPlan {
                 Entry::Dev => dev_steps(&mut steps, &host_target)?,
             }
         }
-
-        let workdir = match &spec.working_dir {
-            None => PathBuf::from("/"),
-            Some(w) => {
-                check_clean("working directory", w)?;
-                let w = rewrite(w, &links);
-                let outer = entries
-                    .iter()
-                    .filter(|e| w.starts_with(e.target()))
-                    .max_by_key(|e| depth(e.target()));
-                match outer {
-                    None => {
-                        create_in_root("working directory", &w, &root, &relative(&w), Kind::Dir)?
-                    }
-                    Some(Entry::Tmp) => {
-                        let mut p = root.join("tmp");
-                        for c in relative(&w).components().skip(1) {
-                            p.push(c);
-                            steps.push(Step::Mkdir {
-                                path: cstring("working directory", &p)?,
-                                mode: 0o755,
-                            });
-                        }
-                    }
-                    // Inside a bind (an output, say) or a system directory it must exist; the
-                    // child's chdir reports it otherwise.
-                    Some(_) => {}
-                }
-                w
-            }
-        };
 
         // Every mount point exists now; the root itself becomes read-only so a job running as
         // root cannot leave files in the execution's directory.
@@ -901,6 +883,40 @@ impl FsPlan {
             step.run()?;
         }
         Ok(())
+    }
+}
+
+/// The scratch tmpfs the working directory needs, if any. One that no bind or system directory
+/// provides gets a writable tmpfs of its own (as a container's writable layer would be, and as
+/// lost at the end); one inside a bind must exist in the bind's source.
+fn working_dir_entry(w: &Path, entries: &[Entry]) -> Result<Option<Entry>, FsError> {
+    if w == Path::new("/") {
+        return Ok(None);
+    }
+    let outer = entries
+        .iter()
+        .filter(|e| w.starts_with(e.target()))
+        .max_by_key(|e| depth(e.target()));
+    match outer {
+        None => Ok(Some(Entry::Tmpfs(w.to_owned()))),
+        Some(e) if e.target() == w => Ok(None),
+        Some(Entry::Tmpfs(_)) => Ok(Some(Entry::Tmpfs(w.to_owned()))),
+        Some(Entry::Bind { source, target, .. }) => {
+            let rel = w.strip_prefix(target).unwrap_or(w);
+            if check_existing("working directory", w, source, rel, Kind::Dir)? {
+                Ok(None)
+            } else {
+                Err(FsError::NestedTargetMissing {
+                    target: w.to_owned(),
+                    outer: target.clone(),
+                    missing: source.join(rel),
+                    kind: Kind::Dir.name(),
+                })
+            }
+        }
+        Some(_) => Err(FsError::Reserved {
+            target: w.to_owned(),
+        }),
     }
 }
 
