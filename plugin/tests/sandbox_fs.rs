@@ -325,6 +325,16 @@ fn plan_validation_rejects_bad_specs() {
     ])
     .is_ok());
 
+    // A symlink in the outer source could point the mount anywhere on the host.
+    std::os::unix::fs::symlink("/etc", input.path().join("link")).unwrap();
+    assert!(matches!(
+        with(vec![
+            bind(input.path(), "/in"),
+            bind(input.path(), "/in/link/x")
+        ]),
+        Err(FsError::Symlink { .. })
+    ));
+
     let mut spec = l.spec();
     spec.working_dir = Some("work/dir".into());
     assert!(matches!(
@@ -529,7 +539,12 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
         target: "/outputs".into(),
         read_only: false,
     }];
-    let script = "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u";
+    let script = &format!(
+        "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u; \
+         if ls /proc/1/root/ >/dev/null 2>&1; then echo host-root-reachable; fi; \
+         if test -e /proc/{}; then echo plugin-visible; fi; test -e /proc/self && echo self-ok",
+        std::process::id()
+    );
 
     // Control: root-owned, the user cannot write.
     let before = run(
@@ -549,7 +564,8 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
         Some(user.clone()),
         true,
     ));
-    assert_eq!(out, format!("wrote\n{}\n", user.uid));
+    // hidepid: the root-owned processes of the host (the plugin, init) are not even listed.
+    assert_eq!(out, format!("wrote\n{}\nself-ok\n", user.uid));
     assert_eq!(
         fs::read_to_string(l.results().join("out/nested/b")).unwrap(),
         "b\n"

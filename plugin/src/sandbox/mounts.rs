@@ -285,13 +285,27 @@ impl Step {
                 cvt(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
             }
             Step::Proc { target } => {
-                let fresh = mount(
-                    c"proc".as_ptr(),
-                    target,
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                // Without a pid namespace a fresh proc lists every process on the host; with
+                // hidepid an unprivileged job sees only its own user's processes, and cannot reach
+                // another job's files through /proc/<pid>/root. Kernels before 5.8 know only the
+                // numeric form, older ones neither.
+                let mut fresh = Err(io::Error::from_raw_os_error(libc::EINVAL));
+                for data in [
+                    c"hidepid=invisible".as_ptr(),
+                    c"hidepid=2".as_ptr(),
                     ptr::null(),
-                );
+                ] {
+                    fresh = mount(
+                        c"proc".as_ptr(),
+                        target,
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        data,
+                    );
+                    if !matches!(&fresh, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                        break;
+                    }
+                }
                 if fresh.is_ok() {
                     return Ok(());
                 }
