@@ -342,6 +342,9 @@ fn plan_validation_rejects_bad_specs() {
         Err(FsError::NotAbsolute { .. })
     ));
     let mut spec = l.spec();
+    spec.system_ro.push("/dev".into());
+    assert!(matches!(FsPlan::new(&spec), Err(FsError::Reserved { .. })));
+    let mut spec = l.spec();
     spec.root_dir = "/".into();
     assert!(matches!(FsPlan::new(&spec), Err(FsError::RootDir { .. })));
 }

@@ -622,6 +622,14 @@ impl FsPlan {
         let mut canon_dirs = Vec::new();
         for dir in &spec.system_ro {
             check_clean("system directory", dir)?;
+            if dir == Path::new("/")
+                || dir.starts_with("/tmp")
+                || RESERVED.iter().any(|r| dir.starts_with(r))
+            {
+                return Err(FsError::Reserved {
+                    target: dir.clone(),
+                });
+            }
             let canon = fs::canonicalize(dir).map_err(|source| FsError::Source {
                 what: "system directory",
                 path: dir.clone(),
