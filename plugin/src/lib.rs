@@ -1,3 +1,5 @@
+pub mod bid;
+pub mod capabilities;
 pub mod logstore;
 pub mod monitor;
 pub mod registry;

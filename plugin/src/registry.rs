@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use executor_schema::ExecutorError;
+use executor_schema::{ExecutionStats, ExecutorError, Network, Resources, RunCommandResult};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
+use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
 use crate::state::{
-    self, ExecDir, JobResult, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord,
+    self, ExecDir, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
 };
 
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
@@ -313,6 +314,21 @@ impl Registry {
         v
     }
 
+    /// Live usage of a running execution, from its cgroup. Fields this host cannot measure (no
+    /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: AlreadyComplete.
+    pub async fn stats(&self, execution_id: &str) -> Result<ExecutionStats, ExecutorError> {
+        let exec = self.get(execution_id)?;
+        if exec.finished().is_some() {
+            // The sentinel "execution already complete": usage is only measured while it runs.
+            return Err(ExecutorError::already_complete(execution_id));
+        }
+        let dir = exec.dir.clone();
+        let id = execution_id.to_string();
+        tokio::task::spawn_blocking(move || read_stats(&dir, &id))
+            .await
+            .map_err(|e| ExecutorError::internal(format!("reading stats: {e}")))?
+    }
+
     /// Where the execution's log is and whether it has ended.
     pub fn log_source(&self, execution_id: &str) -> Result<LogSource, ExecutorError> {
         let exec = self.get(execution_id)?;
@@ -428,13 +444,25 @@ pub struct SpecInput {
     pub output_names: Vec<String>,
     pub limits: crate::state::Limits,
     pub timeout_secs: Option<f64>,
+    /// The request's `Resources`: `CPU` and `Memory` become cgroup limits (0 = none).
+    pub resources: Resources,
+    /// The request's `Network.Type` (`Default` when the request has no `Network`).
+    pub network: Network,
+    /// `PluginConfig.cgroupBase`.
+    pub cgroup_base: Option<PathBuf>,
+    /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
+    pub default_pids_max: Option<u64>,
+    /// `PluginConfig.nofileLimit`; `None`: the sandbox default.
+    pub nofile: Option<u64>,
 }
 
 /// Resolve where everything goes and what the job sees:
 /// results in `ResultsDir`, else `ExecutionDir/results`, else the state directory's `results`;
 /// the log at `ExecutionDir/logs/raw_container_logs`, else in the state directory; environment =
 /// request `Env`, then engine variables (engine wins), then `BACALHAU_EXECUTION_ID`/`_JOB_ID`.
-pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
+/// A network type this plugin cannot provide is refused (`Unsupported`, naming it).
+pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, ExecutorError> {
+    let sandbox = sandbox_spec(&input)?;
     let dir = ExecDir::new(state_root, &input.execution_id);
     let results_dir = input
         .results_dir
@@ -455,7 +483,7 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
     env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
     let mut argv = input.entrypoint;
     argv.extend(input.parameters);
-    MonitorSpec {
+    Ok(MonitorSpec {
         execution_id: input.execution_id,
         job_id: input.job_id,
         argv,
@@ -467,7 +495,39 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> MonitorSpec {
         limits: input.limits,
         timeout_secs: input.timeout_secs,
         kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
+        sandbox,
+    })
+}
+
+fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
+    let isolate_network = match input.network {
+        Network::None => true,
+        Network::Host | Network::Full | Network::Default => false,
+        Network::Http | Network::Bridge => {
+            return Err(ExecutorError::unsupported(format!(
+                "network type {} is not supported by the native executor (supported: None, Host)",
+                input.network.as_str()
+            ))
+            .with_execution(input.execution_id.clone()))
+        }
+    };
+    let cpu = input.resources.cpu;
+    if !cpu.is_finite() || cpu < 0.0 {
+        return Err(ExecutorError::invalid_params(vec![
+            executor_schema::FieldProblem {
+                field: "Resources.CPU".into(),
+                message: format!("must be a non-negative number of cores, got {cpu}"),
+            },
+        ]));
     }
+    Ok(SandboxSpec {
+        cgroup_base: input.cgroup_base.clone(),
+        cpu_cores: (cpu > 0.0).then_some(cpu),
+        memory_bytes: (input.resources.memory > 0).then_some(input.resources.memory),
+        pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
+        nofile: input.nofile,
+        isolate_network,
+    })
 }
 
 /// The id names a directory under the state root: it must be one plain path component.
@@ -539,9 +599,12 @@ fn launch(
         let _ = BufReader::new(out).read_line(&mut line);
     }
     match serde_json::from_str::<MonitorReport>(line.trim()) {
-        Ok(MonitorReport::Failed { error }) => {
+        Ok(MonitorReport::Failed { error, code }) => {
             let _ = child.wait();
-            Err(ExecutorError::internal(error))
+            Err(match code.as_deref() {
+                Some("Unsupported") => ExecutorError::unsupported(error),
+                _ => ExecutorError::internal(error),
+            })
         }
         Ok(report) => Ok((child, fd, report)),
         Err(_) => {
@@ -585,9 +648,38 @@ async fn watch_monitor(exec: Arc<Exec>, fd: Arc<OwnedFd>, child: Option<Child>) 
     exec.phase.send_replace(Phase::Finished(Arc::new(record)));
 }
 
+/// Stats from the cgroup the monitor recorded; all `None` while it has recorded none.
+fn read_stats(dir: &ExecDir, id: &str) -> Result<ExecutionStats, ExecutorError> {
+    let mut out = ExecutionStats {
+        execution_id: id.to_string(),
+        ..ExecutionStats::default()
+    };
+    let record = match state::read_json::<MonitorRecord>(&dir.monitor()) {
+        Ok(m) => m.cgroup,
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(ExecutorError::internal(e.to_string()).with_execution(id)),
+    };
+    let Some(record) = record else {
+        return Ok(out);
+    };
+    let internal = |e: crate::sandbox::cgroup::CgroupError| {
+        ExecutorError::internal(format!("reading the job's cgroup: {e}")).with_execution(id)
+    };
+    let s = JobCgroup::from_record(&record)
+        .and_then(|cg| cg.stats())
+        .map_err(internal)?;
+    out.memory_current_bytes = s.memory_current;
+    out.memory_peak_bytes = s.memory_peak;
+    out.cpu_seconds = s.cpu_usage_usec.map(|u| u as f64 / 1e6);
+    out.pids = s.pids_current;
+    out.throttled_periods = s.nr_throttled;
+    out.throttled_seconds = s.throttled_usec.map(|u| u as f64 / 1e6);
+    Ok(out)
+}
+
 fn failed_record(reason: &str) -> ResultRecord {
     ResultRecord {
-        result: JobResult::failed(reason),
+        result: RunCommandResult::failed(reason),
         finished_at_ms: state::now_ms(),
         stdout_bytes: 0,
         stderr_bytes: 0,
@@ -610,6 +702,15 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
             // The job leads its own process group; the monitor that would have killed it is gone.
             // SAFETY: plain syscall; the start time check above guards against pid reuse.
             unsafe { libc::kill(-job.pid, libc::SIGKILL) };
+        }
+        // The cgroup holds the rest of the tree, whatever groups and sessions it moved into.
+        if let Some(record) = &mon.cgroup {
+            let removed = JobCgroup::from_record(record)
+                .and_then(|cg| cg.kill_all().map(|()| cg))
+                .and_then(JobCgroup::remove);
+            if let Err(e) = removed {
+                tracing::warn!("cleaning up the cgroup of a dead monitor: {e}");
+            }
         }
     }
     let reason = format!(
@@ -712,7 +813,7 @@ mod tests {
             parameters: vec!["echo hi".into()],
             ..SpecInput::default()
         };
-        let s = build_spec(root, base.clone());
+        let s = build_spec(root, base.clone()).unwrap();
         assert_eq!(s.results_dir, Path::new("/state/executions/e1/results"));
         assert_eq!(
             s.log_path,
@@ -726,7 +827,8 @@ mod tests {
                 execution_dir: Some("/exec/e1".into()),
                 ..base.clone()
             },
-        );
+        )
+        .unwrap();
         assert_eq!(s.results_dir, Path::new("/exec/e1/results"));
         assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
 
@@ -737,9 +839,75 @@ mod tests {
                 results_dir: Some("/r".into()),
                 ..base
             },
-        );
+        )
+        .unwrap();
         assert_eq!(s.results_dir, Path::new("/r"));
         assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+    }
+
+    #[test]
+    fn sandbox_settings_come_from_resources_network_and_config() {
+        let input = SpecInput {
+            execution_id: "e".into(),
+            resources: Resources {
+                cpu: 0.5,
+                memory: 64 << 20,
+                ..Resources::default()
+            },
+            network: Network::None,
+            cgroup_base: Some("/delegated".into()),
+            nofile: Some(1024),
+            ..SpecInput::default()
+        };
+        let s = build_spec(Path::new("/s"), input.clone()).unwrap().sandbox;
+        assert_eq!(s.cpu_cores, Some(0.5));
+        assert_eq!(s.memory_bytes, Some(64 << 20));
+        assert_eq!(s.pids_max, Some(DEFAULT_PIDS_MAX));
+        assert_eq!(s.nofile, Some(1024));
+        assert_eq!(s.cgroup_base.as_deref(), Some(Path::new("/delegated")));
+        assert!(s.isolate_network);
+
+        let s = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                resources: Resources::default(),
+                network: Network::Full,
+                default_pids_max: Some(0),
+                ..input.clone()
+            },
+        )
+        .unwrap()
+        .sandbox;
+        assert_eq!(
+            (s.cpu_cores, s.memory_bytes, s.pids_max),
+            (None, None, None)
+        );
+        assert!(!s.isolate_network);
+
+        for net in [Network::Http, Network::Bridge] {
+            let err = build_spec(
+                Path::new("/s"),
+                SpecInput {
+                    network: net,
+                    ..input.clone()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err.code, executor_schema::ErrorCode::Unsupported);
+            assert!(err.message.contains(net.as_str()), "{}", err.message);
+        }
+        let err = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                resources: Resources {
+                    cpu: -1.0,
+                    ..Resources::default()
+                },
+                ..input
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code, executor_schema::ErrorCode::InvalidParams);
     }
 
     #[test]
@@ -753,7 +921,8 @@ mod tests {
                 engine_env: vec!["A=eng=x".into(), "C".into()],
                 ..SpecInput::default()
             },
-        );
+        )
+        .unwrap();
         let env = crate::monitor::spawn::job_env(&s);
         let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
         assert_eq!(get("A"), Some("eng=x"));

@@ -1,18 +1,30 @@
 //! The `native` engine's JSON-RPC methods: the handshake and the executor calls, delegated to
 //! the execution registry.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
+use executor_schema::native::NativeEngineSpec;
+use executor_schema::validate::validate_run_request;
 use executor_schema::{
-    BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionStats, ExecutionSummary,
-    HostInfo, InitializeResult, LogStreamRequest, PluginConfig, PluginInfo, Resources,
-    RunCommandRequest, RunCommandResult, SUPPORTED_PROTOCOL_VERSIONS,
+    BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
+    ExecutionSummary, FieldProblem, HostInfo, InitializeResult, LogEvent, LogStream,
+    LogStreamRequest, PluginConfig, PluginInfo, Resources, RunCommandRequest, RunCommandResult,
+    SUPPORTED_PROTOCOL_VERSIONS,
 };
+use futures::StreamExt;
 use jsonrpsee::core::{async_trait, SubscriptionResult};
 use jsonrpsee::types::ErrorObjectOwned;
-use jsonrpsee::PendingSubscriptionSink;
-use std::path::PathBuf;
+use jsonrpsee::{PendingSubscriptionSink, SubscriptionMessage};
 use tokio::sync::OnceCell;
+
+use crate::logstore::{self, FollowOptions, LogItem};
+use crate::monitor::CANCELLED_MSG;
+use crate::registry::{build_spec, Phase, Registry, RegistryConfig, SpecInput};
+use crate::state::{Limits, ResultRecord};
 
 pub const ENGINE: &str = "native";
 pub const PLUGIN_NAME: &str = "executor-native";
@@ -21,9 +33,11 @@ type RpcResult<T> = Result<T, ErrorObjectOwned>;
 
 /// What `initialize` settled; set once.
 struct Session {
-    host: HostInfo,
-    config: PluginConfig,
     state_dir: PathBuf,
+    config: PluginConfig,
+    /// Detected once at `initialize`: what this host can enforce.
+    capabilities: Capabilities,
+    registry: Arc<Registry>,
 }
 
 pub struct NativePlugin {
@@ -48,7 +62,10 @@ impl NativePlugin {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        self.session
+            .get()
+            .map(|s| s.capabilities.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -59,8 +76,161 @@ fn not_initialized() -> ExecutorError {
     )
 }
 
-fn not_implemented(method: &str) -> ErrorObjectOwned {
-    ExecutorError::unsupported(format!("{method} is not implemented yet by {PLUGIN_NAME}")).into()
+fn seconds(value: Option<f64>, field: &str, default: Duration) -> Result<Duration, ExecutorError> {
+    match value {
+        None => Ok(default),
+        Some(v) => Duration::try_from_secs_f64(v).map_err(|_| {
+            ExecutorError::invalid_params(vec![FieldProblem {
+                field: format!("config.{field}"),
+                message: format!("must be a number of seconds >= 0, got {v}"),
+            }])
+        }),
+    }
+}
+
+fn registry_config(
+    config: &PluginConfig,
+    state_dir: &Path,
+) -> Result<RegistryConfig, ExecutorError> {
+    let exe = std::env::current_exe().map_err(|e| {
+        ExecutorError::internal(format!(
+            "cannot find this plugin's own binary to start monitors: {e}"
+        ))
+    })?;
+    let mut rc = RegistryConfig::new(state_dir, exe);
+    rc.retention = seconds(config.retention, "retention", rc.retention)?;
+    rc.kill_grace = seconds(config.kill_grace, "killGrace", rc.kill_grace)?;
+    if let Some(max) = config.max_retained {
+        rc.max_retained = max;
+    }
+    Ok(rc)
+}
+
+/// The plain values the monitor needs, from a validated request.
+fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec, config: &PluginConfig) -> SpecInput {
+    let limits = &req.output_limits;
+    SpecInput {
+        execution_id: req.execution_id.clone(),
+        job_id: req.job_id.clone(),
+        entrypoint: spec.entrypoint,
+        parameters: spec.parameters,
+        request_env: req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        engine_env: spec.environment_variables,
+        working_dir: (!spec.working_directory.is_empty())
+            .then(|| PathBuf::from(spec.working_directory)),
+        results_dir: Some(req.results_path()),
+        execution_dir: (!req.execution_dir.is_empty()).then(|| PathBuf::from(&req.execution_dir)),
+        output_names: req
+            .outputs
+            .iter()
+            .map(|o| o.name.trim().to_string())
+            .collect(),
+        limits: Limits {
+            stdout_file: limits.max_stdout_file_length.bytes(),
+            stdout_return: limits.max_stdout_return_length.bytes(),
+            stderr_file: limits.max_stderr_file_length.bytes(),
+            stderr_return: limits.max_stderr_return_length.bytes(),
+        },
+        timeout_secs: req.execution_timeout.filter(|t| *t > 0.0),
+        resources: req.resources.clone().unwrap_or_default(),
+        network: req
+            .network
+            .as_ref()
+            .map(|n| n.network_type)
+            .unwrap_or_default(),
+        cgroup_base: config.cgroup_base.clone(),
+        default_pids_max: config.default_pids_max,
+        nofile: config.nofile_limit,
+    }
+}
+
+/// Until jobs get a private mount namespace, inputs and outputs are only honoured where the
+/// job already finds them at the path it was promised; anything else is refused, never run
+/// with the wrong paths.
+fn check_paths_reachable(req: &RunCommandRequest) -> Result<(), ExecutorError> {
+    let results = req.results_path();
+    for o in &req.outputs {
+        let at = results.join(o.name.trim());
+        if Path::new(o.path.trim()) != at {
+            return Err(ExecutorError::unsupported(format!(
+                "output '{}' wants to be written at {}, but this plugin cannot mount outputs yet \
+                 (no filesystem isolation); set its Path to {} where the job writes it directly",
+                o.name,
+                o.path,
+                at.display()
+            )));
+        }
+    }
+    for (i, input) in req.inputs.iter().enumerate() {
+        let v = &input.volume;
+        if v.source != v.target || v.read_only {
+            return Err(ExecutorError::unsupported(format!(
+                "input {i} ({} at {}{}) needs a bind mount, which this plugin cannot do yet \
+                 (no filesystem isolation); only writable inputs whose target is their source work",
+                v.source,
+                v.target,
+                if v.read_only { ", read-only" } else { "" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn to_result(r: &RunCommandResult) -> RunCommandResult {
+    r.clone()
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    let mut buf = [0u8; logstore::timestamp::TIMESTAMP_LEN];
+    logstore::timestamp::format_unix(
+        (ms / 1000) as i64,
+        ((ms % 1000) * 1_000_000) as u32,
+        &mut buf,
+    );
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn summary(info: crate::registry::ExecInfo) -> ExecutionSummary {
+    let (state, finished): (ExecutionState, Option<&ResultRecord>) = match &info.phase {
+        Phase::Starting => (ExecutionState::Starting, None),
+        Phase::Running => (ExecutionState::Running, None),
+        Phase::Finished(r) if r.result.error_msg == CANCELLED_MSG => {
+            (ExecutionState::Cancelled, Some(r))
+        }
+        Phase::Finished(r) if !r.result.error_msg.is_empty() => (ExecutionState::Failed, Some(r)),
+        Phase::Finished(r) => (ExecutionState::Completed, Some(r)),
+    };
+    ExecutionSummary {
+        execution_id: info.execution_id,
+        job_id: info.job_id,
+        state,
+        started_at: Some(rfc3339_ms(info.created_at_ms)),
+        finished_at: finished.map(|r| rfc3339_ms(r.finished_at_ms)),
+        exit_code: finished.map(|r| r.result.exit_code),
+        error_msg: finished
+            .map(|r| r.result.error_msg.clone())
+            .filter(|m| !m.is_empty()),
+    }
+}
+
+fn log_event(item: &LogItem) -> LogEvent {
+    match item {
+        LogItem::Frame(f) => LogEvent::data(
+            match f.stream {
+                logstore::Stream::Stdout => LogStream::Stdout,
+                logstore::Stream::Stderr => LogStream::Stderr,
+            },
+            f.timestamp.clone(),
+            &f.data,
+            f.offset,
+            f.next,
+        ),
+        LogItem::End { offset } => LogEvent::End { offset: *offset },
+    }
 }
 
 /// The default state root: `/var/lib/executor-plugins/<engine>` as root, else under
@@ -101,19 +271,24 @@ impl ExecutorApiServer for NativePlugin {
         config: Option<PluginConfig>,
     ) -> RpcResult<InitializeResult> {
         let version = negotiate(&protocol_versions)?;
+        if self.session.initialized() {
+            return Err(ExecutorError::new(
+                ErrorCode::InvalidParams,
+                "already initialized: `initialize` may be called once per plugin process",
+            )
+            .into());
+        }
         let config = config.unwrap_or_default();
         let state_dir = config
             .state_dir
             .clone()
             .unwrap_or_else(|| default_state_dir(ENGINE));
         if !state_dir.is_absolute() {
-            return Err(
-                ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
-                    field: "config.stateDir".into(),
-                    message: format!("must be an absolute path, got {}", state_dir.display()),
-                }])
-                .into(),
-            );
+            return Err(ExecutorError::invalid_params(vec![FieldProblem {
+                field: "config.stateDir".into(),
+                message: format!("must be an absolute path, got {}", state_dir.display()),
+            }])
+            .into());
         }
         std::fs::create_dir_all(&state_dir).map_err(|e| {
             ExecutorError::internal(format!(
@@ -121,20 +296,29 @@ impl ExecutorApiServer for NativePlugin {
                 state_dir.display()
             ))
         })?;
+        let rc = registry_config(&config, &state_dir)?;
         let host = host.unwrap_or_default();
-        tracing::info!(host = %host.name, host_version = %host.version, state_dir = %state_dir.display(), "initialized");
-        let session = Session {
-            host,
-            config,
-            state_dir,
-        };
-        if self.session.set(session).is_err() {
-            return Err(ExecutorError::new(
-                ErrorCode::InvalidParams,
-                "already initialized: `initialize` may be called once per plugin process",
-            )
-            .into());
-        }
+        let session = self
+            .session
+            .get_or_try_init(|| async {
+                let registry = Registry::open(rc).await.map_err(|e| {
+                    ExecutorError::internal(format!("cannot open the state directory: {e}"))
+                })?;
+                let detect_config = config.clone();
+                let capabilities = tokio::task::spawn_blocking(move || {
+                    crate::capabilities::detect(&detect_config)
+                })
+                .await
+                .map_err(|e| ExecutorError::internal(format!("detecting capabilities: {e}")))?;
+                Ok::<_, ExecutorError>(Session {
+                    state_dir: state_dir.clone(),
+                    config: config.clone(),
+                    capabilities,
+                    registry,
+                })
+            })
+            .await?;
+        tracing::info!(host = %host.name, host_version = %host.version, state_dir = %session.state_dir.display(), "initialized");
         Ok(InitializeResult {
             protocol_version: version.to_string(),
             engine: ENGINE.to_string(),
@@ -147,10 +331,11 @@ impl ExecutorApiServer for NativePlugin {
     }
 
     async fn shutdown(&self, cancel_running: Option<bool>) -> RpcResult<()> {
-        tracing::info!(
-            cancel_running = cancel_running.unwrap_or(false),
-            "shutting down"
-        );
+        let cancel_running = cancel_running.unwrap_or(false);
+        tracing::info!(cancel_running, "shutting down");
+        if let Some(session) = self.session.get() {
+            session.registry.shutdown(cancel_running).await;
+        }
         Ok(())
     }
 
@@ -159,62 +344,151 @@ impl ExecutorApiServer for NativePlugin {
         Ok(session.state_dir.is_dir())
     }
 
-    async fn should_bid(&self, _request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
+    async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
         self.session()?;
-        Err(not_implemented("executor_shouldBid"))
+        Ok(crate::bid::semantic(&request, &self.capabilities()))
     }
 
     async fn should_bid_based_on_usage(
         &self,
         _request: BidStrategyRequest,
-        _usage: Resources,
+        usage: Resources,
     ) -> RpcResult<BidStrategyResponse> {
-        self.session()?;
-        Err(not_implemented("executor_shouldBidBasedOnUsage"))
+        let session = self.session()?;
+        let problems = executor_schema::validate::validate_resources(&usage);
+        if !problems.is_empty() {
+            return Err(ExecutorError::invalid_params(problems).into());
+        }
+        let gpus = self.capabilities().gpus.len() as u64;
+        let capacity = crate::bid::Capacity::of_host(&session.state_dir, gpus);
+        let held = self.held_resources();
+        Ok(crate::bid::usage(&usage, capacity, &held))
     }
 
-    async fn start(&self, _request: RunCommandRequest) -> RpcResult<()> {
-        self.session()?;
-        Err(not_implemented("executor_start"))
+    async fn start(&self, request: RunCommandRequest) -> RpcResult<()> {
+        Ok(self.start_request(request).await?)
     }
 
-    async fn run(&self, _request: RunCommandRequest) -> RpcResult<RunCommandResult> {
-        self.session()?;
-        Err(not_implemented("executor_run"))
+    async fn run(&self, request: RunCommandRequest) -> RpcResult<RunCommandResult> {
+        let id = request.execution_id.clone();
+        self.start_request(request).await?;
+        Ok(self.wait_result(&id).await?)
     }
 
-    async fn wait(&self, _execution_id: String) -> RpcResult<RunCommandResult> {
-        self.session()?;
-        Err(not_implemented("executor_wait"))
+    async fn wait(&self, execution_id: String) -> RpcResult<RunCommandResult> {
+        Ok(self.wait_result(&execution_id).await?)
     }
 
-    async fn cancel(&self, _execution_id: String) -> RpcResult<()> {
-        self.session()?;
-        Err(not_implemented("executor_cancel"))
+    async fn cancel(&self, execution_id: String) -> RpcResult<()> {
+        Ok(self.session()?.registry.cancel(&execution_id).await?)
     }
 
     async fn list(&self) -> RpcResult<Vec<ExecutionSummary>> {
-        self.session()?;
-        Err(not_implemented("executor_list"))
+        let registry = &self.session()?.registry;
+        Ok(registry.infos().into_iter().map(summary).collect())
     }
 
-    async fn stats(&self, _execution_id: String) -> RpcResult<ExecutionStats> {
-        self.session()?;
-        Err(not_implemented("executor_stats"))
+    async fn stats(&self, execution_id: String) -> RpcResult<ExecutionStats> {
+        Ok(self.session()?.registry.stats(&execution_id).await?)
     }
 
     async fn subscribe_logs(
         &self,
         pending: PendingSubscriptionSink,
-        _request: LogStreamRequest,
+        request: LogStreamRequest,
     ) -> SubscriptionResult {
-        if let Err(e) = self.session() {
-            pending.reject(ErrorObjectOwned::from(e)).await;
-            return Ok(());
+        let source = self
+            .session()
+            .and_then(|s| s.registry.log_source(&request.execution_id));
+        let source = match source {
+            Ok(s) => s,
+            Err(e) => {
+                pending.reject(ErrorObjectOwned::from(e)).await;
+                return Ok(());
+            }
+        };
+        let sink = pending.accept().await?;
+        let opts = FollowOptions {
+            position: request.position,
+            tail: request.tail,
+            follow: request.follow,
+            ..FollowOptions::default()
+        };
+        let stream = logstore::follow(source.path, opts);
+        futures::pin_mut!(stream);
+        loop {
+            let item = tokio::select! {
+                _ = sink.closed() => return Ok(()),
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(item)) => {
+                    let end = matches!(item, LogItem::End { .. });
+                    let msg = SubscriptionMessage::new(
+                        sink.method_name(),
+                        sink.subscription_id(),
+                        &log_event(&item),
+                    )?;
+                    sink.send(msg).await?;
+                    if end {
+                        return Ok(());
+                    }
+                }
+                // The client learns why through the subscription's error and can resume from
+                // the last `next` it received.
+                Some(Err(e)) => return Err(format!("reading the execution log failed: {e}").into()),
+                None => return Ok(()),
+            }
         }
-        pending
-            .reject(not_implemented("executor_subscribeLogs"))
-            .await;
-        Ok(())
+    }
+}
+
+impl NativePlugin {
+    /// What running executions were allocated, from their stored requests.
+    fn held_resources(&self) -> Resources {
+        let Ok(session) = self.session() else {
+            return Resources::default();
+        };
+        let mut held = Resources::default();
+        for info in session.registry.infos() {
+            if matches!(info.phase, Phase::Finished(_)) {
+                continue;
+            }
+            let path = crate::state::ExecDir::new(&session.state_dir, &info.execution_id).request();
+            let Ok(record) = crate::state::read_json::<crate::state::RequestRecord>(&path) else {
+                continue;
+            };
+            let Ok(req) = serde_json::from_value::<RunCommandRequest>(record.request) else {
+                continue;
+            };
+            if let Some(r) = req.resources {
+                held.cpu += r.cpu;
+                held.memory = held.memory.saturating_add(r.memory);
+                held.disk = held.disk.saturating_add(r.disk);
+                held.gpu = held.gpu.saturating_add(r.gpu);
+            }
+        }
+        held
+    }
+
+    async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
+        let session = self.session()?;
+        let spec = validate_run_request(&request).map_err(|p| {
+            ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
+        })?;
+        check_paths_reachable(&request)
+            .map_err(|e| e.with_execution(request.execution_id.clone()))?;
+        let wire = serde_json::to_value(&request)
+            .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
+        let monitor_spec = build_spec(
+            &session.state_dir,
+            spec_input(&request, spec, &session.config),
+        )?;
+        session.registry.start_spec(wire, monitor_spec).await
+    }
+
+    async fn wait_result(&self, execution_id: &str) -> Result<RunCommandResult, ExecutorError> {
+        let record = self.session()?.registry.wait_record(execution_id).await?;
+        Ok(to_result(&record.result))
     }
 }

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub max_subscriptions: u32,
     /// Messages queued for the writer before senders wait.
     pub message_buffer: usize,
+    /// Methods served before the next line is read, so a host may pipeline calls after them
+    /// (`initialize`); everything else runs concurrently.
+    pub barrier_methods: Vec<&'static str>,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +40,7 @@ impl Default for ServerConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             max_subscriptions: 1024,
             message_buffer: 1024,
+            barrier_methods: vec!["initialize"],
         }
     }
 }
@@ -117,6 +121,7 @@ where
         ),
         subscriptions: BoundedSubscriptions::new(config.max_subscriptions),
         max_response_size: config.max_message_size,
+        barrier_methods: config.barrier_methods,
         stop,
     });
     let mut frames = FramedRead::new(input, NdjsonCodec::new(config.max_message_size));
@@ -142,7 +147,12 @@ where
                 }
                 Some(Ok(Frame::Line(line))) => {
                     let conn = conn.clone();
-                    tokio::spawn(async move { conn.handle_line(line).await });
+                    if conn.is_barrier(&line) {
+                        // Later lines are read only once this call has been answered.
+                        conn.handle_line(line).await;
+                    } else {
+                        tokio::spawn(async move { conn.handle_line(line).await });
+                    }
                 }
             }
         }
@@ -224,6 +234,7 @@ struct Connection {
     sink: MethodSink,
     subscriptions: BoundedSubscriptions,
     max_response_size: usize,
+    barrier_methods: Vec<&'static str>,
     stop: StopHandle,
 }
 
@@ -233,6 +244,19 @@ impl Connection {
     async fn send_error(&self, id: Id<'_>, err: ErrorObject<'_>) {
         // A closed sink means the writer is gone, i.e. we are shutting down.
         let _ = self.sink.send_error(id, err).await;
+    }
+
+    fn is_barrier(&self, line: &[u8]) -> bool {
+        #[derive(serde::Deserialize)]
+        struct MethodOnly<'a> {
+            #[serde(borrow)]
+            method: Option<std::borrow::Cow<'a, str>>,
+        }
+        !self.barrier_methods.is_empty()
+            && serde_json::from_slice::<MethodOnly<'_>>(line)
+                .ok()
+                .and_then(|m| m.method)
+                .is_some_and(|m| self.barrier_methods.contains(&m.as_ref()))
     }
 
     async fn handle_line(&self, line: Vec<u8>) {

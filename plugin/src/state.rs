@@ -17,8 +17,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use executor_schema::RunCommandResult;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::sandbox::cgroup::CgroupRecord;
 
 pub const EXECUTIONS_DIR: &str = "executions";
 pub const REQUEST_FILE: &str = "request.json";
@@ -110,6 +113,32 @@ pub struct MonitorSpec {
     pub timeout_secs: Option<f64>,
     /// Milliseconds between the graceful SIGTERM and the kill of the whole tree.
     pub kill_grace_ms: u64,
+    /// Limits and isolation. Absent in records written before it existed: no limits.
+    #[serde(default)]
+    pub sandbox: SandboxSpec,
+}
+
+/// What the monitor puts around the job. Requested limits (`cpu_cores`, `memory_bytes`) are
+/// requirements: a host that cannot enforce one refuses the job. `pids_max` is the plugin's own
+/// guard against fork bombs, applied where a pids controller exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    /// Base cgroup as `/proc/self/cgroup` prints paths; `None`: `<own cgroup>/executor-plugins`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_base: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    /// `RLIMIT_NOFILE` soft limit; `None`: the sandbox default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u64>,
+    /// A network namespace of its own with only `lo` (`Network: None`).
+    #[serde(default)]
+    pub isolate_network: bool,
 }
 
 /// Output limits in bytes (DESIGN.md "Results").
@@ -175,41 +204,17 @@ pub struct MonitorRecord {
     #[serde(default)]
     pub job: Option<ProcId>,
     pub log_path: PathBuf,
-}
-
-/// The result in Bacalhau's JSON shape (`models.RunCommandResult`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct JobResult {
-    #[serde(rename = "Stdout")]
-    pub stdout: String,
-    #[serde(rename = "StdoutTruncated")]
-    pub stdout_truncated: bool,
-    #[serde(rename = "stderr")]
-    pub stderr: String,
-    #[serde(rename = "StderrTruncated")]
-    pub stderr_truncated: bool,
-    #[serde(rename = "ExitCode")]
-    pub exit_code: i64,
-    #[serde(rename = "ErrorMsg")]
-    pub error_msg: String,
-}
-
-impl JobResult {
-    /// Bacalhau's `NewFailedResult`.
-    pub fn failed(reason: impl Into<String>) -> Self {
-        JobResult {
-            exit_code: -1,
-            error_msg: reason.into(),
-            ..JobResult::default()
-        }
-    }
+    /// The job's cgroup, recorded before the job is spawned: the plugin reads stats from it and
+    /// removes it when the monitor died without doing so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupRecord>,
 }
 
 /// `result.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResultRecord {
-    pub result: JobResult,
+    pub result: RunCommandResult,
     pub finished_at_ms: u64,
     /// Total bytes the job wrote to each stream (beyond any limit).
     #[serde(default)]
@@ -329,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("result.json");
         let rec = ResultRecord {
-            result: JobResult::failed("boom"),
+            result: RunCommandResult::failed("boom"),
             finished_at_ms: 5,
             stdout_bytes: 1,
             stderr_bytes: 2,

@@ -28,6 +28,7 @@ fn the_monitor_closes_descriptors_it_inherits() {
         limits: Limits::default(),
         timeout_secs: None,
         kill_grace_ms: 1000,
+        sandbox: Default::default(),
     };
     let record = RequestRecord {
         request: serde_json::Value::Null,

@@ -52,6 +52,7 @@ fn spec(e: &Env, id: &str, argv: &[&str]) -> MonitorSpec {
         limits: Limits::default(),
         timeout_secs: None,
         kill_grace_ms: 0,
+        sandbox: Default::default(),
     }
 }
 

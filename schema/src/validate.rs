@@ -9,6 +9,9 @@ use crate::types::{Network, NetworkConfig, Resources, RunCommandRequest, Storage
 
 /// Longest id accepted: ids become directory and cgroup names.
 pub const MAX_ID_LEN: usize = 200;
+/// Largest summary a result may carry per stream: two of them, JSON-escaped at worst six bytes
+/// per byte, must fit in one 16 MiB protocol message.
+pub const MAX_RETURN_LENGTH: u64 = 1 << 20;
 /// Result file names an output may not shadow.
 const RESERVED_NAMES: [&str; 3] = ["stdout", "stderr", "exitCode"];
 
@@ -122,6 +125,22 @@ pub fn validate_run_request(
             );
         }
     }
+    let limits = &req.output_limits;
+    for (key, size) in [
+        ("MaxStdoutReturnLength", limits.max_stdout_return_length),
+        ("MaxStderrReturnLength", limits.max_stderr_return_length),
+    ] {
+        if size.bytes() > MAX_RETURN_LENGTH {
+            problem(
+                &mut out,
+                format!("OutputLimits.{key}"),
+                format!(
+                    "{size} cannot travel in a result (at most {} per stream); the whole output is in the result files",
+                    crate::types::ByteSize(MAX_RETURN_LENGTH)
+                ),
+            );
+        }
+    }
     match spec {
         Some(s) if out.is_empty() => Ok(s),
         _ => Err(out),
@@ -182,6 +201,16 @@ fn validate_volume(v: &StorageVolume, at: &str, out: &mut Vec<FieldProblem>) {
             format!("unknown storage volume type: {}", v.volume_type),
         );
     }
+    // A NUL cannot reach mount(2) or open(2): refuse it here with the field named.
+    for (key, path) in [("source", &v.source), ("target", &v.target)] {
+        if path.contains('\0') {
+            problem(
+                out,
+                format!("{at}.{key}"),
+                format!("input {key} path cannot contain NUL bytes"),
+            );
+        }
+    }
     if !v.source.starts_with('/') {
         problem(
             out,
@@ -232,6 +261,24 @@ fn valid_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A host name (a leading `.` stands for any subdomain, as in Bacalhau's `DomainSet`) or an
+/// IP address.
+fn valid_domain(d: &str) -> bool {
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = d.strip_prefix('.').unwrap_or(d);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 pub fn validate_network(n: &NetworkConfig) -> Vec<FieldProblem> {
     let mut out = Vec::new();
     if !n.domains.is_empty() && n.network_type != Network::Http {
@@ -240,6 +287,15 @@ pub fn validate_network(n: &NetworkConfig) -> Vec<FieldProblem> {
             "Network.Domains",
             "domains can only be set for HTTP network mode",
         );
+    }
+    for (i, d) in n.domains.iter().enumerate() {
+        if !valid_domain(d) {
+            problem(
+                &mut out,
+                format!("Network.Domains[{i}]"),
+                format!("invalid domain {d:?}"),
+            );
+        }
     }
     let ports_allowed = matches!(
         n.network_type,
@@ -437,6 +493,22 @@ mod tests {
             msg("Network.Ports"),
             "ports can only be set for Host or Bridge network modes"
         );
+    }
+
+    #[test]
+    fn return_lengths_must_fit_in_a_message() {
+        let p = validate_run_request(&request(
+            json!({"OutputLimits": {"MaxStdoutReturnLength": "2MB"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(fields(&p), vec!["OutputLimits.MaxStdoutReturnLength"]);
+        assert!(
+            p[0].message
+                .starts_with("2MB cannot travel in a result (at most 1MB per stream)"),
+            "{}",
+            p[0].message
+        );
+        assert!(validate_run_request(&request(json!({"OutputLimits": {"MaxStdoutReturnLength": "1MB", "MaxStdoutFileLength": "100GB"}}))).is_ok());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct RawPlugin {
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
+    /// Messages read while looking for another one.
+    stash: std::collections::VecDeque<serde_json::Value>,
 }
 
 impl RawPlugin {
@@ -69,6 +71,7 @@ impl RawPlugin {
             child,
             stdin,
             lines: rx,
+            stash: Default::default(),
         }
     }
 
@@ -95,7 +98,10 @@ impl RawPlugin {
     }
 
     pub fn recv(&mut self) -> serde_json::Value {
-        self.recv_timeout(Duration::from_secs(30))
+        match self.stash.pop_front() {
+            Some(m) => m,
+            None => self.recv_timeout(Duration::from_secs(30)),
+        }
     }
 
     /// Nothing more arrives within `wait`.
@@ -106,16 +112,49 @@ impl RawPlugin {
     }
 
     pub fn call(&mut self, id: u64, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.send_call(id, method, params);
+        self.response(id)
+    }
+
+    pub fn send_call(&mut self, id: u64, method: &str, params: serde_json::Value) {
         self.send(
             &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
         );
-        let msg = self.recv();
-        assert_eq!(
-            msg["id"],
-            serde_json::json!(id),
-            "answer to {method}: {msg}"
-        );
-        msg
+    }
+
+    /// The first message (stashed or new) matching `pred`; others are stashed in order.
+    pub fn recv_matching(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i).expect("stashed message");
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let msg = self.recv_timeout(left);
+            if pred(&msg) {
+                return msg;
+            }
+            self.stash.push_back(msg);
+        }
+    }
+
+    /// The response to call `id` (waits up to 60 s).
+    pub fn response(&mut self, id: u64) -> serde_json::Value {
+        self.recv_matching(Duration::from_secs(60), |m| {
+            m.get("id") == Some(&serde_json::json!(id)) && m.get("method").is_none()
+        })
+    }
+
+    /// The next `executor_logs` item of subscription `sub`.
+    pub fn log_event(&mut self, sub: &serde_json::Value, timeout: Duration) -> serde_json::Value {
+        let msg = self.recv_matching(timeout, |m| {
+            m["method"] == "executor_logs" && &m["params"]["subscription"] == sub
+        });
+        msg["params"]["result"].clone()
     }
 
     pub fn initialize(&mut self, state_dir: &std::path::Path) -> serde_json::Value {

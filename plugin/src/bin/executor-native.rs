@@ -11,7 +11,10 @@ use executor_schema::api::ExecutorApiServer;
 fn main() -> ExitCode {
     // Monitor mode must be decided before any async runtime or thread exists.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == executor_plugin::monitor::MONITOR_ARG) {
+    if argv
+        .get(1)
+        .is_some_and(|a| a == executor_plugin::monitor::MONITOR_ARG)
+    {
         std::process::exit(executor_plugin::monitor::main_from_args(argv));
     }
     let mut args = argv.into_iter();

@@ -6,6 +6,7 @@
 //! and writes `result.json`. Its state directory is the whole interface with the plugin, so it
 //! does not depend on the plugin staying alive.
 
+pub mod host_sandbox;
 pub mod pidfd;
 pub mod signals;
 pub mod spawn;
@@ -20,20 +21,22 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use executor_schema::RunCommandResult;
 use serde::{Deserialize, Serialize};
 
 use crate::results::{self, OutputSink, StreamSummary};
 use crate::state::{
-    self, ExecDir, JobResult, MonitorRecord, MonitorSpec, ProcId, RequestRecord, ResultRecord,
-    StateError,
+    self, ExecDir, MonitorRecord, MonitorSpec, ProcId, RequestRecord, ResultRecord, StateError,
 };
-use spawn::{JobSandbox, NoSandbox, SpawnError};
+use host_sandbox::HostSandbox;
+use spawn::{JobSandbox, SandboxError, SpawnError};
 use supervise::{Outcome, Stop, Supervisor};
 
 /// argv[1] that selects monitor mode in `executor-native`.
 pub const MONITOR_ARG: &str = "__monitor";
 
 pub const CANCELLED_MSG: &str = "execution already cancelled";
+pub const OOM_MSG: &str = "memory limit exceeded";
 
 /// The one line the monitor writes on its stdout for the plugin's `start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +50,12 @@ pub enum MonitorReport {
     /// The job could not be executed; its (failed) result follows in `result.json`.
     NotStarted { reason: String },
     /// Setup failed: a start error, no result will follow.
-    Failed { error: String },
+    Failed {
+        error: String,
+        /// The `ErrorCode` name when it is not an internal error (e.g. `Unsupported`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
 }
 
 /// Where the job's output goes besides the results files.
@@ -113,6 +121,33 @@ pub enum MonitorError {
     State(#[from] StateError),
     #[error("{what}: {source}")]
     Setup { what: String, source: io::Error },
+    /// The request needs something this host cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Sandbox(String),
+}
+
+impl MonitorError {
+    /// The report for a start error.
+    pub fn report(&self) -> MonitorReport {
+        MonitorReport::Failed {
+            error: self.to_string(),
+            code: match self {
+                MonitorError::Unsupported(_) => Some("Unsupported".into()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<SandboxError> for MonitorError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Unsupported(m) => MonitorError::Unsupported(m),
+            SandboxError::Setup(m) => MonitorError::Sandbox(m),
+        }
+    }
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> MonitorError {
@@ -136,18 +171,14 @@ where
     let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
         let e = MonitorError::Usage;
         eprintln!("{e}");
-        reporter.send(&MonitorReport::Failed {
-            error: e.to_string(),
-        });
+        reporter.send(&e.report());
         return 2;
     };
-    match run(&ExecDir::at(dir), &mut NoSandbox, &mut reporter) {
+    match run(&ExecDir::at(dir), &mut HostSandbox::new(), &mut reporter) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("monitor: {e}");
-            reporter.send(&MonitorReport::Failed {
-                error: e.to_string(),
-            });
+            reporter.send(&e.report());
             1
         }
     }
@@ -199,9 +230,35 @@ pub fn run(
         monitor: me,
         job: None,
         log_path: spec.log_path.clone(),
+        cgroup: None,
     };
     state::write_json_atomic(&dir.monitor(), &mon)?;
 
+    let prepared = sandbox
+        .prepare(&spec)
+        .map_err(MonitorError::from)
+        .and_then(|()| {
+            mon.cgroup = sandbox.cgroup_record();
+            Ok(state::write_json_atomic(&dir.monitor(), &mon)?)
+        });
+    let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
+    // The OOM counter lives in the cgroup: read before cleanup removes it.
+    let oom_killed = sandbox.oom_killed();
+    sandbox.cleanup();
+    let (sinks, mut log, outcome) = setup_done?;
+    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)
+}
+
+type Supervised = ([OutputSink; 2], RawLog, Result<Outcome, String>);
+
+/// Create the outputs, spawn the job and supervise it to its end. Errors are setup errors.
+fn supervise_job(
+    dir: &ExecDir,
+    spec: &MonitorSpec,
+    mon: &mut MonitorRecord,
+    sandbox: &mut dyn JobSandbox,
+    reporter: &mut Reporter,
+) -> Result<Supervised, MonitorError> {
     std::fs::create_dir_all(&spec.results_dir).map_err(setup(format!(
         "creating results directory {}",
         spec.results_dir.display()
@@ -228,10 +285,10 @@ pub fn run(
     let sigfd = signals::SignalFd::open().map_err(setup("opening signalfd"))?;
 
     let started = Instant::now();
-    let outcome = match spawn::spawn_job(&spec, sandbox) {
+    let outcome = match spawn::spawn_job(spec, sandbox) {
         Ok(job) => {
             mon.job = ProcId::of(job.pid).ok();
-            if let Err(e) = state::write_json_atomic(&dir.monitor(), &mon) {
+            if let Err(e) = state::write_json_atomic(&dir.monitor(), &*mon) {
                 eprintln!("monitor: recording the job pid: {e}");
             }
             reporter.send(&MonitorReport::Running { job_pid: job.pid });
@@ -266,8 +323,7 @@ pub fn run(
         }
         Err(SpawnError::Setup(e)) => return Err(setup("spawning the job")(e)),
     };
-    sandbox.cleanup();
-    finish(dir, &spec, sinks, &mut log, outcome, sandbox.oom_killed())
+    Ok((sinks, log, outcome))
 }
 
 /// Own session (the plugin's signals and terminal don't reach us), child subreaper (orphans of
@@ -321,7 +377,7 @@ fn finish(
     let (out, err) = (out.finish(), err.finish());
     let mut result = match &outcome {
         Ok(o) => outcome_result(o, oom_killed),
-        Err(reason) => JobResult::failed(reason.clone()),
+        Err(reason) => RunCommandResult::failed(reason.clone()),
     };
     result.stdout = out.summary_lossy();
     result.stdout_truncated = out.truncated;
@@ -367,11 +423,11 @@ fn stream_errors(out: &StreamSummary, err: &StreamSummary) -> Vec<String> {
 }
 
 /// The result for a job that ran: exit status, or the reason it was stopped.
-pub fn outcome_result(o: &Outcome, oom_killed: bool) -> JobResult {
+pub fn outcome_result(o: &Outcome, oom_killed: bool) -> RunCommandResult {
     match o.stop {
-        Some(Stop::Cancelled) => return JobResult::failed(CANCELLED_MSG),
+        Some(Stop::Cancelled) => return RunCommandResult::failed(CANCELLED_MSG),
         Some(Stop::Deadline(secs)) => {
-            return JobResult::failed(format!(
+            return RunCommandResult::failed(format!(
                 "context deadline exceeded: execution timed out after {}",
                 go_duration(secs)
             ))
@@ -379,7 +435,7 @@ pub fn outcome_result(o: &Outcome, oom_killed: bool) -> JobResult {
         None => {}
     }
     let Some(status) = o.main_status else {
-        return JobResult::failed("execution monitor lost the job's exit status");
+        return RunCommandResult::failed("execution monitor lost the job's exit status");
     };
     let exit_code = if libc::WIFEXITED(status) {
         i64::from(libc::WEXITSTATUS(status))
@@ -388,14 +444,14 @@ pub fn outcome_result(o: &Outcome, oom_killed: bool) -> JobResult {
     } else {
         -1
     };
-    JobResult {
+    RunCommandResult {
         exit_code,
         error_msg: if oom_killed {
-            "memory limit exceeded".into()
+            OOM_MSG.into()
         } else {
             String::new()
         },
-        ..JobResult::default()
+        ..RunCommandResult::default()
     }
 }
 

@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 
+use crate::sandbox::cgroup::CgroupRecord;
 use crate::state::MonitorSpec;
 
 /// The search path when the job's environment sets none (as execvp's default).
@@ -18,9 +19,28 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// no locks; only raw syscalls on data prepared before the fork.
 pub type PreExecStep = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
 
+/// Why a sandbox could not be set up for a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The request needs something this host cannot do (a start error `Unsupported`).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// What a sandbox (cgroups, rlimits, namespaces) adds to the plain process-tree monitor.
 /// Every method has a default that does nothing, so the monitor works without one.
 pub trait JobSandbox {
+    /// Everything that can fail, done before the fork (e.g. create the cgroup). After an error
+    /// the monitor still calls [`cleanup`](Self::cleanup).
+    fn prepare(&mut self, _spec: &MonitorSpec) -> Result<(), SandboxError> {
+        Ok(())
+    }
+    /// The job's cgroup, to record in `monitor.json` once prepared.
+    fn cgroup_record(&self) -> Option<CgroupRecord> {
+        None
+    }
     /// Steps to run in the child after it has become a session leader, before exec.
     fn pre_exec_steps(&mut self) -> Vec<PreExecStep> {
         Vec::new()
@@ -243,6 +263,7 @@ mod tests {
             limits: Default::default(),
             timeout_secs: None,
             kill_grace_ms: 2000,
+            sandbox: Default::default(),
         };
         let env = job_env(&spec);
         assert_eq!(

@@ -3,5 +3,7 @@
 //! `pre_exec` steps only make raw system calls (no allocation, no locks).
 
 pub mod cgroup;
+pub mod mounts;
 pub mod netns;
 pub mod rlimit;
+pub mod user;

@@ -21,6 +21,16 @@ fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 
+/// Go encodes a nil slice as `null`; Bacalhau's own hosts send that for a request without
+/// outputs or inputs, so we write the same.
+fn empty_as_null<S: serde::Serializer, T: Serialize>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        s.collect_seq(v)
+    }
+}
+
 /// `models.RunCommandResult`. Note Bacalhau's lower-case `stderr` key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self")]
@@ -339,9 +349,11 @@ pub struct RunCommandRequest {
     pub resources: Option<Resources>,
     #[serde(rename = "Network", default)]
     pub network: Option<NetworkConfig>,
-    #[serde(rename = "Outputs", default)]
+    #[serde(rename = "Outputs", default, serialize_with = "empty_as_null")]
+    #[schemars(with = "Option<Vec<ResultPath>>")]
     pub outputs: Vec<ResultPath>,
-    #[serde(rename = "Inputs", default)]
+    #[serde(rename = "Inputs", default, serialize_with = "empty_as_null")]
+    #[schemars(with = "Option<Vec<PreparedStorage>>")]
     pub inputs: Vec<PreparedStorage>,
     /// Where `stdout`, `stderr`, `exitCode` and the outputs go (older Bacalhau).
     #[serde(rename = "ResultsDir", default)]
@@ -493,7 +505,8 @@ pub struct Job {
     pub job_type: String,
     #[serde(rename = "Count", default)]
     pub count: i64,
-    #[serde(rename = "Tasks", default)]
+    #[serde(rename = "Tasks", default, serialize_with = "empty_as_null")]
+    #[schemars(with = "Option<Vec<Task>>")]
     pub tasks: Vec<Task>,
     #[serde(flatten)]
     pub extra: JsonMap,

@@ -34,7 +34,7 @@ impl fmt::Display for ByteSize {
             return f.write_str("0B");
         }
         for (name, size) in UNITS {
-            if self.0 % size == 0 {
+            if self.0.is_multiple_of(size) {
                 return write!(f, "{}{}", self.0 / size, name);
             }
         }
@@ -59,7 +59,8 @@ impl FromStr for ByteSize {
     /// `m`..., any case, except bit spellings such as `Kb` or `Mb`.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let invalid = || ParseByteSizeError::Invalid(input.to_string());
-        let s = input.trim();
+        // Go trims around the unit only: a leading space is a syntax error there too.
+        let s = input;
         let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         if digits_end == 0 {
             return Err(invalid());
@@ -67,7 +68,7 @@ impl FromStr for ByteSize {
         let number: u64 = s[..digits_end]
             .parse()
             .map_err(|_| ParseByteSizeError::Overflow(input.to_string()))?;
-        let unit = s[digits_end..].trim_start();
+        let unit = s[digits_end..].trim();
         // Lower-case `b` after an upper-case prefix letter means bits (Kb, Mb, ...).
         if unit.len() == 2
             && unit.ends_with('b')
@@ -80,13 +81,13 @@ impl FromStr for ByteSize {
             ));
         }
         let multiplier = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            "t" | "tb" | "tib" => 1 << 40,
-            "p" | "pb" | "pib" => 1 << 50,
-            "e" | "eb" | "eib" => 1 << 60,
+            "" | "b" | "byte" => 1,
+            "k" | "kb" | "kib" | "kilo" | "kilobyte" | "kilobytes" => 1 << 10,
+            "m" | "mb" | "mib" | "mega" | "megabyte" | "megabytes" => 1 << 20,
+            "g" | "gb" | "gib" | "giga" | "gigabyte" | "gigabytes" => 1 << 30,
+            "t" | "tb" | "tib" | "tera" | "terabyte" | "terabytes" => 1 << 40,
+            "p" | "pb" | "pib" | "peta" | "petabyte" | "petabytes" => 1 << 50,
+            "e" | "eb" | "eib" | "exa" | "exabyte" | "exabytes" => 1 << 60,
             _ => return Err(invalid()),
         };
         number
@@ -171,7 +172,7 @@ mod tests {
             ("2K", 2048),
             ("0B", 0),
             ("1500", 1500),
-            (" 10 MB ", 10 << 20),
+            ("10 MB ", 10 << 20),
             ("1500B", 1500),
         ] {
             assert_eq!(s.parse::<ByteSize>(), Ok(ByteSize(n)), "{s}");

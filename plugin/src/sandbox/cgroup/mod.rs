@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 pub use detect::{parse_proc_cgroup, FsKind, FsProbe, HostView, Membership};
 
@@ -88,6 +89,12 @@ impl Mode {
             Mode::Hybrid => "hybrid",
             Mode::None => "none",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::V2, Mode::V1, Mode::Hybrid, Mode::None]
+            .into_iter()
+            .find(|m| m.as_str() == s)
     }
 }
 
@@ -397,6 +404,20 @@ impl CgroupManager {
         }
     }
 
+    /// As [`create`](Self::create), but a leftover cgroup of the same name (an earlier attempt
+    /// of the same execution whose monitor died) is killed and removed first.
+    pub fn create_replacing(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<JobCgroup, CgroupError> {
+        if let Some(old) = self.open_existing(name)? {
+            old.kill_all()?;
+            old.remove()?;
+        }
+        self.create(name, limits)
+    }
+
     fn leaves(&self, name: &str) -> Vec<LeafDir> {
         match &self.backend {
             Backend::None(_) => Vec::new(),
@@ -439,6 +460,11 @@ impl CgroupManager {
     }
 }
 
+/// Whether `name` can name a job cgroup.
+pub fn is_valid_name(name: &str) -> bool {
+    validate_name(name).is_ok()
+}
+
 fn validate_name(name: &str) -> Result<(), CgroupError> {
     let ok = !name.is_empty()
         && name.len() <= 200
@@ -466,6 +492,25 @@ enum DirKind {
 struct LeafDir {
     dir: PathBuf,
     kind: DirKind,
+}
+
+/// A job cgroup as written down in the execution's state, so another process (the plugin) can
+/// read its stats or kill and remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CgroupRecord {
+    pub name: String,
+    pub mode: String,
+    pub dirs: Vec<RecordedDir>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedDir {
+    pub path: PathBuf,
+    /// The v1 controllers of this hierarchy; `None` for a v2 directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v1_controllers: Option<Vec<String>>,
 }
 
 /// One execution's cgroup (a directory in each hierarchy). Not removed on drop: the owner kills
@@ -501,6 +546,69 @@ impl JoinFds {
 impl JobCgroup {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn record(&self) -> CgroupRecord {
+        CgroupRecord {
+            name: self.name.clone(),
+            mode: self.mode.as_str().to_owned(),
+            dirs: self
+                .dirs
+                .iter()
+                .map(|d| RecordedDir {
+                    path: d.dir.clone(),
+                    v1_controllers: match &d.kind {
+                        DirKind::V2 => None,
+                        DirKind::V1(c) => Some(c.clone()),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The cgroup a record names. Only directories that are absolute, end in the job's name and
+    /// still exist are taken: a record is never a way to reach some other cgroup.
+    pub fn from_record(record: &CgroupRecord) -> Result<JobCgroup, CgroupError> {
+        validate_name(&record.name)?;
+        let mode = Mode::parse(&record.mode).ok_or_else(|| CgroupError::Config {
+            detail: format!("unknown cgroup mode {:?} in a job record", record.mode),
+        })?;
+        let mut dirs = Vec::new();
+        for d in &record.dirs {
+            let plain = d.path.is_absolute()
+                && d.path
+                    .file_name()
+                    .is_some_and(|n| n == record.name.as_str())
+                && d.path.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !plain {
+                return Err(CgroupError::Config {
+                    detail: format!(
+                        "job record names {} for cgroup {}",
+                        d.path.display(),
+                        record.name
+                    ),
+                });
+            }
+            if d.path.is_dir() {
+                dirs.push(LeafDir {
+                    dir: d.path.clone(),
+                    kind: match &d.v1_controllers {
+                        None => DirKind::V2,
+                        Some(c) => DirKind::V1(c.clone()),
+                    },
+                });
+            }
+        }
+        Ok(JobCgroup {
+            name: record.name.clone(),
+            mode,
+            dirs,
+        })
     }
 
     pub fn mode(&self) -> Mode {

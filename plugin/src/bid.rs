@@ -1,0 +1,235 @@
+//! Bid strategies of the native engine: can this host run the job at all (semantic), and does
+//! it fit now (resources).
+
+use std::path::Path;
+
+use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
+use executor_schema::{BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources};
+
+use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
+use crate::rpc::PLUGIN_NAME;
+
+/// Semantic bid: the engine spec decodes and validates, the program is installed, and the
+/// network, inputs and limits can be honoured on this host.
+pub fn semantic(request: &BidStrategyRequest, caps: &Capabilities) -> BidStrategyResponse {
+    let Some(task) = request.job.task() else {
+        return BidStrategyResponse::new(false, "run jobs without a task");
+    };
+    let Some(engine) = &task.engine else {
+        return BidStrategyResponse::new(false, "run tasks without an engine spec");
+    };
+    if !engine.is_type(ENGINE_NATIVE) {
+        return BidStrategyResponse::new(
+            false,
+            format!("support engine {:?} in {PLUGIN_NAME}", engine.spec_type),
+        );
+    }
+    let spec = match NativeEngineSpec::from_spec_config(engine) {
+        Ok(s) => s,
+        Err(problems) => {
+            let why = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return BidStrategyResponse::new(
+                false,
+                format!("accept this native engine spec: {why}"),
+            );
+        }
+    };
+    let program = &spec.entrypoint[0];
+    if let Err(why) = resolve_program(program, DEFAULT_PATH) {
+        return BidStrategyResponse::new(
+            false,
+            format!("have the program {program:?} installed: {why}"),
+        );
+    }
+    if !task.input_sources.is_empty() {
+        return BidStrategyResponse::new(
+            false,
+            "mount inputs for native jobs (no filesystem isolation on this node)",
+        );
+    }
+    if let Some(net) = &task.network {
+        if matches!(net.network_type, Network::Http | Network::Bridge) {
+            return BidStrategyResponse::new(
+                false,
+                format!("support {} networking for native jobs", net.network_type),
+            );
+        }
+        if net.network_type == Network::None && !caps.network_isolation {
+            return BidStrategyResponse::new(
+                false,
+                "isolate the network of native jobs (it needs root to create network namespaces)",
+            );
+        }
+    }
+    let wanted = &task.resources;
+    for (what, asked, enforced) in [
+        ("CPU", &wanted.cpu, caps.limits.cpu),
+        ("memory", &wanted.memory, caps.limits.memory),
+    ] {
+        if !asked.trim().is_empty() && !enforced {
+            return BidStrategyResponse::new(
+                false,
+                format!("enforce {what} limits (cgroup mode {:?}); run the plugin as root on a host with cgroups", caps.cgroup_mode),
+            );
+        }
+    }
+    BidStrategyResponse::new(true, "run native jobs whose program is installed")
+}
+
+/// What this host has to give.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub cpu: f64,
+    pub memory: u64,
+    pub disk: u64,
+    pub gpus: u64,
+}
+
+impl Capacity {
+    /// Cores, physical memory, free disk under the state root, GPUs found.
+    pub fn of_host(state_dir: &Path, gpus: u64) -> Capacity {
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |kib| kib * 1024);
+        let disk = nix::sys::statvfs::statvfs(state_dir)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(0);
+        Capacity {
+            cpu,
+            memory,
+            disk,
+            gpus,
+        }
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Resource bid: `need` (the job's requirement) against `capacity` minus what running
+/// executions hold. Declines what could never fit; asks to wait for what fits once running
+/// executions end.
+pub fn usage(need: &Resources, capacity: Capacity, held: &Resources) -> BidStrategyResponse {
+    // (what, needed, total, held by running executions, how to show an amount)
+    type Check = (&'static str, f64, f64, f64, fn(f64) -> String);
+    let checks: [Check; 4] = [
+        ("CPU", need.cpu, capacity.cpu, held.cpu, |v| {
+            format!("{v:.2} cores")
+        }),
+        (
+            "memory",
+            need.memory as f64,
+            capacity.memory as f64,
+            held.memory as f64,
+            |v| gib(v as u64),
+        ),
+        // Disk is shared with everything else on the host: what is free now is what there is.
+        ("disk", need.disk as f64, capacity.disk as f64, 0.0, |v| {
+            gib(v as u64)
+        }),
+        (
+            "GPUs",
+            need.gpu as f64,
+            capacity.gpus as f64,
+            held.gpu as f64,
+            |v| format!("{v}"),
+        ),
+    ];
+    let mut wait_for = Vec::new();
+    for (what, need, total, held, show) in checks {
+        if need > total {
+            return BidStrategyResponse::new(
+                false,
+                format!(
+                    "have enough {what}: the job needs {}, this node has {}",
+                    show(need),
+                    show(total)
+                ),
+            );
+        }
+        if need > total - held {
+            wait_for.push(format!(
+                "{what} ({} needed, {} free of {} while running executions hold {})",
+                show(need),
+                show((total - held).max(0.0)),
+                show(total),
+                show(held)
+            ));
+        }
+    }
+    if wait_for.is_empty() {
+        return BidStrategyResponse::new(true, "have the resources the job needs");
+    }
+    let mut r = BidStrategyResponse::new(
+        false,
+        format!(
+            "have enough free {} now; it will once running executions end",
+            wait_for.join(", ")
+        ),
+    );
+    r.should_wait = true;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(cpu: f64, memory: u64, disk: u64, gpu: u64) -> Resources {
+        Resources {
+            cpu,
+            memory,
+            disk,
+            gpu,
+            gpus: Vec::new(),
+        }
+    }
+
+    const CAP: Capacity = Capacity {
+        cpu: 2.0,
+        memory: 4 << 30,
+        disk: 10 << 30,
+        gpus: 0,
+    };
+
+    #[test]
+    fn fits_waits_or_declines() {
+        let none = Resources::default();
+        let r = usage(&res(1.0, 1 << 30, 0, 0), CAP, &none);
+        assert!(r.should_bid && !r.should_wait, "{r:?}");
+        assert_eq!(r.reason, "this node does have the resources the job needs");
+
+        let r = usage(&res(1.5, 1 << 30, 0, 0), CAP, &res(1.0, 0, 0, 0));
+        assert!(!r.should_bid && r.should_wait, "{r:?}");
+        assert!(
+            r.reason
+                .starts_with("this node does not have enough free CPU"),
+            "{}",
+            r.reason
+        );
+
+        let r = usage(&res(0.5, 8 << 30, 0, 0), CAP, &none);
+        assert!(!r.should_bid && !r.should_wait, "{r:?}");
+        assert_eq!(
+            r.reason,
+            "this node does not have enough memory: the job needs 8.00 GiB, this node has 4.00 GiB"
+        );
+
+        let r = usage(&res(0.0, 0, 0, 1), CAP, &none);
+        assert!(!r.should_bid && r.reason.contains("GPUs"), "{r:?}");
+    }
+}

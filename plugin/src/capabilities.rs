@@ -1,0 +1,188 @@
+//! What this host can honour, measured rather than assumed: the cgroup layout and its
+//! controllers, whether a network namespace can really be made, GPUs.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use executor_schema::{Capabilities, CgroupMode, EnforcedLimits, Gpu, PluginConfig};
+
+use crate::monitor::spawn::DEFAULT_PATH;
+use crate::sandbox::cgroup::{CgroupConfig, CgroupManager, Mode, DEFAULT_PIDS_MAX};
+use crate::sandbox::netns;
+
+/// Detects this host's capabilities for `config`. Prepares the cgroup base as a side effect
+/// (the same base the monitors will use), so a misconfigured base shows up here.
+pub fn detect(config: &PluginConfig) -> Capabilities {
+    let mut caps = Capabilities::default();
+    let cg = CgroupConfig {
+        base: config.cgroup_base.clone(),
+        default_pids_max: Some(config.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)),
+    };
+    match CgroupManager::detect(&cg) {
+        Ok(m) => {
+            caps.cgroup_mode = match m.mode() {
+                Mode::V2 => CgroupMode::V2,
+                Mode::V1 => CgroupMode::V1,
+                Mode::Hybrid => CgroupMode::Hybrid,
+                Mode::None => CgroupMode::None,
+            };
+            let e = m.enforces();
+            caps.limits = EnforcedLimits {
+                cpu: e.cpu,
+                memory: e.memory,
+                pids: e.pids,
+                disk: false,
+            };
+            if let Some(why) = m.unavailable_reason() {
+                caps.notes.push(format!(
+                    "cgroups are not usable ({why}): jobs run with rlimits and a process-group kill only; \
+                     jobs asking for CPU or memory limits are refused"
+                ));
+            }
+            for (name, on) in [("cpu", e.cpu), ("memory", e.memory), ("pids", e.pids)] {
+                if !on && m.mode() != Mode::None {
+                    caps.notes.push(format!(
+                        "no {name} controller in this {} cgroup layout: {name} limits are not enforced",
+                        m.mode().as_str()
+                    ));
+                }
+            }
+            if e.memory && !e.swap {
+                caps.notes.push(
+                    "swap is not capped (no swap accounting): a job may swap beyond its memory limit"
+                        .into(),
+                );
+            }
+        }
+        Err(e) => caps.notes.push(format!(
+            "cgroups could not be prepared ({e}): jobs run with rlimits and a process-group kill only; \
+             jobs asking for CPU or memory limits are refused"
+        )),
+    }
+    caps.notes
+        .push("disk limits are not enforced: the Disk resource is not limited".into());
+
+    match network_isolation_works() {
+        Ok(()) => caps.network_isolation = true,
+        Err(why) => caps.notes.push(format!(
+            "no network isolation ({why}): jobs with network type None are refused"
+        )),
+    }
+
+    caps.filesystem_isolation = false;
+    caps.notes.push(
+        "no filesystem isolation yet: jobs see the host's filesystem, and inputs are not mounted at their targets"
+            .into(),
+    );
+    if let Some(user) = &config.run_as_user {
+        caps.notes.push(format!(
+            "runAsUser {user:?} is not applied yet: jobs run as the plugin's own user (uid {})",
+            nix::unistd::geteuid()
+        ));
+    }
+
+    match nvidia_gpus() {
+        Ok(gpus) => caps.gpus = gpus,
+        Err(why) => caps.notes.push(why),
+    }
+    caps
+}
+
+/// Runs a throwaway child through the same step a `Network: None` job takes.
+fn network_isolation_works() -> Result<(), String> {
+    if !netns::supported() {
+        return Err("creating a network namespace needs root".into());
+    }
+    let sh = find_in_path("sh").ok_or("no sh to probe with")?;
+    let mut cmd = Command::new(sh);
+    cmd.args(["-c", "exit 0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: enter_isolated_network makes raw system calls only.
+    unsafe {
+        cmd.pre_exec(netns::enter_isolated_network);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("probe exited with {s}")),
+        Err(e) => Err(format!("unshare(CLONE_NEWNET) failed: {e}")),
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned());
+    path.split(':')
+        .chain(DEFAULT_PATH.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// GPUs from `nvidia-smi`; none (and no note) where it is not installed.
+fn nvidia_gpus() -> Result<Vec<Gpu>, String> {
+    let Some(smi) = find_in_path("nvidia-smi") else {
+        return Ok(Vec::new());
+    };
+    let out = Command::new(&smi)
+        .args([
+            "--query-gpu=index,name,memory.total,pci.bus_id",
+            "--format=csv,noheader,nounits",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("GPUs not detected: running {}: {e}", smi.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "GPUs not detected: nvidia-smi exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))
+        .map_err(|e| format!("GPUs not detected: {e}"))
+}
+
+/// Parses `index, name, memory.total (MiB), pci.bus_id` lines.
+pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
+    let mut gpus = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [index, name, memory, pci] = fields[..] else {
+            return Err(format!("unexpected nvidia-smi line {line:?}"));
+        };
+        let num = |what: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("unexpected {what} {v:?} in nvidia-smi line {line:?}"))
+        };
+        gpus.push(Gpu {
+            index: num("index", index)?,
+            name: name.to_owned(),
+            vendor: "NVIDIA".to_owned(),
+            memory: num("memory", memory)?,
+            pci_address: pci.to_owned(),
+        });
+    }
+    Ok(gpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_lines_become_gpus() {
+        let text = "0, NVIDIA H100 80GB HBM3, 81559, 00000000:18:00.0\n\
+                    1, Tesla T4, 15360, 00000000:3B:00.0\n";
+        let gpus = parse_nvidia_smi(text).unwrap();
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
+        assert_eq!((gpus[0].index, gpus[0].memory), (0, 81559));
+        assert_eq!(gpus[1].pci_address, "00000000:3B:00.0");
+        assert_eq!(gpus[1].vendor, "NVIDIA");
+        assert!(parse_nvidia_smi("").unwrap().is_empty());
+        assert!(parse_nvidia_smi("0, x, [N/A], 0:0").is_err());
+        assert!(parse_nvidia_smi("garbage").is_err());
+    }
+}

@@ -1,0 +1,1057 @@
+//! Filesystem isolation for a job run as root: a private mount namespace whose root is assembled
+//! from read-only binds of the host's system directories, a private `/tmp`, `/proc`, a minimal
+//! `/dev`, and the job's inputs and outputs at their targets (the way Nomad's `exec` driver and
+//! bubblewrap build a chroot).
+//!
+//! [`FsPlan::new`] validates the spec, creates the mount points that live in the execution's root
+//! directory, and turns everything into a list of steps holding only `CString`s. [`FsPlan::apply`]
+//! runs those steps in the child (`pre_exec`) with raw system calls: no allocation, no locks.
+//! It must run before anything that drops privileges (user switch) and after anything that needs
+//! the host's paths (joining cgroups through `/sys/fs/cgroup`).
+
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::ptr;
+
+use libc::c_ulong;
+
+/// The host directories a job sees read-only when the spec does not name others.
+pub const DEFAULT_SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
+
+/// Device nodes bound from the host into the job's `/dev` (those the host has).
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Targets the sandbox sets up itself; a bind may not replace them or sit inside them.
+const RESERVED: [&str; 2] = ["/proc", "/dev"];
+
+/// One input or output visible to the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Host path (file or directory).
+    pub source: PathBuf,
+    /// Absolute path inside the job's root.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsSpec {
+    /// An empty directory made for this execution; becomes the job's `/`.
+    pub root_dir: PathBuf,
+    /// Host directories bound read-only at the same path (symlinks such as `/bin -> usr/bin`
+    /// are reproduced as symlinks).
+    pub system_ro: Vec<PathBuf>,
+    /// Inputs at their targets, outputs (`results/<Name>`) read-write at their `Path`.
+    pub binds: Vec<Bind>,
+    /// Where the job starts; `/` when absent. Inside a bind it must exist in the bind's source;
+    /// anywhere else it is a private writable tmpfs, and binds below it are mounted on top.
+    pub working_dir: Option<PathBuf>,
+}
+
+impl FsSpec {
+    /// A spec with the default system directories and no binds.
+    pub fn new(root_dir: impl Into<PathBuf>) -> FsSpec {
+        FsSpec {
+            root_dir: root_dir.into(),
+            system_ro: default_system_dirs(),
+            binds: Vec::new(),
+            working_dir: None,
+        }
+    }
+}
+
+/// [`DEFAULT_SYSTEM_DIRS`] that exist on this host (as a directory or a symlink to one).
+pub fn default_system_dirs() -> Vec<PathBuf> {
+    DEFAULT_SYSTEM_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("{what} {path} is not an absolute path")]
+    NotAbsolute { what: &'static str, path: PathBuf },
+    #[error("{what} {path} contains `..`")]
+    ParentComponent { what: &'static str, path: PathBuf },
+    #[error("{what} {path} contains a NUL byte")]
+    Nul { what: &'static str, path: PathBuf },
+    #[error("root directory {path}: {detail}")]
+    RootDir { path: PathBuf, detail: String },
+    #[error("{what} {path} cannot be used: {source}")]
+    Source {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind target {target} is reserved: /, /proc and /dev are set up by the sandbox")]
+    Reserved { target: PathBuf },
+    #[error("two binds have the same target {target}")]
+    DuplicateTarget { target: PathBuf },
+    #[error(
+        "bind target {target} lies inside the bind at {outer}, and {missing} does not exist there \
+         as a {kind}; the outer bind would hide it (create it in the outer source or pick another \
+         target)"
+    )]
+    NestedTargetMissing {
+        target: PathBuf,
+        outer: PathBuf,
+        missing: PathBuf,
+        kind: &'static str,
+    },
+    #[error("{what} {target}: the mount point {path} is a {found} but the source is a {expected}")]
+    KindMismatch {
+        what: &'static str,
+        target: PathBuf,
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("{what} {target}: {path} is a symbolic link, which could redirect the mount")]
+    Symlink {
+        what: &'static str,
+        target: PathBuf,
+        path: PathBuf,
+    },
+    #[error("preparing {path} in the job's root: {source}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the mount table: {source}")]
+    MountTable {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether jobs can get a private filesystem: the plugin is root and a forked child can create a
+/// mount namespace and make its mounts private (containers may forbid either).
+pub fn supported() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    // The probe runs in a forked child so that the caller's mount namespace stays as it is.
+    // SAFETY: the child makes only async-signal-safe system calls and leaves with `_exit`.
+    match unsafe { libc::fork() } {
+        -1 => false,
+        0 => {
+            // SAFETY: raw system calls with constant, NUL-terminated arguments.
+            let ok = unsafe {
+                libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        ptr::null(),
+                        c"/".as_ptr(),
+                        ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        ptr::null(),
+                    ) == 0
+            };
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        pid => {
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for the child forked above; `status` is a valid out-pointer.
+                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+                if r == pid {
+                    return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                }
+                if r == -1 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// One system call (or a tightly coupled pair) to run in the child.
+#[derive(Debug, Clone)]
+enum Step {
+    Unshare,
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+    },
+    /// Creates a mount point in a tmpfs the child mounted itself; an existing one is fine.
+    Mkdir {
+        path: CString,
+        mode: libc::mode_t,
+    },
+    /// Creates an empty file as the mount point for a file bind.
+    Touch {
+        path: CString,
+    },
+    /// A symlink in the child's own `/dev` tmpfs.
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    /// Binds `path` onto itself read-only; skipped when the kernel does not have it.
+    ReadOnlyIfPresent {
+        path: CString,
+    },
+    /// A fresh `proc` at `target`, or the host's read-only where that is refused.
+    Proc {
+        target: CString,
+    },
+    /// Makes `root` the job's `/` and drops every other mount of the namespace.
+    PivotRoot {
+        root: CString,
+    },
+    Chdir {
+        path: CString,
+    },
+}
+
+fn cvt(r: libc::c_int) -> io::Result<()> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn opt_ptr(c: &Option<CString>) -> *const libc::c_char {
+    c.as_ref().map_or(ptr::null(), |c| c.as_ptr())
+}
+
+fn mount(
+    source: *const libc::c_char,
+    target: &CStr,
+    fstype: *const libc::c_char,
+    flags: c_ulong,
+    data: *const libc::c_char,
+) -> io::Result<()> {
+    // SAFETY: every pointer is null or points at a NUL-terminated string that outlives the call.
+    cvt(unsafe { libc::mount(source, target.as_ptr(), fstype, flags, data.cast()) })
+}
+
+impl Step {
+    fn run(&self) -> io::Result<()> {
+        match self {
+            // SAFETY: plain system call with a constant flag.
+            Step::Unshare => cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) }),
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => mount(
+                opt_ptr(source),
+                target,
+                opt_ptr(fstype),
+                *flags,
+                opt_ptr(data),
+            ),
+            Step::Mkdir { path, mode } => {
+                // SAFETY: `path` is NUL-terminated.
+                match cvt(unsafe { libc::mkdir(path.as_ptr(), *mode) }) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                    r => r,
+                }
+            }
+            Step::Touch { path } => {
+                // SAFETY: `path` is NUL-terminated; the descriptor is closed right away.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o644 as libc::c_uint,
+                    )
+                };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `fd` was opened above and is not used again.
+                unsafe { libc::close(fd) };
+                Ok(())
+            }
+            Step::Symlink { target, link } => {
+                // SAFETY: both strings are NUL-terminated.
+                cvt(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
+            }
+            Step::Proc { target } => {
+                // Without a pid namespace a fresh proc lists every process on the host; with
+                // hidepid an unprivileged job sees only its own user's processes, and cannot reach
+                // another job's files through /proc/<pid>/root. Kernels before 5.8 know only the
+                // numeric form, older ones neither.
+                let mut fresh = Err(io::Error::from_raw_os_error(libc::EINVAL));
+                for data in [
+                    c"hidepid=invisible".as_ptr(),
+                    c"hidepid=2".as_ptr(),
+                    ptr::null(),
+                ] {
+                    fresh = mount(
+                        c"proc".as_ptr(),
+                        target,
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        data,
+                    );
+                    if !matches!(&fresh, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                        break;
+                    }
+                }
+                if fresh.is_ok() {
+                    return Ok(());
+                }
+                // A new proc instance can be refused without a pid namespace of our own (e.g.
+                // inside a container whose /proc has masked entries). The host's /proc bound
+                // read-only still gives /proc/self and friends, and shows the host's processes.
+                mount(
+                    c"/proc".as_ptr(),
+                    target,
+                    ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    ptr::null(),
+                )?;
+                mount(
+                    ptr::null(),
+                    target,
+                    ptr::null(),
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV
+                        | libc::MS_NOEXEC,
+                    ptr::null(),
+                )
+            }
+            Step::ReadOnlyIfPresent { path } => {
+                match mount(
+                    path.as_ptr(),
+                    path,
+                    ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    ptr::null(),
+                ) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                    r => r?,
+                }
+                mount(
+                    ptr::null(),
+                    path,
+                    ptr::null(),
+                    RO_BIND | libc::MS_NOEXEC,
+                    ptr::null(),
+                )
+            }
+            Step::PivotRoot { root } => pivot_root(root),
+            // SAFETY: `path` is NUL-terminated.
+            Step::Chdir { path } => cvt(unsafe { libc::chdir(path.as_ptr()) }),
+        }
+    }
+}
+
+fn pivot_root(root: &CStr) -> io::Result<()> {
+    // SAFETY: `root` is NUL-terminated.
+    cvt(unsafe { libc::chdir(root.as_ptr()) })?;
+    // pivot_root(".", ".") stacks the old root on top of the new one, so no directory for it is
+    // needed in the job's root; unmounting "." then removes the old root and every host mount
+    // with it (pivot_root(2), NOTES).
+    // SAFETY: both arguments are NUL-terminated constants.
+    let pivoted = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } == 0;
+    if pivoted {
+        // SAFETY: constant NUL-terminated path.
+        cvt(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+    } else {
+        // pivot_root is refused when the current root is the initial ramfs. Moving the new root
+        // over / and chrooting into it hides the host's tree just as well for a process that
+        // cannot mount (it keeps no descriptor to anything outside).
+        mount(c".".as_ptr(), c"/", ptr::null(), libc::MS_MOVE, ptr::null())?;
+        // SAFETY: constant NUL-terminated path.
+        cvt(unsafe { libc::chroot(c".".as_ptr()) })?;
+    }
+    // SAFETY: constant NUL-terminated path.
+    cvt(unsafe { libc::chdir(c"/".as_ptr()) })
+}
+
+/// The validated, fully prepared filesystem of one job.
+#[derive(Debug, Clone)]
+pub struct FsPlan {
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File => "file",
+        }
+    }
+
+    fn of(meta: &fs::Metadata) -> Kind {
+        if meta.is_dir() {
+            Kind::Dir
+        } else {
+            Kind::File
+        }
+    }
+}
+
+/// What one mount in the job's tree is, before it becomes steps.
+#[derive(Debug, Clone)]
+enum Entry {
+    Bind {
+        what: &'static str,
+        source: PathBuf,
+        target: PathBuf,
+        kind: Kind,
+        read_only: bool,
+        /// System directories carry their submounts (e.g. a container's /etc/hosts).
+        recursive: bool,
+    },
+    /// A private, writable tmpfs: `/tmp`, and the working directory when no bind provides it.
+    Tmpfs(PathBuf),
+    Proc,
+    Dev,
+}
+
+impl Entry {
+    fn target(&self) -> &Path {
+        match self {
+            Entry::Bind { target, .. } => target,
+            Entry::Tmpfs(target) => target,
+            Entry::Proc => Path::new("/proc"),
+            Entry::Dev => Path::new("/dev"),
+        }
+    }
+}
+
+fn cstring(what: &'static str, path: &Path) -> Result<CString, FsError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError::Nul {
+        what,
+        path: path.to_owned(),
+    })
+}
+
+fn check_clean(what: &'static str, path: &Path) -> Result<(), FsError> {
+    if !path.is_absolute() {
+        return Err(FsError::NotAbsolute {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(FsError::ParentComponent {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    cstring(what, path).map(drop)
+}
+
+/// `path` below `/`, as components joinable onto another directory.
+fn relative(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+fn depth(path: &Path) -> usize {
+    relative(path).components().count()
+}
+
+/// `path` with `link` replaced by `resolved` when it starts with it.
+fn rewrite(path: &Path, links: &[(PathBuf, PathBuf)]) -> PathBuf {
+    for (link, resolved) in links {
+        if let Ok(rest) = path.strip_prefix(link) {
+            return resolved.join(rest);
+        }
+    }
+    path.to_owned()
+}
+
+/// Checks that `path` below `base` exists as `kind` and no component of it is a symlink.
+fn check_existing(
+    what: &'static str,
+    target: &Path,
+    base: &Path,
+    rel: &Path,
+    kind: Kind,
+) -> Result<bool, FsError> {
+    let mut p = base.to_owned();
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        p.push(c);
+        let meta = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(FsError::Prepare { path: p, source }),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(FsError::Symlink {
+                what,
+                target: target.to_owned(),
+                path: p,
+            });
+        }
+        let want = if i + 1 == n { kind } else { Kind::Dir };
+        if Kind::of(&meta) != want {
+            return Err(FsError::KindMismatch {
+                what,
+                target: target.to_owned(),
+                path: p,
+                found: Kind::of(&meta).name(),
+                expected: want.name(),
+            });
+        }
+    }
+    Ok(true)
+}
+
+/// Creates `rel` (and its parents) below the job's root on the host, before fork.
+fn create_in_root(
+    what: &'static str,
+    target: &Path,
+    root: &Path,
+    rel: &Path,
+    kind: Kind,
+) -> Result<(), FsError> {
+    let mut p = root.to_owned();
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        p.push(c);
+        let want = if i + 1 == n { kind } else { Kind::Dir };
+        match fs::symlink_metadata(&p) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(FsError::Symlink {
+                    what,
+                    target: target.to_owned(),
+                    path: p,
+                })
+            }
+            Ok(meta) if Kind::of(&meta) != want => {
+                return Err(FsError::KindMismatch {
+                    what,
+                    target: target.to_owned(),
+                    path: p,
+                    found: Kind::of(&meta).name(),
+                    expected: want.name(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let made = match want {
+                    Kind::Dir => fs::DirBuilder::new().mode(0o755).create(&p),
+                    Kind::File => fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(&p)
+                        .map(drop),
+                };
+                made.map_err(|source| FsError::Prepare {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+            Err(source) => return Err(FsError::Prepare { path: p, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Mount points of the host below `dir` (not `dir` itself), from `/proc/self/mountinfo`.
+fn submounts(table: &str, dir: &Path) -> Vec<PathBuf> {
+    table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|m| m != dir && m.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+const RO_BIND: c_ulong =
+    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+
+impl FsPlan {
+    /// Validates `spec`, creates the mount points that belong in `root_dir` and plans every
+    /// system call the child makes.
+    pub fn new(spec: &FsSpec) -> Result<FsPlan, FsError> {
+        let root = prepare_root(&spec.root_dir)?;
+        let table = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|source| FsError::MountTable { source })?;
+
+        // System directories: symlinks to another bound system directory are reproduced as
+        // symlinks (`/bin -> usr/bin`), everything else is bound at its own path.
+        let mut entries = Vec::new();
+        let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut link_steps = Vec::new();
+        let mut canon_dirs = Vec::new();
+        for dir in &spec.system_ro {
+            check_clean("system directory", dir)?;
+            if dir == Path::new("/")
+                || dir.starts_with("/tmp")
+                || RESERVED.iter().any(|r| dir.starts_with(r))
+            {
+                return Err(FsError::Reserved {
+                    target: dir.clone(),
+                });
+            }
+            let canon = fs::canonicalize(dir).map_err(|source| FsError::Source {
+                what: "system directory",
+                path: dir.clone(),
+                source,
+            })?;
+            canon_dirs.push((dir.clone(), canon));
+        }
+        for (dir, canon) in &canon_dirs {
+            let is_link = fs::symlink_metadata(dir)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            let covered = canon_dirs
+                .iter()
+                .any(|(d, c)| d != dir && c == d && canon.starts_with(c));
+            if is_link && covered && depth(dir) == 1 {
+                let text = fs::read_link(dir).map_err(|source| FsError::Source {
+                    what: "system directory",
+                    path: dir.clone(),
+                    source,
+                })?;
+                links.push((dir.clone(), canon.clone()));
+                link_steps.push((root.join(relative(dir)), text));
+                continue;
+            }
+            let meta = fs::metadata(canon).map_err(|source| FsError::Source {
+                what: "system directory",
+                path: dir.clone(),
+                source,
+            })?;
+            entries.push(Entry::Bind {
+                what: "system directory",
+                source: canon.clone(),
+                target: dir.clone(),
+                kind: Kind::of(&meta),
+                read_only: true,
+                recursive: true,
+            });
+        }
+        for (link, text) in &link_steps {
+            match fs::read_link(link) {
+                Ok(existing) if existing == *text => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::os::unix::fs::symlink(text, link).map_err(|source| FsError::Prepare {
+                        path: link.clone(),
+                        source,
+                    })?;
+                }
+                Ok(_) | Err(_) => {
+                    return Err(FsError::Prepare {
+                        path: link.clone(),
+                        source: io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "something other than the expected symlink is there",
+                        ),
+                    })
+                }
+            }
+        }
+        entries.push(Entry::Tmpfs(PathBuf::from("/tmp")));
+        entries.push(Entry::Proc);
+        entries.push(Entry::Dev);
+
+        let mut seen = HashSet::new();
+        for bind in &spec.binds {
+            check_clean("bind source", &bind.source)?;
+            check_clean("bind target", &bind.target)?;
+            let target = rewrite(&bind.target, &links);
+            if target == Path::new("/") || RESERVED.iter().any(|r| target.starts_with(r)) {
+                return Err(FsError::Reserved {
+                    target: bind.target.clone(),
+                });
+            }
+            if !seen.insert(target.clone()) {
+                return Err(FsError::DuplicateTarget {
+                    target: bind.target.clone(),
+                });
+            }
+            let source = fs::canonicalize(&bind.source).map_err(|source| FsError::Source {
+                what: "bind source",
+                path: bind.source.clone(),
+                source,
+            })?;
+            let meta = fs::metadata(&source).map_err(|e| FsError::Source {
+                what: "bind source",
+                path: bind.source.clone(),
+                source: e,
+            })?;
+            entries.push(Entry::Bind {
+                what: "bind target",
+                source,
+                target,
+                kind: Kind::of(&meta),
+                read_only: bind.read_only,
+                recursive: false,
+            });
+        }
+        let workdir = match &spec.working_dir {
+            None => PathBuf::from("/"),
+            Some(w) => {
+                check_clean("working directory", w)?;
+                let w = rewrite(w, &links);
+                if let Some(scratch) = working_dir_entry(&w, &entries)? {
+                    entries.push(scratch);
+                }
+                w
+            }
+        };
+        // Outer mounts first so that none hides one inside it; the sort is stable, so system
+        // directories come before the sandbox's own mounts, which come before the job's binds.
+        entries.sort_by_key(|e| depth(e.target()));
+
+        let mut steps = vec![
+            Step::Unshare,
+            // Nothing mounted from here on may propagate back to the host.
+            Step::Mount {
+                source: None,
+                target: c"/".to_owned(),
+                fstype: None,
+                flags: libc::MS_REC | libc::MS_PRIVATE,
+                data: None,
+            },
+            // pivot_root needs the new root to be a mount point.
+            Step::Mount {
+                source: Some(cstring("root directory", &root)?),
+                target: cstring("root directory", &root)?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+        ];
+        for (i, entry) in entries.iter().enumerate() {
+            let target = entry.target();
+            let host_target = root.join(relative(target));
+            let host_c = cstring("bind target", &host_target)?;
+            // Where the mount point lives: in the root directory (made now), in the child's
+            // /tmp (made by the child), or inside an earlier bind (must already exist there).
+            let outer = entries[..i]
+                .iter()
+                .filter(|e| target != e.target() && target.starts_with(e.target()))
+                .max_by_key(|e| depth(e.target()));
+            let (what, kind) = match entry {
+                Entry::Bind { what, kind, .. } => (*what, *kind),
+                _ => ("sandbox mount", Kind::Dir),
+            };
+            match outer {
+                None => create_in_root(what, target, &root, &relative(target), kind)?,
+                Some(Entry::Tmpfs(tmpfs)) => {
+                    let rel = relative(target.strip_prefix(tmpfs).unwrap_or(target));
+                    let mut p = root.join(relative(tmpfs));
+                    let n = rel.components().count();
+                    for (j, c) in rel.components().enumerate() {
+                        p.push(c);
+                        let pc = cstring(what, &p)?;
+                        if j + 1 == n && kind == Kind::File {
+                            steps.push(Step::Touch { path: pc });
+                        } else {
+                            steps.push(Step::Mkdir {
+                                path: pc,
+                                mode: 0o755,
+                            });
+                        }
+                    }
+                }
+                Some(Entry::Bind {
+                    source,
+                    target: outer_target,
+                    ..
+                }) => {
+                    let rel = target.strip_prefix(outer_target).unwrap_or(target);
+                    if !check_existing(what, target, source, rel, kind)? {
+                        return Err(FsError::NestedTargetMissing {
+                            target: target.to_owned(),
+                            outer: outer_target.clone(),
+                            missing: source.join(rel),
+                            kind: kind.name(),
+                        });
+                    }
+                }
+                Some(_) => {
+                    return Err(FsError::Reserved {
+                        target: target.to_owned(),
+                    })
+                }
+            }
+
+            match entry {
+                Entry::Bind {
+                    source,
+                    read_only,
+                    recursive,
+                    ..
+                } => {
+                    steps.push(Step::Mount {
+                        source: Some(cstring("bind source", source)?),
+                        target: host_c.clone(),
+                        fstype: None,
+                        flags: libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 },
+                        data: None,
+                    });
+                    let flags = if *read_only {
+                        RO_BIND
+                    } else {
+                        RO_BIND & !libc::MS_RDONLY
+                    };
+                    steps.push(Step::Mount {
+                        source: None,
+                        target: host_c,
+                        fstype: None,
+                        flags,
+                        data: None,
+                    });
+                    if *recursive && *read_only {
+                        // A recursive bind keeps each submount's own flags; make those
+                        // read-only too.
+                        for sub in submounts(&table, source) {
+                            let rel = sub.strip_prefix(source).unwrap_or(&sub);
+                            steps.push(Step::Mount {
+                                source: None,
+                                target: cstring("system directory", &host_target.join(rel))?,
+                                fstype: None,
+                                flags: RO_BIND,
+                                data: None,
+                            });
+                        }
+                    }
+                }
+                Entry::Tmpfs(_) => steps.push(Step::Mount {
+                    source: Some(c"tmpfs".to_owned()),
+                    target: host_c,
+                    fstype: Some(c"tmpfs".to_owned()),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    // Pages written here are charged to the job's memory cgroup, which bounds it.
+                    data: Some(c"mode=1777".to_owned()),
+                }),
+                Entry::Proc => {
+                    steps.push(Step::Proc {
+                        target: host_c.clone(),
+                    });
+                    // Without a pid or user namespace of its own a root job could otherwise
+                    // write kernel settings for the whole host.
+                    for p in ["sys", "sysrq-trigger"] {
+                        steps.push(Step::ReadOnlyIfPresent {
+                            path: cstring("sandbox mount", &host_target.join(p))?,
+                        });
+                    }
+                }
+                Entry::Dev => dev_steps(&mut steps, &host_target)?,
+            }
+        }
+
+        // Every mount point exists now; the root itself becomes read-only so a job running as
+        // root cannot leave files in the execution's directory.
+        let root_c = cstring("root directory", &root)?;
+        steps.push(Step::Mount {
+            source: None,
+            target: root_c.clone(),
+            fstype: None,
+            flags: RO_BIND,
+            data: None,
+        });
+        steps.push(Step::PivotRoot { root: root_c });
+        steps.push(Step::Chdir {
+            path: cstring("working directory", &workdir)?,
+        });
+        Ok(FsPlan { steps })
+    }
+
+    /// Builds the job's filesystem and makes it the calling process's root. Async-signal-safe
+    /// (raw system calls, no allocation): meant for `CommandExt::pre_exec`, as root, before any
+    /// user switch.
+    pub fn apply(&self) -> io::Result<()> {
+        for step in &self.steps {
+            step.run()?;
+        }
+        Ok(())
+    }
+}
+
+/// The scratch tmpfs the working directory needs, if any. One that no bind or system directory
+/// provides gets a writable tmpfs of its own (as a container's writable layer would be, and as
+/// lost at the end); one inside a bind must exist in the bind's source.
+fn working_dir_entry(w: &Path, entries: &[Entry]) -> Result<Option<Entry>, FsError> {
+    if w == Path::new("/") {
+        return Ok(None);
+    }
+    let outer = entries
+        .iter()
+        .filter(|e| w.starts_with(e.target()))
+        .max_by_key(|e| depth(e.target()));
+    match outer {
+        None => Ok(Some(Entry::Tmpfs(w.to_owned()))),
+        Some(e) if e.target() == w => Ok(None),
+        Some(Entry::Tmpfs(_)) => Ok(Some(Entry::Tmpfs(w.to_owned()))),
+        Some(Entry::Bind { source, target, .. }) => {
+            let rel = w.strip_prefix(target).unwrap_or(w);
+            if check_existing("working directory", w, source, rel, Kind::Dir)? {
+                Ok(None)
+            } else {
+                Err(FsError::NestedTargetMissing {
+                    target: w.to_owned(),
+                    outer: target.clone(),
+                    missing: source.join(rel),
+                    kind: Kind::Dir.name(),
+                })
+            }
+        }
+        Some(_) => Err(FsError::Reserved {
+            target: w.to_owned(),
+        }),
+    }
+}
+
+fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {
+    check_clean("root directory", root_dir)?;
+    let root = fs::canonicalize(root_dir).map_err(|e| FsError::RootDir {
+        path: root_dir.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if root == Path::new("/") {
+        return Err(FsError::RootDir {
+            path: root_dir.to_owned(),
+            detail: "the host's / cannot be the job's root".to_owned(),
+        });
+    }
+    let meta = fs::metadata(&root).map_err(|e| FsError::RootDir {
+        path: root_dir.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(FsError::RootDir {
+            path: root_dir.to_owned(),
+            detail: "not a directory".to_owned(),
+        });
+    }
+    // It becomes `/`: an unprivileged job must be able to traverse it.
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).map_err(|e| {
+        FsError::RootDir {
+            path: root_dir.to_owned(),
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(root)
+}
+
+/// A minimal `/dev`: a tmpfs with the harmless device nodes bound from the host, `/dev/shm`, and
+/// the `/proc/self/fd` symlinks; read-only afterwards so a job cannot add nodes.
+fn dev_steps(steps: &mut Vec<Step>, dev: &Path) -> Result<(), FsError> {
+    let dev_c = cstring("sandbox mount", dev)?;
+    steps.push(Step::Mount {
+        source: Some(c"tmpfs".to_owned()),
+        target: dev_c.clone(),
+        fstype: Some(c"tmpfs".to_owned()),
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: Some(c"mode=755,size=64k".to_owned()),
+    });
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let node = cstring("sandbox mount", &dev.join(name))?;
+        steps.push(Step::Touch { path: node.clone() });
+        steps.push(Step::Mount {
+            source: Some(cstring("sandbox mount", &host)?),
+            target: node,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        });
+    }
+    let shm = cstring("sandbox mount", &dev.join("shm"))?;
+    steps.push(Step::Mkdir {
+        path: shm.clone(),
+        mode: 0o1777,
+    });
+    steps.push(Step::Mount {
+        source: Some(c"tmpfs".to_owned()),
+        target: shm,
+        fstype: Some(c"tmpfs".to_owned()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some(c"mode=1777".to_owned()),
+    });
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: cstring("sandbox mount", Path::new(to))?,
+            link: cstring("sandbox mount", &dev.join(name))?,
+        });
+    }
+    steps.push(Step::Mount {
+        source: None,
+        target: dev_c,
+        fstype: None,
+        flags: libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: None,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
+        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04");
+    }
+
+    #[test]
+    fn submounts_are_strictly_below() {
+        let table = "1 0 0:1 / / rw - ext4 x rw\n\
+                     2 1 0:2 / /etc rw - ext4 x rw\n\
+                     3 1 0:3 /h /etc/hosts rw - ext4 x rw\n\
+                     4 1 0:4 / /etcetera rw - ext4 x rw\n";
+        assert_eq!(
+            submounts(table, Path::new("/etc")),
+            vec![PathBuf::from("/etc/hosts")]
+        );
+    }
+}

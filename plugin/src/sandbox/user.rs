@@ -1,0 +1,183 @@
+//! Running a job as an unprivileged user when the plugin is root: the user is resolved before
+//! `fork`, and the child drops its groups, gid and uid (in that order) in `pre_exec`.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{lchown, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Group, Uid, User};
+
+/// The user jobs run as when the plugin is root and none is configured.
+pub const DEFAULT_USER: &str = "nobody";
+
+/// uid and gid of `nobody` on most distributions, used when the user database lacks it.
+const NOBODY_ID: u32 = 65_534;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("invalid user spec {0:?} (expected name, uid, name:group or uid:gid)")]
+    Invalid(String),
+    #[error("looking up {what} {name:?}: {source}")]
+    Lookup {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The identity a job switches to, resolved before fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPlan {
+    pub uid: u32,
+    pub gid: u32,
+    /// The user's name when the user database knows it (for `USER`/`LOGNAME`).
+    pub name: Option<String>,
+    /// The user's home directory when the user database has one (for `HOME`).
+    pub home: Option<PathBuf>,
+}
+
+fn lookup_user_by_name(name: &str) -> Result<Option<User>, UserError> {
+    User::from_name(name).map_err(|source| UserError::Lookup {
+        what: "user",
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn resolve_group(spec: &str) -> Result<u32, UserError> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(gid);
+    }
+    match Group::from_name(spec) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(UserError::UnknownGroup(spec.to_owned())),
+        Err(source) => Err(UserError::Lookup {
+            what: "group",
+            name: spec.to_owned(),
+            source,
+        }),
+    }
+}
+
+impl UserPlan {
+    /// Resolves `name`, `uid`, `name:group` or `uid:gid`. A uid the user database does not know
+    /// is accepted (as container runtimes do) with gid = uid unless a group is given.
+    pub fn resolve(name_or_uid: &str) -> Result<UserPlan, UserError> {
+        let (user, group) = match name_or_uid.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (name_or_uid, None),
+        };
+        if user.is_empty() || group == Some("") {
+            return Err(UserError::Invalid(name_or_uid.to_owned()));
+        }
+        let mut plan = if let Ok(uid) = user.parse::<u32>() {
+            match User::from_uid(Uid::from_raw(uid)) {
+                Ok(Some(u)) => UserPlan::from_entry(&u),
+                Ok(None) => UserPlan {
+                    uid,
+                    gid: uid,
+                    name: None,
+                    home: None,
+                },
+                Err(source) => {
+                    return Err(UserError::Lookup {
+                        what: "uid",
+                        name: user.to_owned(),
+                        source,
+                    })
+                }
+            }
+        } else {
+            match lookup_user_by_name(user)? {
+                Some(u) => UserPlan::from_entry(&u),
+                None => return Err(UserError::UnknownUser(user.to_owned())),
+            }
+        };
+        if let Some(g) = group {
+            plan.gid = resolve_group(g)?;
+        }
+        Ok(plan)
+    }
+
+    /// [`DEFAULT_USER`], or 65534:65534 where the user database has no `nobody`.
+    pub fn default_unprivileged() -> Result<UserPlan, UserError> {
+        match lookup_user_by_name(DEFAULT_USER)? {
+            Some(u) => Ok(UserPlan::from_entry(&u)),
+            None => Ok(UserPlan {
+                uid: NOBODY_ID,
+                gid: NOBODY_ID,
+                name: None,
+                home: None,
+            }),
+        }
+    }
+
+    fn from_entry(u: &User) -> UserPlan {
+        UserPlan {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            name: Some(u.name.clone()),
+            home: Some(u.dir.clone()),
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Drops supplementary groups, then the gid, then the uid (real, effective and saved), so
+    /// the process cannot switch back. Async-signal-safe: meant for `CommandExt::pre_exec`, as
+    /// the last privileged step (after mounts and cgroup joins).
+    pub fn apply(&self) -> io::Result<()> {
+        let gid: libc::gid_t = self.gid;
+        // SAFETY: one gid from a live local.
+        if unsafe { libc::setgroups(1, &gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain system calls with integer arguments.
+        if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setresuid(self.uid, self.uid, self.uid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // If root could be regained (a kernel or seccomp quirk made the calls above partial),
+        // refuse to run the job rather than run it privileged.
+        // SAFETY: as above.
+        if self.uid != 0 && unsafe { libc::setuid(0) } == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
+    }
+}
+
+/// Gives `path` and everything below it to `uid:gid` without following symlinks (a job could
+/// plant one pointing anywhere on the host). Run by the monitor before fork on the results and
+/// output directories.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let root_dev = fs::symlink_metadata(path)?.dev();
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p)?;
+        lchown(&p, Some(uid), Some(gid))?;
+        // Do not wander onto other filesystems mounted below (none are expected there).
+        if meta.is_dir() && meta.dev() == root_dev {
+            for entry in fs::read_dir(&p)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the plugin runs as root and so should switch jobs to an unprivileged user.
+pub fn running_as_root() -> bool {
+    Uid::effective().is_root()
+}

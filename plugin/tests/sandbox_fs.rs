@@ -1,0 +1,598 @@
+//! The job's private filesystem and user switch, applied in `pre_exec` of real processes.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use executor_plugin::sandbox::mounts::{self, Bind, FsError, FsPlan, FsSpec};
+use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
+use executor_plugin::sandbox::user::{chown_tree, UserError, UserPlan};
+
+fn skip_unless_supported(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root");
+        return true;
+    }
+    if !mounts::supported() {
+        eprintln!("skipping {test}: mount namespaces are not available here");
+        return true;
+    }
+    false
+}
+
+/// A state root like the plugin's: `<state>/executions/x/{root,results}` plus a marker the job
+/// must not see.
+struct Layout {
+    state: tempfile::TempDir,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        let state = tempfile::tempdir().unwrap();
+        fs::create_dir_all(state.path().join("executions/x/root")).unwrap();
+        fs::create_dir_all(state.path().join("executions/x/results/out")).unwrap();
+        fs::write(state.path().join("marker-secret"), "state").unwrap();
+        Layout { state }
+    }
+    fn root(&self) -> PathBuf {
+        self.state.path().join("executions/x/root")
+    }
+    fn results(&self) -> PathBuf {
+        self.state.path().join("executions/x/results")
+    }
+    fn marker(&self) -> PathBuf {
+        self.state.path().join("marker-secret")
+    }
+    fn spec(&self) -> FsSpec {
+        FsSpec::new(self.root())
+    }
+}
+
+fn run(
+    script: &str,
+    fs_plan: Option<FsPlan>,
+    user: Option<UserPlan>,
+    no_new_privs: bool,
+) -> Output {
+    let rlimits = RlimitPlan::new(&RlimitConfig {
+        no_new_privs,
+        ..RlimitConfig::default()
+    })
+    .unwrap();
+    let mut cmd = Command::new("/usr/bin/sh");
+    cmd.arg("-c").arg(script).stdin(Stdio::null());
+    // SAFETY: the plans make only system calls in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(p) = &fs_plan {
+                p.apply()?;
+            }
+            rlimits.apply()?;
+            if let Some(u) = &user {
+                u.apply()?;
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn mountinfo() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn job_sees_system_dirs_but_not_the_state_root() {
+    if skip_unless_supported("job_sees_system_dirs_but_not_the_state_root") {
+        return;
+    }
+    let l = Layout::new();
+    let plan = FsPlan::new(&l.spec()).unwrap();
+    let script = format!(
+        "test -x /usr/bin/sh && echo sh-ok; ls /; ls /bin/ls >/dev/null && echo ls-ok; \
+         if test -e {m}; then echo marker-visible; fi; \
+         if test -e {s}; then echo state-visible; fi; \
+         if test -e /work; then echo host-work-visible; fi; \
+         echo hi > /dev/null && head -c 4 /dev/urandom | wc -c; \
+         cat /proc/self/status | grep -c ^Pid; \
+         if touch /new-file 2>/dev/null; then echo root-writable; fi; \
+         if touch /usr/new-file 2>/dev/null; then echo usr-writable; fi; \
+         ls /dev",
+        m = l.marker().display(),
+        s = l.state.path().display()
+    );
+    let out = ok(&run(&script, Some(plan), None, true));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"sh-ok"), "{out}");
+    assert!(lines.contains(&"ls-ok"), "{out}");
+    for dir in ["usr", "etc", "tmp", "proc", "dev", "bin"] {
+        assert!(lines.contains(&dir), "{dir} missing in {out}");
+    }
+    for bad in [
+        "marker-visible",
+        "state-visible",
+        "host-work-visible",
+        "root-writable",
+        "usr-writable",
+    ] {
+        assert!(!lines.contains(&bad), "{bad}: {out}");
+    }
+    assert!(lines.contains(&"4"), "/dev/urandom: {out}");
+    for dev in ["null", "zero", "urandom", "shm", "fd"] {
+        assert!(lines.contains(&dev), "/dev/{dev} missing: {out}");
+    }
+    assert!(!lines.contains(&"vda"), "host block device visible: {out}");
+    // /bin is reproduced as the host has it.
+    if fs::symlink_metadata("/bin")
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    {
+        assert_eq!(
+            fs::read_link(l.root().join("bin")).unwrap(),
+            fs::read_link("/bin").unwrap()
+        );
+    }
+}
+
+#[test]
+fn inputs_are_read_only_and_outputs_land_in_results() {
+    if skip_unless_supported("inputs_are_read_only_and_outputs_land_in_results") {
+        return;
+    }
+    let l = Layout::new();
+    let input = tempfile::tempdir().unwrap();
+    fs::write(input.path().join("data.txt"), "input-data").unwrap();
+    let single = input.path().join("single.txt");
+    fs::write(&single, "one-file").unwrap();
+    let mut spec = l.spec();
+    spec.binds = vec![
+        Bind {
+            source: input.path().to_owned(),
+            target: "/inputs/data".into(),
+            read_only: true,
+        },
+        Bind {
+            source: single.clone(),
+            target: "/inputs/single.txt".into(),
+            read_only: true,
+        },
+        Bind {
+            source: l.results().join("out"),
+            target: "/outputs".into(),
+            read_only: false,
+        },
+        // Inside the job's /tmp: the mount point is made by the child in its tmpfs.
+        Bind {
+            source: input.path().to_owned(),
+            target: "/tmp/deep/in".into(),
+            read_only: true,
+        },
+    ];
+    spec.working_dir = Some("/outputs".into());
+    let plan = FsPlan::new(&spec).unwrap();
+    let out = run(
+        "cat /inputs/data/data.txt; echo; cat /inputs/single.txt; echo; \
+         cat /tmp/deep/in/data.txt; echo; \
+         echo x > /inputs/data/new; echo x > /inputs/single.txt; \
+         pwd; echo result > result.txt",
+        Some(plan),
+        None,
+        true,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["input-data", "one-file", "input-data", "/outputs"],
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Read-only file system").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(!input.path().join("new").exists());
+    assert_eq!(fs::read_to_string(&single).unwrap(), "one-file");
+    assert_eq!(
+        fs::read_to_string(l.results().join("out/result.txt")).unwrap(),
+        "result\n"
+    );
+    // The job's mount points stay inside its root on the host.
+    assert!(l.root().join("inputs/data").is_dir());
+    assert!(l.root().join("inputs/single.txt").is_file());
+}
+
+#[test]
+fn tmp_is_private_and_the_host_mount_table_is_unchanged() {
+    if skip_unless_supported("tmp_is_private_and_the_host_mount_table_is_unchanged") {
+        return;
+    }
+    let l = Layout::new();
+    let before = mountinfo();
+    let name = format!("sandbox-fs-private-{}", std::process::id());
+    let plan = FsPlan::new(&l.spec()).unwrap();
+    let out = ok(&run(
+        &format!("echo secret > /tmp/{name} && cat /tmp/{name} && cat /proc/self/mountinfo"),
+        Some(plan),
+        None,
+        true,
+    ));
+    assert!(out.starts_with("secret\n"), "{out}");
+    // After pivot_root only the job's own mounts remain in its namespace.
+    let jail_mounts: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(' ').nth(4))
+        .collect();
+    assert!(jail_mounts.contains(&"/"), "{out}");
+    for host_only in ["/sys", "/sys/fs/cgroup", "/work"] {
+        assert!(!jail_mounts.contains(&host_only), "{host_only}: {out}");
+    }
+    assert!(!Path::new("/tmp").join(&name).exists());
+    let after = mountinfo();
+    let root = l.root().display().to_string();
+    assert!(
+        !after.iter().any(|line| line.contains(&root)),
+        "a job mount leaked to the host"
+    );
+    assert_eq!(before.len(), after.len(), "host mount table changed");
+}
+
+#[test]
+fn plan_validation_rejects_bad_specs() {
+    // Validation happens before any privileged call, so it runs unprivileged too.
+    let l = Layout::new();
+    let input = tempfile::tempdir().unwrap();
+    let file = input.path().join("f");
+    fs::write(&file, "x").unwrap();
+    let with = |binds: Vec<Bind>| {
+        let mut spec = l.spec();
+        spec.binds = binds;
+        FsPlan::new(&spec)
+    };
+    let bind = |source: &Path, target: &str| Bind {
+        source: source.to_owned(),
+        target: target.into(),
+        read_only: true,
+    };
+
+    assert!(matches!(
+        with(vec![bind(input.path(), "relative/in")]),
+        Err(FsError::NotAbsolute { .. })
+    ));
+    assert!(matches!(
+        with(vec![bind(input.path(), "/in/../etc")]),
+        Err(FsError::ParentComponent { .. })
+    ));
+    assert!(matches!(
+        with(vec![bind(&input.path().join("missing"), "/in")]),
+        Err(FsError::Source { .. })
+    ));
+    for reserved in ["/", "/proc", "/proc/x", "/dev/null"] {
+        assert!(
+            matches!(
+                with(vec![bind(input.path(), reserved)]),
+                Err(FsError::Reserved { .. })
+            ),
+            "{reserved}"
+        );
+    }
+    assert!(matches!(
+        with(vec![bind(input.path(), "/in"), bind(&file, "/in")]),
+        Err(FsError::DuplicateTarget { .. })
+    ));
+    // Inside a read-only bind whose source lacks the mount point: it would have to be created
+    // in the host's directory, so it is refused.
+    assert!(matches!(
+        with(vec![bind(input.path(), "/in"), bind(&file, "/in/sub/f")]),
+        Err(FsError::NestedTargetMissing { .. })
+    ));
+    assert!(matches!(
+        with(vec![bind(input.path(), "/usr/no-such-dir-for-test")]),
+        Err(FsError::NestedTargetMissing { .. })
+    ));
+    // A file source needs a file mount point.
+    fs::create_dir_all(l.root().join("already-dir")).unwrap();
+    assert!(matches!(
+        with(vec![bind(&file, "/already-dir")]),
+        Err(FsError::KindMismatch { .. })
+    ));
+    // Nested in another bind whose source has the mount point: fine, in either order.
+    fs::create_dir(input.path().join("sub")).unwrap();
+    assert!(with(vec![
+        bind(input.path(), "/in/sub"),
+        bind(input.path(), "/in")
+    ])
+    .is_ok());
+
+    // A symlink in the outer source could point the mount anywhere on the host.
+    std::os::unix::fs::symlink("/etc", input.path().join("link")).unwrap();
+    assert!(matches!(
+        with(vec![
+            bind(input.path(), "/in"),
+            bind(input.path(), "/in/link/x")
+        ]),
+        Err(FsError::Symlink { .. })
+    ));
+
+    let mut spec = l.spec();
+    spec.working_dir = Some("work/dir".into());
+    assert!(matches!(
+        FsPlan::new(&spec),
+        Err(FsError::NotAbsolute { .. })
+    ));
+    let mut spec = l.spec();
+    spec.system_ro.push("/dev".into());
+    assert!(matches!(FsPlan::new(&spec), Err(FsError::Reserved { .. })));
+    let mut spec = l.spec();
+    spec.root_dir = "/".into();
+    assert!(matches!(FsPlan::new(&spec), Err(FsError::RootDir { .. })));
+}
+
+#[test]
+fn nested_bind_is_mounted_after_its_outer_bind() {
+    if skip_unless_supported("nested_bind_is_mounted_after_its_outer_bind") {
+        return;
+    }
+    let l = Layout::new();
+    let outer = tempfile::tempdir().unwrap();
+    fs::create_dir(outer.path().join("sub")).unwrap();
+    let inner = tempfile::tempdir().unwrap();
+    fs::write(inner.path().join("inner.txt"), "inner").unwrap();
+    let mut spec = l.spec();
+    // Listed inner first: the plan must still mount the outer one first.
+    spec.binds = vec![
+        Bind {
+            source: inner.path().to_owned(),
+            target: "/in/sub".into(),
+            read_only: true,
+        },
+        Bind {
+            source: outer.path().to_owned(),
+            target: "/in".into(),
+            read_only: true,
+        },
+    ];
+    spec.working_dir = Some("/work/dir".into());
+    let plan = FsPlan::new(&spec).unwrap();
+    let out = ok(&run(
+        "cat /in/sub/inner.txt; echo; pwd",
+        Some(plan),
+        None,
+        true,
+    ));
+    assert_eq!(out, "inner\n/work/dir\n");
+}
+
+#[test]
+fn working_dir_is_a_writable_scratch_with_binds_inside() {
+    if skip_unless_supported("working_dir_is_a_writable_scratch_with_binds_inside") {
+        return;
+    }
+    let l = Layout::new();
+    let user = UserPlan::default_unprivileged().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    fs::set_permissions(input.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(input.path().join("data.txt"), "in-work").unwrap();
+    let mut spec = l.spec();
+    spec.working_dir = Some("/job/work".into());
+    spec.binds = vec![Bind {
+        source: input.path().to_owned(),
+        target: "/job/work/in".into(),
+        read_only: true,
+    }];
+    let plan = FsPlan::new(&spec).unwrap();
+    let out = ok(&run(
+        "pwd; echo scratch > note && cat note; cat in/data.txt",
+        Some(plan),
+        Some(user),
+        true,
+    ));
+    assert_eq!(out, "/job/work\nscratch\nin-work");
+    // The scratch lived in the job's namespace only.
+    assert!(!l.root().join("job/work/note").exists());
+    assert!(!input.path().join("note").exists());
+
+    // Inside a bind the working directory must already exist in the source.
+    let mut spec = l.spec();
+    spec.working_dir = Some("/data/missing".into());
+    spec.binds = vec![Bind {
+        source: input.path().to_owned(),
+        target: "/data".into(),
+        read_only: true,
+    }];
+    assert!(matches!(
+        FsPlan::new(&spec),
+        Err(FsError::NestedTargetMissing { .. })
+    ));
+}
+
+#[test]
+fn user_resolution() {
+    let nobody = UserPlan::resolve("nobody");
+    let Ok(nobody) = nobody else {
+        eprintln!("skipping user_resolution: no `nobody` in the user database");
+        return;
+    };
+    assert_ne!(nobody.uid, 0);
+    assert_eq!(UserPlan::resolve(&nobody.uid.to_string()).unwrap(), nobody);
+    assert_eq!(UserPlan::default_unprivileged().unwrap().uid, nobody.uid);
+    let with_group = UserPlan::resolve(&format!("nobody:{}", 4242)).unwrap();
+    assert_eq!((with_group.uid, with_group.gid), (nobody.uid, 4242));
+    let unknown_uid = UserPlan::resolve("4243").unwrap();
+    assert_eq!((unknown_uid.uid, unknown_uid.gid), (4243, 4243));
+    assert!(matches!(
+        UserPlan::resolve("no-such-user-xyz"),
+        Err(UserError::UnknownUser(_))
+    ));
+    assert!(matches!(
+        UserPlan::resolve("nobody:no-such-group-xyz"),
+        Err(UserError::UnknownGroup(_))
+    ));
+    assert!(matches!(
+        UserPlan::resolve(":1"),
+        Err(UserError::Invalid(_))
+    ));
+}
+
+#[test]
+fn job_runs_as_the_user_and_cannot_write_root_dirs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping job_runs_as_the_user_and_cannot_write_root_dirs: needs root");
+        return;
+    }
+    let user = UserPlan::default_unprivileged().unwrap();
+    let private = tempfile::tempdir().unwrap();
+    fs::set_permissions(private.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = run(
+        &format!(
+            "id -u; id -g; id -G; touch {}/x && echo wrote-private",
+            private.path().display()
+        ),
+        None,
+        Some(user.clone()),
+        true,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], user.uid.to_string(), "{stdout}");
+    assert_eq!(lines[1], user.gid.to_string(), "{stdout}");
+    assert_eq!(
+        lines[2],
+        user.gid.to_string(),
+        "supplementary groups: {stdout}"
+    );
+    assert!(!lines.contains(&"wrote-private"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{:?}",
+        out
+    );
+}
+
+#[test]
+fn setuid_binaries_do_not_regain_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping setuid_binaries_do_not_regain_root: needs root");
+        return;
+    }
+    let user = UserPlan::default_unprivileged().unwrap();
+    // A setuid-root copy of `id` on a filesystem that honours setuid (tmpfs /tmp may not).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let id = dir.path().join("id-suid");
+    fs::copy("/usr/bin/id", &id).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut parent = dir.path().parent();
+    while let Some(p) = parent {
+        if fs::metadata(p).unwrap().mode() & 0o001 == 0 {
+            eprintln!(
+                "skipping setuid_binaries_do_not_regain_root: {} is not traversable by others",
+                p.display()
+            );
+            return;
+        }
+        parent = p.parent();
+    }
+    let script = format!("{} -u", id.display());
+
+    // Control: without no_new_privs the setuid bit works, so the check below can fail.
+    let control = ok(&run(&script, None, Some(user.clone()), false));
+    if control.trim() != "0" {
+        eprintln!(
+            "skipping setuid_binaries_do_not_regain_root: setuid is not honoured here ({control})"
+        );
+        return;
+    }
+    let out = ok(&run(&script, None, Some(user.clone()), true));
+    assert_eq!(out.trim(), user.uid.to_string());
+}
+
+#[test]
+fn chowned_results_dir_is_writable_by_the_jailed_user() {
+    if skip_unless_supported("chowned_results_dir_is_writable_by_the_jailed_user") {
+        return;
+    }
+    let l = Layout::new();
+    let user = UserPlan::default_unprivileged().unwrap();
+    fs::create_dir_all(l.results().join("out/nested")).unwrap();
+    let mut spec = l.spec();
+    spec.binds = vec![Bind {
+        source: l.results().join("out"),
+        target: "/outputs".into(),
+        read_only: false,
+    }];
+    let script = &format!(
+        "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u; \
+         if ls /proc/1/root/ >/dev/null 2>&1; then echo host-root-reachable; fi; \
+         if test -e /proc/{}; then echo plugin-visible; fi; test -e /proc/self && echo self-ok",
+        std::process::id()
+    );
+
+    // Control: root-owned, the user cannot write.
+    let before = run(
+        script,
+        Some(FsPlan::new(&spec).unwrap()),
+        Some(user.clone()),
+        true,
+    );
+    assert!(!String::from_utf8_lossy(&before.stdout).contains("wrote"));
+
+    chown_tree(&l.results(), user.uid, user.gid).unwrap();
+    let meta = fs::metadata(l.results().join("out/nested")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    let out = ok(&run(
+        script,
+        Some(FsPlan::new(&spec).unwrap()),
+        Some(user.clone()),
+        true,
+    ));
+    // hidepid: the root-owned processes of the host (the plugin, init) are not even listed.
+    assert_eq!(out, format!("wrote\n{}\nself-ok\n", user.uid));
+    assert_eq!(
+        fs::read_to_string(l.results().join("out/nested/b")).unwrap(),
+        "b\n"
+    );
+}
+
+#[test]
+fn chown_tree_does_not_follow_symlinks() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping chown_tree_does_not_follow_symlinks: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    fs::write(&victim, "x").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("dirlink")).unwrap();
+    chown_tree(dir.path(), 4244, 4244).unwrap();
+    assert_eq!(fs::metadata(&victim).unwrap().uid(), 0);
+    assert_eq!(fs::metadata(outside.path()).unwrap().uid(), 0);
+    assert_eq!(
+        fs::symlink_metadata(dir.path().join("link")).unwrap().uid(),
+        4244
+    );
+    assert_eq!(fs::metadata(dir.path()).unwrap().uid(), 4244);
+}
