@@ -230,7 +230,7 @@ fn check_result(method: &str, result: &Value) -> Result<(), String> {
     }
 }
 
-const PROTOCOL_CODES: [i64; 5] = [-32700, -32600, -32601, -32602, -32006];
+const PROTOCOL_CODES: [i64; 6] = [-32700, -32600, -32601, -32602, -32006, -32008];
 
 fn check_error(error: &Value) -> Result<(), String> {
     let code = error["code"]
