@@ -1,2 +1,19 @@
+//! The host side of executor plugins: the `Executor` trait, a supervised plugin client, the
+//! provider registry with discovery, and log adapters. See DESIGN.md, "Host shim".
+
+pub mod discovery;
+pub mod error;
+pub mod executor;
+pub mod logs;
+pub mod pin;
 pub mod process;
+pub mod provider;
+pub mod supervisor;
 pub mod transport;
+
+pub use discovery::{ConfigError, DiscoveredPlugin, Host, HostConfig};
+pub use error::HostError;
+pub use executor::Executor;
+pub use logs::{demux_stdcopy, LogStream, StdcopyReader};
+pub use provider::{ExecutorProvider, ProviderError};
+pub use supervisor::{PluginExecutor, PluginSpec, Supervision};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonrpsee::async_client::{Client, ClientBuilder};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStderr, Command};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::transport::{Receiver, Sender, StderrTail};
 
@@ -27,6 +27,9 @@ pub struct SpawnOptions {
     /// Per-subscription buffer on the host; a log consumer slower than this loses its
     /// subscription (and resumes from its last position).
     pub subscription_buffer: usize,
+    /// When set, this checked descriptor is executed instead of `program` (which then only
+    /// names the plugin and becomes its `argv[0]`).
+    pub binary: Option<crate::pin::OpenBinary>,
 }
 
 impl SpawnOptions {
@@ -36,6 +39,7 @@ impl SpawnOptions {
             args: Vec::new(),
             env: Vec::new(),
             subscription_buffer: 4096,
+            binary: None,
         }
     }
 }
@@ -58,12 +62,20 @@ pub struct PluginProcess {
     pub program: PathBuf,
     exit: watch::Receiver<Option<String>>,
     stderr: StderrTail,
+    kill: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl PluginProcess {
     pub async fn spawn(opts: SpawnOptions) -> Result<PluginProcess, SpawnError> {
         let name = opts.program.display().to_string();
-        let mut cmd = Command::new(&opts.program);
+        let mut cmd = match &opts.binary {
+            Some(b) => {
+                let mut c = Command::new(b.exec_path());
+                c.arg0(&opts.program);
+                c
+            }
+            None => Command::new(&opts.program),
+        };
         cmd.args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env(COOKIE_KEY, COOKIE_VALUE)
@@ -86,8 +98,17 @@ impl PluginProcess {
         let tail = StderrTail::default();
         tokio::spawn(drain_stderr(name.clone(), stderr, tail.clone()));
         let (exit_tx, exit_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        // The child is owned here alone, so a kill can never hit a reused pid.
         tokio::spawn(async move {
-            let status = match child.wait().await {
+            let status = tokio::select! {
+                s = child.wait() => s,
+                Ok(()) = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let status = match status {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown exit status: {e}"),
             };
@@ -107,6 +128,7 @@ impl PluginProcess {
             program: opts.program,
             exit: exit_rx,
             stderr: tail,
+            kill: std::sync::Mutex::new(Some(kill_tx)),
         })
     }
 
@@ -119,6 +141,20 @@ impl PluginProcess {
     pub async fn wait_exit(&mut self) -> String {
         let _ = self.exit.wait_for(Option::is_some).await;
         self.exit.borrow().clone().unwrap_or_default()
+    }
+
+    /// SIGKILL the plugin (no effect once it has exited).
+    pub fn kill(&self) {
+        if let Some(tx) = self.kill.lock().ok().and_then(|mut k| k.take()) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Wait (up to `limit`) for the process to end; `None` if it is still running.
+    pub async fn wait_exit_for(&self, limit: Duration) -> Option<String> {
+        let mut exit = self.exit.clone();
+        let _ = tokio::time::timeout(limit, exit.wait_for(Option::is_some)).await;
+        self.exit_status()
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {

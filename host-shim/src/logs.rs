@@ -1,0 +1,186 @@
+//! Log streams as a host hands them out: typed events, or Docker stdcopy frames.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use executor_schema::{LogEvent, LogStream as StreamKind};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::io::StreamReader;
+
+use crate::error::HostError;
+
+/// Docker stdcopy header: stream byte, three zero bytes, big-endian u32 payload size.
+pub const STDCOPY_HEADER: usize = 8;
+
+/// An execution's log. Yields `Data` events in log order and then one `End`; a stream that
+/// was interrupted by a plugin restart resumes where it stopped, so no event is lost or
+/// repeated. Dropping it ends the subscription.
+pub struct LogStream {
+    rx: mpsc::Receiver<Result<LogEvent, HostError>>,
+    task: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl LogStream {
+    /// A stream fed by `task` through `rx`; the task is aborted when the stream is dropped.
+    pub fn new(rx: mpsc::Receiver<Result<LogEvent, HostError>>, task: JoinHandle<()>) -> Self {
+        LogStream {
+            rx,
+            task: Some(task),
+            done: false,
+        }
+    }
+
+    /// Docker stdcopy frames (`[stream,0,0,0,size BE u32] data`), the stream Bacalhau's
+    /// `LiveStreamer` and `stdcopy.StdCopy` read. The END event closes the reader; an error
+    /// becomes a read error.
+    pub fn into_stdcopy(self) -> StdcopyReader {
+        let frames: BoxStream<'static, std::io::Result<Bytes>> = self
+            .filter_map(|item| async move {
+                match item {
+                    Ok(ev @ LogEvent::Data { .. }) => Some(Ok(stdcopy_frame(&ev))),
+                    Ok(LogEvent::End { .. }) => None,
+                    Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+                }
+            })
+            .boxed();
+        StreamReader::new(frames)
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Stream for LogStream {
+    type Item = Result<LogEvent, HostError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                if matches!(item, Ok(LogEvent::End { .. }) | Err(_)) {
+                    self.done = true;
+                }
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An `AsyncRead` of Docker stdcopy frames.
+pub type StdcopyReader = StreamReader<BoxStream<'static, std::io::Result<Bytes>>, Bytes>;
+
+/// One stdcopy frame for a data event (empty for `End`).
+pub fn stdcopy_frame(event: &LogEvent) -> Bytes {
+    let LogEvent::Data { stream, .. } = event else {
+        return Bytes::new();
+    };
+    let data = event.data_bytes();
+    let mut frame = Vec::with_capacity(STDCOPY_HEADER + data.len());
+    frame.push(stream.as_u8());
+    frame.extend_from_slice(&[0, 0, 0]);
+    // A chunk is at most one pipe read of the monitor, far below 4 GiB.
+    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&data);
+    Bytes::from(frame)
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DemuxError {
+    #[error("stdcopy stream ends inside a frame at byte {0}")]
+    Truncated(usize),
+    #[error("stdcopy frame at byte {offset} has unknown stream {stream}")]
+    UnknownStream { offset: usize, stream: u8 },
+}
+
+/// Split a stdcopy stream into stdout and stderr bytes (`stdcopy.StdCopy`).
+pub fn demux_stdcopy(mut input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DemuxError> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let total = input.len();
+    while !input.is_empty() {
+        let offset = total - input.len();
+        if input.len() < STDCOPY_HEADER {
+            return Err(DemuxError::Truncated(offset));
+        }
+        let size = u32::from_be_bytes([input[4], input[5], input[6], input[7]]) as usize;
+        let body = input
+            .get(STDCOPY_HEADER..STDCOPY_HEADER + size)
+            .ok_or(DemuxError::Truncated(offset))?;
+        match input[0] {
+            1 => out.extend_from_slice(body),
+            2 => err.extend_from_slice(body),
+            stream => return Err(DemuxError::UnknownStream { offset, stream }),
+        }
+        input = &input[STDCOPY_HEADER + size..];
+    }
+    Ok((out, err))
+}
+
+/// Which stream a data event belongs to.
+pub fn event_stream(event: &LogEvent) -> Option<StreamKind> {
+    match event {
+        LogEvent::Data { stream, .. } => Some(*stream),
+        LogEvent::End { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn ev(stream: StreamKind, data: &[u8], offset: u64) -> LogEvent {
+        LogEvent::data(stream, "t".into(), data, offset, offset + 1)
+    }
+
+    #[tokio::test]
+    async fn events_become_stdcopy_frames_that_demux_back() {
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(async {});
+        for item in [
+            ev(StreamKind::Stdout, b"out\n", 0),
+            ev(StreamKind::Stderr, b"err\n", 1),
+            ev(StreamKind::Stdout, b"\x00\xff", 2),
+            LogEvent::End { offset: 3 },
+        ] {
+            tx.send(Ok(item)).await.unwrap();
+        }
+        // Nothing after END is read.
+        tx.send(Ok(ev(StreamKind::Stdout, b"late", 4)))
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        LogStream::new(rx, task)
+            .into_stdcopy()
+            .read_to_end(&mut bytes)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..8], &[1, 0, 0, 0, 0, 0, 0, 4]);
+        let (out, err) = demux_stdcopy(&bytes).unwrap();
+        assert_eq!(out, b"out\n\x00\xff");
+        assert_eq!(err, b"err\n");
+    }
+
+    #[test]
+    fn demux_refuses_a_cut_frame() {
+        assert_eq!(
+            demux_stdcopy(&[1, 0, 0, 0, 0, 0, 0, 5, b'a']),
+            Err(DemuxError::Truncated(0))
+        );
+    }
+}
