@@ -2,6 +2,8 @@
 //! connection to a plugin for protocol tests that must send what a well-behaved client never
 //! would.
 
+pub mod host;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
