@@ -13,6 +13,8 @@ pub mod transport;
 
 pub use discovery::{ConfigError, DiscoveredPlugin, Host, HostConfig};
 pub use error::HostError;
+/// For implementing [`Executor`] outside this crate.
+pub use jsonrpsee::core::async_trait;
 pub use executor::Executor;
 pub use logs::{demux_stdcopy, LogStream, StdcopyReader};
 pub use provider::{ExecutorProvider, ProviderError};
