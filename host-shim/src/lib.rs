@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod error;
 pub mod executor;
+pub mod human;
 pub mod logs;
 pub mod pin;
 pub mod process;
@@ -13,9 +14,9 @@ pub mod transport;
 
 pub use discovery::{ConfigError, DiscoveredPlugin, Host, HostConfig};
 pub use error::HostError;
+pub use executor::Executor;
 /// For implementing [`Executor`] outside this crate.
 pub use jsonrpsee::core::async_trait;
-pub use executor::Executor;
 pub use logs::{demux_stdcopy, LogStream, StdcopyReader};
 pub use provider::{ExecutorProvider, ProviderError};
 pub use supervisor::{PluginExecutor, PluginSpec, Supervision};
