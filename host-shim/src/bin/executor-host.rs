@@ -607,8 +607,8 @@ async fn plugins(host: &Host, json: bool) -> Result<u8, Failure> {
         .filter_map(|(n, on)| on.then_some(n))
         .collect();
         println!(
-            "  cgroups {:?}, enforced limits [{}], network isolation {}, filesystem isolation {}, GPUs {}",
-            c.cgroup_mode,
+            "  cgroups {}, enforced limits [{}], network isolation {}, filesystem isolation {}, GPUs {}",
+            serde_json::to_value(c.cgroup_mode)?.as_str().unwrap_or("?"),
             limits.join(" "),
             c.network_isolation,
             c.filesystem_isolation,
