@@ -639,7 +639,9 @@ fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorErr
     for (i, v) in input.inputs.iter().enumerate() {
         if !input.isolate_filesystem && (v.source != v.target || v.read_only) {
             return Err(ExecutorError::unsupported(format!(
-                "input {i} ({} at {}{}) needs a bind mount, and this node has no filesystem                  isolation (it needs a root plugin and mount namespaces); only writable inputs                  whose target is their source work here",
+                "input {i} ({} at {}{}) needs a bind mount, and this node has no filesystem \
+                 isolation (it needs a root plugin and mount namespaces); only writable inputs \
+                 whose target is their source work here",
                 v.source.display(),
                 v.target.display(),
                 if v.read_only { ", read-only" } else { "" }
@@ -655,7 +657,9 @@ fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorErr
         let at = results_dir.join(&o.name);
         if !input.isolate_filesystem && o.path != at {
             return Err(ExecutorError::unsupported(format!(
-                "output '{}' wants to be written at {}, which needs a bind mount, and this node                  has no filesystem isolation (it needs a root plugin and mount namespaces); set                  its Path to {} where the job writes it directly",
+                "output '{}' wants to be written at {}, which needs a bind mount, and this node \
+                 has no filesystem isolation (it needs a root plugin and mount namespaces); set \
+                 its Path to {} where the job writes it directly",
                 o.name,
                 o.path.display(),
                 at.display()
