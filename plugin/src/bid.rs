@@ -298,4 +298,89 @@ mod tests {
         let r = usage(&res(0.0, 0, 0, 1), CAP, &none);
         assert!(!r.should_bid && r.reason.contains("GPUs"), "{r:?}");
     }
+
+    fn request(inputs: serde_json::Value, outputs: serde_json::Value) -> BidStrategyRequest {
+        serde_json::from_value(serde_json::json!({"Job": {"ID": "j", "Tasks": [{
+            "Name": "t",
+            "Engine": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", "true"]}},
+            "InputSources": inputs,
+            "ResultPaths": outputs,
+        }]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn mounts_need_isolation_and_local_inputs_the_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let local = |p: &Path, rw: bool| serde_json::json!([{"Source": {"Type": "local", "Params": {"SourcePath": p, "ReadWrite": rw}}, "Target": "/in"}]);
+        let staged = serde_json::json!([{"Source": {"Type": "ipfs", "Params": {"CID": "x"}}, "Target": "/in"}]);
+        let outputs = serde_json::json!([{"Name": "out", "Path": "/outputs"}]);
+        let none = serde_json::json!([]);
+        let list = [allowed.clone()];
+        let isolated = Capabilities {
+            filesystem_isolation: true,
+            ..Capabilities::default()
+        };
+        let plain = Capabilities::default();
+        let cases: [(&str, BidStrategyRequest, &Capabilities, bool, &str); 7] = [
+            (
+                "no mounts",
+                request(none.clone(), none.clone()),
+                &plain,
+                true,
+                "run native",
+            ),
+            (
+                "input, no isolation",
+                request(staged.clone(), none.clone()),
+                &plain,
+                false,
+                "mount inputs",
+            ),
+            (
+                "output, no isolation",
+                request(none.clone(), outputs.clone()),
+                &plain,
+                false,
+                "mount outputs",
+            ),
+            (
+                "staged input",
+                request(staged, outputs.clone()),
+                &isolated,
+                true,
+                "run native",
+            ),
+            (
+                "allowed local",
+                request(local(&allowed, false), outputs.clone()),
+                &isolated,
+                true,
+                "run native",
+            ),
+            (
+                "writable local",
+                request(local(&allowed, true), none.clone()),
+                &isolated,
+                false,
+                "read-only",
+            ),
+            (
+                "other local",
+                request(local(&other, false), none),
+                &isolated,
+                false,
+                "not allow-listed",
+            ),
+        ];
+        for (what, req, caps, bid, reason) in cases {
+            let r = semantic(&req, caps, &list);
+            assert_eq!(r.should_bid, bid, "{what}: {r:?}");
+            assert!(r.reason.contains(reason), "{what}: {}", r.reason);
+        }
+    }
 }

@@ -169,6 +169,10 @@ async fn inputs_outputs_workdir_user_and_hidden_state() {
     assert_eq!(fs::read_to_string(rw.join("written")).unwrap(), "rw\n");
     let meta = fs::metadata(results.join("main/out.txt")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (12345, 23456));
+    // Outputs belong to the job's user; the results directory (where the monitor writes
+    // `exitCode` by path) does not.
+    assert_eq!(fs::metadata(results.join("other")).unwrap().uid(), 12345);
+    assert_eq!(fs::metadata(&results).unwrap().uid(), 0);
     assert_eq!(fs::read_to_string(results.join("stdout")).unwrap(), out);
     // The job's root is gone with the job.
     assert!(!ExecDir::new(&e.state, "fs-1").dir.join("root").exists());

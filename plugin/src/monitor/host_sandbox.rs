@@ -197,19 +197,23 @@ impl JobSandbox for HostSandbox {
         if s.isolate_network {
             self.steps.push(Box::new(netns::enter_isolated_network));
         }
-        // The job writes its outputs as its own user; the monitor keeps writing the result files
-        // through descriptors it opens as root.
+        // The job writes its outputs as its own user. The results directory itself stays the
+        // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
+        // directory could plant a symlink in its place.
         if s.filesystem.is_some() || s.run_as.is_some() {
             create_outputs(spec)?;
         }
         if let Some(user) = &s.run_as {
-            chown_tree(&spec.results_dir, user.uid, user.gid).map_err(|e| {
-                SandboxError::Setup(format!(
-                    "giving the results directory {} to {}: {e}",
-                    spec.results_dir.display(),
-                    user.describe()
-                ))
-            })?;
+            for name in &spec.output_names {
+                let dir = spec.results_dir.join(name);
+                chown_tree(&dir, user.uid, user.gid).map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "giving the output {} to {}: {e}",
+                        dir.display(),
+                        user.describe()
+                    ))
+                })?;
+            }
         }
         if let Some(fs) = &s.filesystem {
             let plan = self.filesystem(fs, spec.working_dir.as_deref())?;
