@@ -295,7 +295,7 @@ impl Connection {
                         } else if !obj.get("method").is_some_and(|m| m.is_string()) {
                             "\"method\" must be a string"
                         } else if id.is_none() {
-                            "\"id\" must be a number, a string or null"
+                            "\"id\" must be a non-negative integer, a string or null"
                         } else {
                             "\"params\" must be an array or an object"
                         };
@@ -312,6 +312,20 @@ impl Connection {
 
     async fn handle_request(&self, req: Request<'_>) {
         let id = req.id.clone().into_owned();
+        // JSON-RPC: params, when present, are structured; jsonrpsee's parser takes any value.
+        if let Some(p) = &req.params {
+            if !matches!(
+                p.get().trim_start().as_bytes().first(),
+                Some(b'[' | b'{') | Some(b'n')
+            ) {
+                let err = ErrorObject::owned(
+                    -32600,
+                    "Invalid request: \"params\" must be an array or an object",
+                    None::<()>,
+                );
+                return self.send_error(id, err).await;
+            }
+        }
         let method = req.method.to_string();
         let params = Params::new(req.params.as_ref().map(|p| p.get())).into_owned();
         let Some((_, callback)) = self.methods.method_with_name(&method) else {

@@ -79,3 +79,18 @@ fn schemas_describe_the_encoded_keys() {
         "https://json-schema.org/draft/2020-12/schema"
     );
 }
+
+#[test]
+fn every_schema_is_draft_2020_12_with_its_type_as_title() {
+    for (name, schema) in executor_schema::jsonschema::generate_all() {
+        assert_eq!(
+            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "{name}"
+        );
+        assert_eq!(
+            schema["title"].as_str().map(|t| format!("{t}.json")),
+            Some(name.clone()),
+            "{name}: the file is named for the type"
+        );
+    }
+}

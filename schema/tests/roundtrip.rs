@@ -13,10 +13,19 @@ fn encode<T: serde::Serialize>(t: &T) -> Value {
     serde_json::to_value(t).unwrap()
 }
 
-/// Decoding then encoding Go's JSON gives Go's JSON back.
-fn assert_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(go: Value) -> T {
+/// Decoding then encoding Go's JSON gives Go's JSON back, and decoding that gives the same value.
+fn assert_round_trip<T>(go: Value) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
     let t: T = decode(go.clone());
-    assert_eq!(encode(&t), go);
+    let wire = encode(&t);
+    assert_eq!(wire, go);
+    assert_eq!(
+        decode::<T>(wire),
+        t,
+        "decode -> encode -> decode changed the value"
+    );
     t
 }
 
@@ -576,4 +585,92 @@ fn go_key_tables_match_the_encoders() {
         },
         NativeEngineSpec::JSON_KEYS,
     );
+}
+
+#[test]
+fn unknown_keys_are_ignored_outside_job_and_task() {
+    let mut go = go_request();
+    let obj = go.as_object_mut().unwrap();
+    obj.insert("FutureField".into(), json!({"x": 1}));
+    obj.insert("Labels".into(), json!(["a"]));
+    obj["Network"]
+        .as_object_mut()
+        .unwrap()
+        .insert("Mode".into(), json!(7));
+    let req: RunCommandRequest = decode(go);
+    assert_eq!(
+        encode(&req),
+        go_request(),
+        "unknown keys are dropped, not kept"
+    );
+
+    let r: RunCommandResult = decode(json!({"ExitCode": 3, "RunnerID": "x"}));
+    assert_eq!(r.exit_code, 3);
+    let v: StorageVolume = decode(json!({"type": 1, "Mode": "rw"}));
+    assert_eq!(v.volume_type, StorageVolume::BIND);
+}
+
+#[test]
+fn env_and_params_keys_keep_their_case_through_a_round_trip() {
+    let mut go = go_request();
+    go["Env"] = json!({"path": "a", "PATH": "b", "Path": "c"});
+    go["EngineParams"]["Params"] = json!({"Entrypoint": ["/bin/x"], "entrypoint": ["/bin/y"]});
+    let req: RunCommandRequest = assert_round_trip(go);
+    assert_eq!(req.env.len(), 3, "{:?}", req.env);
+    assert_eq!(req.engine_params.unwrap().params.len(), 2);
+}
+
+/// A `go_json!` type's key table (used for case folding) is exactly the property list of its
+/// generated schema, which serde's attributes produce: adding a field without adding its key to
+/// the table (so odd-case spellings of it would be dropped) fails here.
+#[test]
+fn go_key_tables_match_the_schema_properties() {
+    let schemas = executor_schema::jsonschema::generate_all();
+    let props = |name: &str| -> std::collections::BTreeSet<String> {
+        let (_, schema) = schemas
+            .iter()
+            .find(|(n, _)| n == &format!("{name}.json"))
+            .unwrap_or_else(|| panic!("no schema/json/{name}.json"));
+        schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}.json has no properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let tables: [(&str, &[&str]); 19] = [
+        ("RunCommandRequest", RunCommandRequest::JSON_KEYS),
+        ("RunCommandResult", RunCommandResult::JSON_KEYS),
+        ("Resources", Resources::JSON_KEYS),
+        ("Gpu", Gpu::JSON_KEYS),
+        ("NetworkConfig", NetworkConfig::JSON_KEYS),
+        ("Port", Port::JSON_KEYS),
+        ("ResultPath", ResultPath::JSON_KEYS),
+        ("SpecConfig", SpecConfig::JSON_KEYS),
+        ("InputSource", InputSource::JSON_KEYS),
+        ("PreparedStorage", PreparedStorage::JSON_KEYS),
+        ("StorageVolume", StorageVolume::JSON_KEYS),
+        ("OutputLimits", OutputLimits::JSON_KEYS),
+        ("LogStreamRequest", LogStreamRequest::JSON_KEYS),
+        ("ResourcesConfig", ResourcesConfig::JSON_KEYS),
+        ("TimeoutConfig", TimeoutConfig::JSON_KEYS),
+        ("Task", Task::JSON_KEYS),
+        ("Job", Job::JSON_KEYS),
+        ("BidStrategyRequest", BidStrategyRequest::JSON_KEYS),
+        ("BidStrategyResponse", BidStrategyResponse::JSON_KEYS),
+    ];
+    for (name, keys) in tables {
+        let want: std::collections::BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
+        assert_eq!(want.len(), keys.len(), "{name}: a key is listed twice");
+        assert_eq!(
+            props(name),
+            want,
+            "{name}::JSON_KEYS vs schema/json/{name}.json"
+        );
+    }
+    let native: std::collections::BTreeSet<String> = NativeEngineSpec::JSON_KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(props("NativeEngineSpec"), native);
 }

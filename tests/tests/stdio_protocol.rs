@@ -75,6 +75,10 @@ fn handshake_then_bad_input_is_answered_and_the_connection_stays_up() {
     assert_eq!(error_code(&msg), -32600, "{msg}");
     assert_eq!(msg["id"], json!(7));
 
+    // Params must be structured.
+    let msg = p.call(71, "executor_list", json!(5));
+    assert_eq!(error_code(&msg), -32600, "{msg}");
+
     // A notification is never answered; the next call is.
     p.send(&json!({"jsonrpc": "2.0", "method": "executor_isInstalled"}));
     assert_eq!(

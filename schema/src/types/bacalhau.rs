@@ -271,7 +271,7 @@ go_json!(InputSource { "Source", "Alias", "Target" });
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self")]
 pub struct StorageVolume {
-    /// Connector type; only [`StorageVolume::BIND`] (1) exists.
+    /// Connector type; only 1 (bind) exists.
     #[serde(rename = "type", default)]
     pub volume_type: u32,
     #[serde(rename = "readOnly", default)]
