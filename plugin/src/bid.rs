@@ -1,17 +1,25 @@
 //! Bid strategies of the native engine: can this host run the job at all (semantic), and does
 //! it fit now (resources).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
-use executor_schema::{BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources};
+use executor_schema::{
+    BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources, Task,
+};
 
 use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
 use crate::rpc::PLUGIN_NAME;
+use crate::sandbox::allowlist::{is_local_type, AllowList};
 
 /// Semantic bid: the engine spec decodes and validates, the program is installed, and the
-/// network, inputs and limits can be honoured on this host.
-pub fn semantic(request: &BidStrategyRequest, caps: &Capabilities) -> BidStrategyResponse {
+/// network, inputs, outputs and limits can be honoured on this host. `allow_listed` is
+/// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
+pub fn semantic(
+    request: &BidStrategyRequest,
+    caps: &Capabilities,
+    allow_listed: &[PathBuf],
+) -> BidStrategyResponse {
     let Some(task) = request.job.task() else {
         return BidStrategyResponse::new(false, "run jobs without a task");
     };
@@ -45,11 +53,8 @@ pub fn semantic(request: &BidStrategyRequest, caps: &Capabilities) -> BidStrateg
             format!("have the program {program:?} installed: {why}"),
         );
     }
-    if !task.input_sources.is_empty() {
-        return BidStrategyResponse::new(
-            false,
-            "mount inputs for native jobs (no filesystem isolation on this node)",
-        );
+    if let Some(decline) = mounts(task, caps, allow_listed) {
+        return decline;
     }
     if let Some(net) = &task.network {
         if matches!(net.network_type, Network::Http | Network::Bridge) {
@@ -78,6 +83,67 @@ pub fn semantic(request: &BidStrategyRequest, caps: &Capabilities) -> BidStrateg
         }
     }
     BidStrategyResponse::new(true, "run native jobs whose program is installed")
+}
+
+/// Inputs and outputs need a private filesystem (an output's `Path` can never be the results
+/// directory the host picks later); `local` inputs must be allow-listed.
+fn mounts(
+    task: &Task,
+    caps: &Capabilities,
+    allow_listed: &[PathBuf],
+) -> Option<BidStrategyResponse> {
+    const NO_ISOLATION: &str =
+        "no filesystem isolation on this node: it needs a root plugin and mount namespaces";
+    if !caps.filesystem_isolation {
+        if !task.input_sources.is_empty() {
+            return Some(BidStrategyResponse::new(
+                false,
+                format!("mount inputs for native jobs ({NO_ISOLATION})"),
+            ));
+        }
+        if !task.result_paths.is_empty() {
+            return Some(BidStrategyResponse::new(
+                false,
+                format!("mount outputs at their Path for native jobs ({NO_ISOLATION})"),
+            ));
+        }
+    }
+    let list = AllowList::parse(allow_listed);
+    for input in &task.input_sources {
+        let Some(source) = input
+            .source
+            .as_ref()
+            .filter(|s| is_local_type(&s.spec_type))
+        else {
+            continue;
+        };
+        let param = |key: &str| {
+            source
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        };
+        let Some(path) = param("SourcePath").and_then(|v| v.as_str()) else {
+            return Some(BidStrategyResponse::new(
+                false,
+                format!(
+                    "accept the local input at {:?}: it has no SourcePath",
+                    input.target
+                ),
+            ));
+        };
+        let writable = param("ReadWrite")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if let Err(denied) = list.check(Path::new(path), writable) {
+            return Some(BidStrategyResponse::new(
+                false,
+                format!("allow this input: {denied}"),
+            ));
+        }
+    }
+    None
 }
 
 /// What this host has to give.
@@ -231,5 +297,90 @@ mod tests {
 
         let r = usage(&res(0.0, 0, 0, 1), CAP, &none);
         assert!(!r.should_bid && r.reason.contains("GPUs"), "{r:?}");
+    }
+
+    fn request(inputs: serde_json::Value, outputs: serde_json::Value) -> BidStrategyRequest {
+        serde_json::from_value(serde_json::json!({"Job": {"ID": "j", "Tasks": [{
+            "Name": "t",
+            "Engine": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", "true"]}},
+            "InputSources": inputs,
+            "ResultPaths": outputs,
+        }]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn mounts_need_isolation_and_local_inputs_the_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let local = |p: &Path, rw: bool| serde_json::json!([{"Source": {"Type": "local", "Params": {"SourcePath": p, "ReadWrite": rw}}, "Target": "/in"}]);
+        let staged = serde_json::json!([{"Source": {"Type": "ipfs", "Params": {"CID": "x"}}, "Target": "/in"}]);
+        let outputs = serde_json::json!([{"Name": "out", "Path": "/outputs"}]);
+        let none = serde_json::json!([]);
+        let list = [allowed.clone()];
+        let isolated = Capabilities {
+            filesystem_isolation: true,
+            ..Capabilities::default()
+        };
+        let plain = Capabilities::default();
+        let cases: [(&str, BidStrategyRequest, &Capabilities, bool, &str); 7] = [
+            (
+                "no mounts",
+                request(none.clone(), none.clone()),
+                &plain,
+                true,
+                "run native",
+            ),
+            (
+                "input, no isolation",
+                request(staged.clone(), none.clone()),
+                &plain,
+                false,
+                "mount inputs",
+            ),
+            (
+                "output, no isolation",
+                request(none.clone(), outputs.clone()),
+                &plain,
+                false,
+                "mount outputs",
+            ),
+            (
+                "staged input",
+                request(staged, outputs.clone()),
+                &isolated,
+                true,
+                "run native",
+            ),
+            (
+                "allowed local",
+                request(local(&allowed, false), outputs.clone()),
+                &isolated,
+                true,
+                "run native",
+            ),
+            (
+                "writable local",
+                request(local(&allowed, true), none.clone()),
+                &isolated,
+                false,
+                "read-only",
+            ),
+            (
+                "other local",
+                request(local(&other, false), none),
+                &isolated,
+                false,
+                "not allow-listed",
+            ),
+        ];
+        for (what, req, caps, bid, reason) in cases {
+            let r = semantic(&req, caps, &list);
+            assert_eq!(r.should_bid, bid, "{what}: {r:?}");
+            assert!(r.reason.contains(reason), "{what}: {}", r.reason);
+        }
     }
 }

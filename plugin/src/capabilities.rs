@@ -9,7 +9,8 @@ use executor_schema::{Capabilities, CgroupMode, EnforcedLimits, Gpu, PluginConfi
 
 use crate::monitor::spawn::DEFAULT_PATH;
 use crate::sandbox::cgroup::{CgroupConfig, CgroupManager, Mode, DEFAULT_PIDS_MAX};
-use crate::sandbox::netns;
+use crate::sandbox::user;
+use crate::sandbox::{mounts, netns};
 
 /// Detects this host's capabilities for `config`. Prepares the cgroup base as a side effect
 /// (the same base the monitors will use), so a misconfigured base shows up here.
@@ -70,14 +71,27 @@ pub fn detect(config: &PluginConfig) -> Capabilities {
         )),
     }
 
-    caps.filesystem_isolation = false;
-    caps.notes.push(
-        "no filesystem isolation yet: jobs see the host's filesystem, and inputs are not mounted at their targets"
-            .into(),
-    );
-    if let Some(user) = &config.run_as_user {
+    caps.filesystem_isolation = mounts::supported();
+    if !caps.filesystem_isolation {
+        caps.notes.push(
+            "no filesystem isolation (it needs a root plugin and mount namespaces): jobs see the \
+             host's filesystem; jobs with inputs, or with outputs whose Path is not \
+             results/<Name> itself, are refused"
+                .into(),
+        );
+    }
+    if user::running_as_root() {
+        match crate::registry::job_user(config.run_as_user.as_deref()) {
+            Ok(u) => caps.run_as_user = Some(u.describe()),
+            Err(e) => caps.notes.push(format!(
+                "jobs are refused: they must run as an unprivileged user and {}",
+                e.message
+            )),
+        }
+    } else if let Some(user) = &config.run_as_user {
         caps.notes.push(format!(
-            "runAsUser {user:?} is not applied yet: jobs run as the plugin's own user (uid {})",
+            "runAsUser {user:?} is not applied: the plugin is not root, so jobs run as its own \
+             user (uid {})",
             nix::unistd::geteuid()
         ));
     }

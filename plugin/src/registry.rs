@@ -19,9 +19,12 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
+use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
+use crate::sandbox::mounts::Bind;
+use crate::sandbox::user::{self, UserPlan};
 use crate::state::{
-    self, ExecDir, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
+    self, ExecDir, FsSandbox, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
 };
 
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
@@ -441,7 +444,12 @@ pub struct SpecInput {
     pub working_dir: Option<PathBuf>,
     pub results_dir: Option<PathBuf>,
     pub execution_dir: Option<PathBuf>,
+    /// Outputs that only need `results/<Name>` created (no `Path`).
     pub output_names: Vec<String>,
+    /// Outputs with the `Path` the job writes them at.
+    pub outputs: Vec<OutputSpec>,
+    /// Bind volumes.
+    pub inputs: Vec<InputSpec>,
     pub limits: crate::state::Limits,
     pub timeout_secs: Option<f64>,
     /// The request's `Resources`: `CPU` and `Memory` become cgroup limits (0 = none).
@@ -454,15 +462,44 @@ pub struct SpecInput {
     pub default_pids_max: Option<u64>,
     /// `PluginConfig.nofileLimit`; `None`: the sandbox default.
     pub nofile: Option<u64>,
+    /// The job gets a private root with its inputs and outputs mounted (capabilities'
+    /// `filesystemIsolation`). Without it, a job whose inputs or outputs would need a mount is
+    /// refused.
+    pub isolate_filesystem: bool,
+    /// `PluginConfig.runAsUser`: who jobs run as when the plugin is root (default
+    /// [`UserPlan::default_unprivileged`]). Ignored when the plugin is not root.
+    pub run_as_user: Option<String>,
+    /// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
+    pub allow_listed_local_paths: Vec<PathBuf>,
+}
+
+/// An output: `results/<name>` is created and the job sees it read-write at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A bind volume: the host's `source` at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+    /// Its source type is `local`: the path came from the job's spec and must be allow-listed.
+    pub local: bool,
 }
 
 /// Resolve where everything goes and what the job sees:
 /// results in `ResultsDir`, else `ExecutionDir/results`, else the state directory's `results`;
 /// the log at `ExecutionDir/logs/raw_container_logs`, else in the state directory; environment =
-/// request `Env`, then engine variables (engine wins), then `BACALHAU_EXECUTION_ID`/`_JOB_ID`.
-/// A network type this plugin cannot provide is refused (`Unsupported`, naming it).
+/// `HOME`/`USER`/`LOGNAME` of the job's user, request `Env`, then engine variables (engine wins),
+/// then `BACALHAU_EXECUTION_ID`/`_JOB_ID`.
+/// A network type this plugin cannot provide is refused (`Unsupported`, naming it), as are
+/// inputs and outputs that need mounts where the filesystem is not isolated, and `local` inputs
+/// outside the allow-list (`InvalidParams`).
 pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, ExecutorError> {
-    let sandbox = sandbox_spec(&input)?;
+    let mut sandbox = sandbox_spec(&input)?;
     let dir = ExecDir::new(state_root, &input.execution_id);
     let results_dir = input
         .results_dir
@@ -474,7 +511,20 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         .as_ref()
         .map(|d| d.join("logs").join(state::LOG_FILE))
         .unwrap_or_else(|| dir.default_log());
-    let mut env = input.request_env;
+    let id = input.execution_id.clone();
+    check_allow_list(&input).map_err(|e| e.with_execution(id.clone()))?;
+    let binds = binds(&input, &results_dir).map_err(|e| e.with_execution(id.clone()))?;
+    if input.isolate_filesystem {
+        sandbox.filesystem = Some(FsSandbox {
+            root_dir: dir.dir.join(JOB_ROOT_DIR),
+            binds,
+        });
+    }
+    if user::running_as_root() {
+        sandbox.run_as = Some(job_user(input.run_as_user.as_deref())?);
+    }
+    let mut env = user_env(sandbox.run_as.as_ref(), input.isolate_filesystem);
+    env.extend(input.request_env);
     for kv in &input.engine_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         env.push((k.to_string(), v.to_string()));
@@ -483,6 +533,12 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
     env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
     let mut argv = input.entrypoint;
     argv.extend(input.parameters);
+    let mut output_names = input.output_names;
+    for o in &input.outputs {
+        if !output_names.contains(&o.name) {
+            output_names.push(o.name.clone());
+        }
+    }
     Ok(MonitorSpec {
         execution_id: input.execution_id,
         job_id: input.job_id,
@@ -490,13 +546,132 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         env,
         working_dir: input.working_dir,
         results_dir,
-        output_names: input.output_names,
+        output_names,
         log_path,
         limits: input.limits,
         timeout_secs: input.timeout_secs,
         kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
         sandbox,
     })
+}
+
+/// The job's root under its state directory (`<state>/executions/<id>/root`).
+pub const JOB_ROOT_DIR: &str = "root";
+
+/// The user jobs switch to when the plugin is root. Root itself is refused: without a pid or
+/// user namespace a root job could reach the host through `/proc/1/root` and undo every mount.
+pub fn job_user(configured: Option<&str>) -> Result<UserPlan, ExecutorError> {
+    let problem = |message: String| {
+        ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+            field: "config.runAsUser".into(),
+            message,
+        }])
+    };
+    let plan = match configured.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) => UserPlan::resolve(u).map_err(|e| problem(e.to_string()))?,
+        None => UserPlan::default_unprivileged().map_err(|e| problem(e.to_string()))?,
+    };
+    if plan.is_root() {
+        return Err(problem(format!(
+            "{} is root: jobs of a root plugin must run as an unprivileged user",
+            plan.describe()
+        )));
+    }
+    Ok(plan)
+}
+
+/// `HOME`, `USER` and `LOGNAME` for a job that switches user; the request and the engine may
+/// override them. In a private root `HOME` is the job's own writable `/tmp` (the user's home
+/// from the user database is usually `/nonexistent` and never writable).
+fn user_env(user: Option<&UserPlan>, isolated: bool) -> Vec<(String, String)> {
+    let Some(u) = user else {
+        return Vec::new();
+    };
+    let home = if isolated {
+        "/tmp".to_owned()
+    } else {
+        u.home
+            .as_ref()
+            .filter(|h| h.is_dir())
+            .map_or_else(|| "/".to_owned(), |h| h.display().to_string())
+    };
+    let name = u.name.clone().unwrap_or_else(|| u.uid.to_string());
+    vec![
+        ("HOME".into(), home),
+        ("USER".into(), name.clone()),
+        ("LOGNAME".into(), name),
+    ]
+}
+
+/// `local` inputs must come from an allow-listed path (see [`crate::sandbox::allowlist`]).
+fn check_allow_list(input: &SpecInput) -> Result<(), ExecutorError> {
+    if !input.inputs.iter().any(|i| i.local) {
+        return Ok(());
+    }
+    let list = AllowList::parse(&input.allow_listed_local_paths);
+    let problems: Vec<executor_schema::FieldProblem> = input
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.local)
+        .filter_map(|(n, i)| {
+            list.check(&i.source, !i.read_only)
+                .err()
+                .map(|e| executor_schema::FieldProblem {
+                    field: format!("Inputs[{n}].Volume.source"),
+                    message: e.to_string(),
+                })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ExecutorError::invalid_params(problems))
+    }
+}
+
+/// Inputs, then outputs, as mounts. Without filesystem isolation only what the job already
+/// finds at the promised path is accepted: an output whose `Path` is `results/<Name>` itself,
+/// an input whose target is its (writable) source; anything else is refused, never run with
+/// the wrong paths.
+fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorError> {
+    let mut binds = Vec::new();
+    for (i, v) in input.inputs.iter().enumerate() {
+        if !input.isolate_filesystem && (v.source != v.target || v.read_only) {
+            return Err(ExecutorError::unsupported(format!(
+                "input {i} ({} at {}{}) needs a bind mount, and this node has no filesystem \
+                 isolation (it needs a root plugin and mount namespaces); only writable inputs \
+                 whose target is their source work here",
+                v.source.display(),
+                v.target.display(),
+                if v.read_only { ", read-only" } else { "" }
+            )));
+        }
+        binds.push(Bind {
+            source: v.source.clone(),
+            target: v.target.clone(),
+            read_only: v.read_only,
+        });
+    }
+    for o in &input.outputs {
+        let at = results_dir.join(&o.name);
+        if !input.isolate_filesystem && o.path != at {
+            return Err(ExecutorError::unsupported(format!(
+                "output '{}' wants to be written at {}, which needs a bind mount, and this node \
+                 has no filesystem isolation (it needs a root plugin and mount namespaces); set \
+                 its Path to {} where the job writes it directly",
+                o.name,
+                o.path.display(),
+                at.display()
+            )));
+        }
+        binds.push(Bind {
+            source: at,
+            target: o.path.clone(),
+            read_only: false,
+        });
+    }
+    Ok(binds)
 }
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
@@ -527,6 +702,8 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
         nofile: input.nofile,
         isolate_network,
+        filesystem: None,
+        run_as: None,
     })
 }
 

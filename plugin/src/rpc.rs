@@ -23,7 +23,10 @@ use tokio::sync::OnceCell;
 
 use crate::logstore::{self, FollowOptions, LogItem};
 use crate::monitor::CANCELLED_MSG;
-use crate::registry::{build_spec, Phase, Registry, RegistryConfig, SpecInput};
+use crate::registry::{
+    build_spec, InputSpec, OutputSpec, Phase, Registry, RegistryConfig, SpecInput,
+};
+use crate::sandbox::allowlist;
 use crate::state::{Limits, ResultRecord};
 
 pub const ENGINE: &str = "native";
@@ -106,8 +109,14 @@ fn registry_config(
     Ok(rc)
 }
 
-/// The plain values the monitor needs, from a validated request.
-fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec, config: &PluginConfig) -> SpecInput {
+/// The plain values the monitor needs, from a validated request. Whether its inputs and
+/// outputs can be mounted (and the allow-list) is decided by `build_spec`.
+fn spec_input(
+    req: &RunCommandRequest,
+    spec: NativeEngineSpec,
+    config: &PluginConfig,
+    filesystem_isolation: bool,
+) -> SpecInput {
     let limits = &req.output_limits;
     SpecInput {
         execution_id: req.execution_id.clone(),
@@ -124,10 +133,27 @@ fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec, config: &PluginCo
             .then(|| PathBuf::from(spec.working_directory)),
         results_dir: Some(req.results_path()),
         execution_dir: (!req.execution_dir.is_empty()).then(|| PathBuf::from(&req.execution_dir)),
-        output_names: req
+        outputs: req
             .outputs
             .iter()
-            .map(|o| o.name.trim().to_string())
+            .map(|o| OutputSpec {
+                name: o.name.trim().to_string(),
+                path: PathBuf::from(o.path.trim()),
+            })
+            .collect(),
+        inputs: req
+            .inputs
+            .iter()
+            .map(|i| InputSpec {
+                source: PathBuf::from(&i.volume.source),
+                target: PathBuf::from(&i.volume.target),
+                read_only: i.volume.read_only,
+                local: i
+                    .input_source
+                    .source
+                    .as_ref()
+                    .is_some_and(|s| allowlist::is_local_type(&s.spec_type)),
+            })
             .collect(),
         limits: Limits {
             stdout_file: limits.max_stdout_file_length.bytes(),
@@ -145,39 +171,11 @@ fn spec_input(req: &RunCommandRequest, spec: NativeEngineSpec, config: &PluginCo
         cgroup_base: config.cgroup_base.clone(),
         default_pids_max: config.default_pids_max,
         nofile: config.nofile_limit,
+        isolate_filesystem: filesystem_isolation,
+        run_as_user: config.run_as_user.clone(),
+        allow_listed_local_paths: config.allow_listed_local_paths.clone(),
+        ..SpecInput::default()
     }
-}
-
-/// Until jobs get a private mount namespace, inputs and outputs are only honoured where the
-/// job already finds them at the path it was promised; anything else is refused, never run
-/// with the wrong paths.
-fn check_paths_reachable(req: &RunCommandRequest) -> Result<(), ExecutorError> {
-    let results = req.results_path();
-    for o in &req.outputs {
-        let at = results.join(o.name.trim());
-        if Path::new(o.path.trim()) != at {
-            return Err(ExecutorError::unsupported(format!(
-                "output '{}' wants to be written at {}, but this plugin cannot mount outputs yet \
-                 (no filesystem isolation); set its Path to {} where the job writes it directly",
-                o.name,
-                o.path,
-                at.display()
-            )));
-        }
-    }
-    for (i, input) in req.inputs.iter().enumerate() {
-        let v = &input.volume;
-        if v.source != v.target || v.read_only {
-            return Err(ExecutorError::unsupported(format!(
-                "input {i} ({} at {}{}) needs a bind mount, which this plugin cannot do yet \
-                 (no filesystem isolation); only writable inputs whose target is their source work",
-                v.source,
-                v.target,
-                if v.read_only { ", read-only" } else { "" }
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn to_result(r: &RunCommandResult) -> RunCommandResult {
@@ -345,8 +343,12 @@ impl ExecutorApiServer for NativePlugin {
     }
 
     async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
-        self.session()?;
-        Ok(crate::bid::semantic(&request, &self.capabilities()))
+        let session = self.session()?;
+        Ok(crate::bid::semantic(
+            &request,
+            &self.capabilities(),
+            &session.config.allow_listed_local_paths,
+        ))
     }
 
     async fn should_bid_based_on_usage(
@@ -476,13 +478,16 @@ impl NativePlugin {
         let spec = validate_run_request(&request).map_err(|p| {
             ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
         })?;
-        check_paths_reachable(&request)
-            .map_err(|e| e.with_execution(request.execution_id.clone()))?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
         let monitor_spec = build_spec(
             &session.state_dir,
-            spec_input(&request, spec, &session.config),
+            spec_input(
+                &request,
+                spec,
+                &session.config,
+                session.capabilities.filesystem_isolation,
+            ),
         )?;
         session.registry.start_spec(wire, monitor_spec).await
     }

@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::cgroup::CgroupRecord;
+use crate::sandbox::mounts::Bind;
+use crate::sandbox::user::UserPlan;
 
 pub const EXECUTIONS_DIR: &str = "executions";
 pub const REQUEST_FILE: &str = "request.json";
@@ -139,6 +141,23 @@ pub struct SandboxSpec {
     /// A network namespace of its own with only `lo` (`Network: None`).
     #[serde(default)]
     pub isolate_network: bool,
+    /// A private root with the inputs and outputs mounted; absent: the host's filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FsSandbox>,
+    /// The unprivileged identity the job switches to (the plugin is root); absent: the
+    /// monitor's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<UserPlan>,
+}
+
+/// The job's private filesystem: `root_dir` (made by the monitor, removed at the end) becomes
+/// its `/`, with the host's system directories read-only and `binds` at their targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FsSandbox {
+    pub root_dir: PathBuf,
+    /// Inputs, then outputs (`results/<Name>` read-write at `Path`).
+    pub binds: Vec<Bind>,
 }
 
 /// Output limits in bytes (DESIGN.md "Results").

@@ -43,6 +43,10 @@ async fn env() -> Env {
     let root = tmp.path().join("state");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    // As root, jobs run as an unprivileged user: it must reach `work` to leave its pid files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mut c = RegistryConfig::new(&root, EXE);
     c.kill_grace = Duration::from_millis(500);
     let reg = Registry::open(c).await.unwrap();
@@ -459,7 +463,11 @@ async fn refusals_are_unsupported_and_leave_nothing() {
 fn capabilities_tell_the_truth_here() {
     let caps = executor_plugin::capabilities::detect(&PluginConfig::default());
     eprintln!("{}", serde_json::to_string_pretty(&caps).unwrap());
-    assert!(!caps.filesystem_isolation);
+    assert_eq!(
+        caps.filesystem_isolation,
+        executor_plugin::sandbox::mounts::supported()
+    );
+    assert_eq!(caps.run_as_user.is_some(), nix::unistd::geteuid().is_root());
     assert!(!caps.limits.disk);
     assert!(!caps.notes.is_empty());
     let root = nix::unistd::geteuid().is_root();

@@ -74,6 +74,14 @@ impl Env {
             .unwrap_or_else(|| panic!("wait failed: {msg}"))
     }
 
+    /// An output the job can leave its pids in, and the file it has them in. Its `Path` is the
+    /// host path of `results/pids` itself, so it is the same with or without filesystem
+    /// isolation (a jailed job has a private `/tmp` and would hide files written elsewhere).
+    fn pids_output(&self, exec: &str) -> (Value, std::path::PathBuf) {
+        let dir = self.results(exec).join("pids");
+        (json!([{"Name": "pids", "Path": dir}]), dir.join("pids"))
+    }
+
     fn file(&self, exec: &str, name: &str) -> Vec<u8> {
         std::fs::read(self.results(exec).join(name)).unwrap()
     }
@@ -232,7 +240,7 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn cancel_kills_a_tree_that_ignores_sigterm() {
     let mut env = Env::new();
-    let pids = env.work.path().join("pids");
+    let (outputs, pids) = env.pids_output("tree");
     let script = format!(
         "trap '' TERM; echo $$ >> {p}; \
          sh -c 'trap \"\" TERM; echo $$ >> {p}; sleep 1000 & echo $! >> {p}; wait' & \
@@ -240,7 +248,7 @@ fn cancel_kills_a_tree_that_ignores_sigterm() {
          wait",
         p = pids.display()
     );
-    env.start("tree", &script, json!({}));
+    env.start("tree", &script, json!({ "Outputs": outputs }));
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids_in(&pids).len() < 5 {
         assert!(
@@ -267,12 +275,12 @@ fn cancel_kills_a_tree_that_ignores_sigterm() {
 #[test]
 fn deadline_ends_a_job_with_context_deadline_exceeded() {
     let mut env = Env::new();
-    let pids = env.work.path().join("pids");
+    let (outputs, pids) = env.pids_output("slow");
     let t = Instant::now();
     let r = env.run(
         "slow",
         &format!("echo $$ > {}; sleep 30", pids.display()),
-        json!({"ExecutionTimeout": 1}),
+        json!({"ExecutionTimeout": 1, "Outputs": outputs}),
     );
     let took = t.elapsed();
     assert!(
@@ -287,7 +295,9 @@ fn deadline_ends_a_job_with_context_deadline_exceeded() {
             .contains("context deadline exceeded"),
         "{r}"
     );
-    assert!(pids_in(&pids).iter().all(|p| !alive(*p)));
+    let written = pids_in(&pids);
+    assert_eq!(written.len(), 1, "the job wrote its pid");
+    assert!(written.iter().all(|p| !alive(*p)));
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -1,5 +1,11 @@
 //! The real sandbox around a job: its own cgroup (limits, whole-tree kill, OOM detection),
-//! rlimits with `no_new_privs`, and an isolated network namespace for `Network: None`.
+//! rlimits with `no_new_privs`, an isolated network namespace for `Network: None`, a private
+//! root with the inputs and outputs mounted, and an unprivileged user.
+//!
+//! In the child the steps run in this order: join the cgroup (needs the host's
+//! `/sys/fs/cgroup`), enter the network namespace, build and enter the private root (needs
+//! root), rlimits and `no_new_privs`, and last the user switch (drops the privilege everything
+//! before it needed).
 //!
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
@@ -7,9 +13,14 @@
 use crate::sandbox::cgroup::{
     self, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord, JobCgroup, Mode,
 };
+use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
-use crate::state::MonitorSpec;
+use crate::sandbox::user::chown_tree;
+use crate::state::{FsSandbox, MonitorSpec};
+
+use std::io;
+use std::path::{Path, PathBuf};
 
 use super::spawn::{JobSandbox, PreExecStep, SandboxError};
 
@@ -17,6 +28,8 @@ use super::spawn::{JobSandbox, PreExecStep, SandboxError};
 pub struct HostSandbox {
     cgroup: Option<JobCgroup>,
     steps: Vec<PreExecStep>,
+    /// The job's root directory, removed at cleanup.
+    root_dir: Option<PathBuf>,
 }
 
 impl HostSandbox {
@@ -65,6 +78,64 @@ fn cgroup_error(e: CgroupError) -> SandboxError {
         }
         other => SandboxError::Setup(format!("creating the job's cgroup: {other}")),
     }
+}
+
+impl HostSandbox {
+    /// A fresh root directory and the plan that mounts the job's filesystem in it.
+    fn filesystem(
+        &mut self,
+        fs: &FsSandbox,
+        working_dir: Option<&Path>,
+    ) -> Result<FsPlan, SandboxError> {
+        let setup = |what: &str, e: io::Error| {
+            SandboxError::Setup(format!("{what} {}: {e}", fs.root_dir.display()))
+        };
+        // A leftover of a monitor that died holds only empty mount points.
+        match std::fs::remove_dir_all(&fs.root_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(setup("removing the stale job root", e)),
+        }
+        std::fs::create_dir(&fs.root_dir).map_err(|e| setup("creating the job root", e))?;
+        self.root_dir = Some(fs.root_dir.clone());
+        let spec = FsSpec {
+            root_dir: fs.root_dir.clone(),
+            system_ro: mounts::default_system_dirs(),
+            binds: fs.binds.clone(),
+            working_dir: working_dir.map(Path::to_path_buf),
+        };
+        FsPlan::new(&spec).map_err(fs_error)
+    }
+}
+
+/// The request's inputs, outputs or working directory cannot be laid out as asked: the job is
+/// refused with the reason. A failure of the host itself is a setup error.
+fn fs_error(e: FsError) -> SandboxError {
+    match e {
+        FsError::RootDir { .. } | FsError::Prepare { .. } | FsError::MountTable { .. } => {
+            SandboxError::Setup(format!("assembling the job's filesystem: {e}"))
+        }
+        other => {
+            SandboxError::Unsupported(format!("cannot assemble the job's filesystem: {other}"))
+        }
+    }
+}
+
+/// `results/` and `results/<Name>` for every output, before the job's root is planned (the
+/// outputs are bind sources) and before they are given to the job's user.
+fn create_outputs(spec: &MonitorSpec) -> Result<(), SandboxError> {
+    let fail =
+        |p: &Path, e: io::Error| SandboxError::Setup(format!("creating {}: {e}", p.display()));
+    std::fs::create_dir_all(&spec.results_dir).map_err(|e| fail(&spec.results_dir, e))?;
+    for name in &spec.output_names {
+        let p = spec.results_dir.join(name);
+        match std::fs::create_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(fail(&p, e)),
+        }
+    }
+    Ok(())
 }
 
 impl JobSandbox for HostSandbox {
@@ -126,13 +197,39 @@ impl JobSandbox for HostSandbox {
         if s.isolate_network {
             self.steps.push(Box::new(netns::enter_isolated_network));
         }
+        // The job writes its outputs as its own user. The results directory itself stays the
+        // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
+        // directory could plant a symlink in its place.
+        if s.filesystem.is_some() || s.run_as.is_some() {
+            create_outputs(spec)?;
+        }
+        if let Some(user) = &s.run_as {
+            for name in &spec.output_names {
+                let dir = spec.results_dir.join(name);
+                chown_tree(&dir, user.uid, user.gid).map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "giving the output {} to {}: {e}",
+                        dir.display(),
+                        user.describe()
+                    ))
+                })?;
+            }
+        }
+        if let Some(fs) = &s.filesystem {
+            let plan = self.filesystem(fs, spec.working_dir.as_deref())?;
+            self.steps.push(Box::new(move || plan.apply()));
+        }
         let plan = RlimitPlan::new(&RlimitConfig {
             nofile: s.nofile.unwrap_or(DEFAULT_NOFILE),
             ..RlimitConfig::default()
         })
         .map_err(|e| SandboxError::Setup(format!("planning the job's rlimits: {e}")))?;
-        // Last: no_new_privs must not get in the way of the steps before it.
+        // no_new_privs must not get in the way of the steps before it; it does not stop the
+        // user switch after it (that only drops privileges).
         self.steps.push(Box::new(move || plan.apply()));
+        if let Some(user) = s.run_as.clone() {
+            self.steps.push(Box::new(move || user.apply()));
+        }
         Ok(())
     }
 
@@ -165,6 +262,15 @@ impl JobSandbox for HostSandbox {
 
     fn cleanup(&mut self) {
         self.steps.clear();
+        if let Some(root) = self.root_dir.take() {
+            // The mounts lived in the job's own mount namespace, gone with its last process:
+            // what is left here are the empty mount points made before the fork.
+            if let Err(e) = std::fs::remove_dir_all(&root) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    eprintln!("monitor: removing the job's root {}: {e}", root.display());
+                }
+            }
+        }
         if let Some(cg) = self.cgroup.take() {
             let removed = cg.kill_all().and_then(|()| cg.remove());
             if let Err(e) = removed {

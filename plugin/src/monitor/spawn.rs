@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 
 use crate::sandbox::cgroup::CgroupRecord;
-use crate::state::MonitorSpec;
+use crate::state::{FsSandbox, MonitorSpec};
 
 /// The search path when the job's environment sets none (as execvp's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -96,12 +96,27 @@ pub fn job_env(spec: &MonitorSpec) -> Vec<(String, String)> {
 /// Resolve the program as execvp does: a name with a slash is used as is, otherwise the first
 /// executable regular file of that name in PATH.
 pub fn resolve_program(program: &str, path_var: &str) -> Result<PathBuf, String> {
+    resolve_program_in(program, path_var, |p| Some(p.to_path_buf()))
+}
+
+/// [`resolve_program`] for a job with a filesystem of its own: `view` maps a path as the job
+/// will see it to the host path that will be there (`None`: nothing will be). The result is the
+/// path as the job sees it.
+pub fn resolve_program_in(
+    program: &str,
+    path_var: &str,
+    view: impl Fn(&Path) -> Option<PathBuf>,
+) -> Result<PathBuf, String> {
+    let metadata = |p: &Path| match view(p) {
+        Some(host) => std::fs::metadata(host),
+        None => Err(io::Error::from(io::ErrorKind::NotFound)),
+    };
     if program.is_empty() {
         return Err("exec: no command".into());
     }
     if program.contains('/') {
         let p = Path::new(program);
-        return match std::fs::metadata(p) {
+        return match metadata(p) {
             Ok(m) if m.is_dir() => Err(format!("exec: {program:?}: is a directory")),
             Ok(m) if m.permissions().mode() & 0o111 == 0 => {
                 Err(format!("exec: {program:?}: permission denied"))
@@ -117,7 +132,7 @@ pub fn resolve_program(program: &str, path_var: &str) -> Result<PathBuf, String>
         // An empty PATH entry means the current directory, as execvp.
         let dir = if dir.is_empty() { "." } else { dir };
         let candidate = Path::new(dir).join(program);
-        if let Ok(m) = std::fs::metadata(&candidate) {
+        if let Ok(m) = metadata(&candidate) {
             if m.is_file() && m.permissions().mode() & 0o111 != 0 {
                 return Ok(candidate);
             }
@@ -126,6 +141,28 @@ pub fn resolve_program(program: &str, path_var: &str) -> Result<PathBuf, String>
     Err(format!(
         "exec: {program:?}: executable file not found in $PATH"
     ))
+}
+
+/// Where a path of the job's private root comes from on the host: the deepest bind containing
+/// it, else a system directory (bound at the same path), else nowhere (the job's own tmpfs).
+fn host_path(fs: &FsSandbox, system: &[PathBuf], p: &Path) -> Option<PathBuf> {
+    if let Some(b) = fs
+        .binds
+        .iter()
+        .filter(|b| p.starts_with(&b.target))
+        .max_by_key(|b| b.target.components().count())
+    {
+        let rel = p.strip_prefix(&b.target).ok()?;
+        return Some(if rel.as_os_str().is_empty() {
+            b.source.clone()
+        } else {
+            b.source.join(rel)
+        });
+    }
+    system
+        .iter()
+        .any(|d| p.starts_with(d))
+        .then(|| p.to_path_buf())
 }
 
 /// Spawn the job in its own session and process group with stdin on /dev/null and stdout/stderr
@@ -145,8 +182,18 @@ pub fn spawn_job(
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or(DEFAULT_PATH);
-    let resolved = resolve_program(program, path_var).map_err(SpawnError::Exec)?;
-    if let Some(wd) = &spec.working_dir {
+    let jail = spec.sandbox.filesystem.as_ref();
+    let resolved = match jail {
+        Some(fs) => {
+            let system = crate::sandbox::mounts::default_system_dirs();
+            resolve_program_in(program, path_var, |p| host_path(fs, &system, p))
+        }
+        None => resolve_program(program, path_var),
+    }
+    .map_err(SpawnError::Exec)?;
+    // In a private root the sandbox validates the working directory and changes into it
+    // itself; std's chdir would run before the root exists.
+    if let Some(wd) = spec.working_dir.as_ref().filter(|_| jail.is_none()) {
         if !wd.is_dir() {
             return Err(SpawnError::Exec(format!(
                 "chdir to working directory {}: no such directory",
@@ -163,7 +210,7 @@ pub fn spawn_job(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(wd) = &spec.working_dir {
+    if let Some(wd) = spec.working_dir.as_ref().filter(|_| jail.is_none()) {
         cmd.current_dir(wd);
     }
     // SAFETY: sigprocmask and setsid are async-signal-safe; the set lives on the child's stack.

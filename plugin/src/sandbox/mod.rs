@@ -1,7 +1,8 @@
-//! Isolation and resource limits for a job: cgroups (v2, v1, hybrid), rlimits and a private
-//! network namespace. Everything a job needs at fork time is prepared before `fork` so that the
+//! Isolation and resource limits for a job: cgroups (v2, v1, hybrid), rlimits, a private
+//! network namespace, a private filesystem and an unprivileged user. Everything a job needs at fork time is prepared before `fork` so that the
 //! `pre_exec` steps only make raw system calls (no allocation, no locks).
 
+pub mod allowlist;
 pub mod cgroup;
 pub mod mounts;
 pub mod netns;

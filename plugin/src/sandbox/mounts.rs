@@ -30,7 +30,8 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const RESERVED: [&str; 2] = ["/proc", "/dev"];
 
 /// One input or output visible to the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Bind {
     /// Host path (file or directory).
     pub source: PathBuf,

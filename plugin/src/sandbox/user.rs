@@ -32,13 +32,16 @@ pub enum UserError {
 }
 
 /// The identity a job switches to, resolved before fork.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserPlan {
     pub uid: u32,
     pub gid: u32,
     /// The user's name when the user database knows it (for `USER`/`LOGNAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The user's home directory when the user database has one (for `HOME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<PathBuf>,
 }
 
@@ -129,6 +132,14 @@ impl UserPlan {
 
     pub fn is_root(&self) -> bool {
         self.uid == 0
+    }
+
+    /// `name (uid:gid)`, or `uid:gid` for a uid the user database does not know.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({}:{})", self.uid, self.gid),
+            None => format!("{}:{}", self.uid, self.gid),
+        }
     }
 
     /// Drops supplementary groups, then the gid, then the uid (real, effective and saved), so
