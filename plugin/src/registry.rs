@@ -877,8 +877,17 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
     if let Ok(mon) = state::read_json::<MonitorRecord>(&dir.monitor()) {
         if let Some(job) = mon.job.filter(|j| j.is_alive()) {
             // The job leads its own process group; the monitor that would have killed it is gone.
-            // SAFETY: plain syscall; the start time check above guards against pid reuse.
-            unsafe { libc::kill(-job.pid, libc::SIGKILL) };
+            // Its descendants are collected first: one that left the group (`setsid`) is only
+            // found through its parent, which the group kill is about to take away.
+            let tree = crate::monitor::tree::descendants(job.pid);
+            // SAFETY: plain syscalls; the start time check above guards against pid reuse of the
+            // job, and the descendants were children of that verified process a moment ago.
+            unsafe {
+                libc::kill(-job.pid, libc::SIGKILL);
+                for pid in tree {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
         // The cgroup holds the rest of the tree, whatever groups and sessions it moved into.
         if let Some(record) = &mon.cgroup {

@@ -27,7 +27,8 @@ pub const SHUTDOWN_METHOD: &str = "shutdown";
 pub struct ServerConfig {
     pub max_message_size: usize,
     pub max_subscriptions: u32,
-    /// Messages queued for the writer before senders wait.
+    /// Messages queued for the writer before senders wait. A log event carries up to 64 KiB of
+    /// data (~87 KiB as JSON), so this bounds what a host that reads slowly makes us hold.
     pub message_buffer: usize,
     /// Methods served before the next line is read, so a host may pipeline calls after them
     /// (`initialize`); everything else runs concurrently.
@@ -39,7 +40,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             max_subscriptions: 1024,
-            message_buffer: 1024,
+            message_buffer: 64,
             barrier_methods: vec!["initialize"],
         }
     }

@@ -10,6 +10,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod harness;
+
 /// Path of a binary of this workspace, built by `cargo build` (tests depend on the crates, so
 /// `cargo test` builds them; the target dir is the one the test binary runs from).
 pub fn bin_path(name: &str) -> PathBuf {

@@ -1,0 +1,613 @@
+//! Fault suite (issue 6): the plugin or the monitor killed at bad moments, jobs that misbehave
+//! with their descriptors and process trees, a host that reads too slowly or vanishes, a full
+//! disk, and a thousand executions at once. Every test is bounded in time and checks that no
+//! process of it is left behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use executor_schema::{LogEvent, LogStream};
+use executor_tests::harness::{
+    alive, is_root, kill_all, pids_in, rss_kib, survivors, wait_until, Env, SlowHost,
+};
+use serde_json::{json, Value};
+
+/// No monitor of this state root is still running (bounded wait: monitors exit after writing
+/// their result).
+fn assert_no_monitors(env: &Env) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = env.monitors_alive();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            kill_all(&left);
+            panic!("monitors left running: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_gone(pids: &[i32], what: &str) {
+    let left = survivors(pids, Duration::from_secs(5));
+    kill_all(&left);
+    assert!(left.is_empty(), "{what}: processes survived: {left:?}");
+}
+
+fn subscribe(env: &mut Env, req: Value) -> Value {
+    let msg = env.call("executor_subscribeLogs", json!([req]));
+    msg.get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("subscribe failed: {msg}"))
+}
+
+fn event(env: &mut Env, sub: &Value, timeout: Duration) -> LogEvent {
+    serde_json::from_value(env.plugin.log_event(sub, timeout)).expect("a log event")
+}
+
+/// Stdout bytes of a subscription until its end event.
+fn drain_stdout(env: &mut Env, sub: &Value, timeout: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let ev = event(env, sub, timeout);
+        match &ev {
+            LogEvent::Data {
+                stream: LogStream::Stdout,
+                ..
+            } => out.extend(ev.data_bytes()),
+            LogEvent::Data { .. } => {}
+            LogEvent::End { .. } => return out,
+        }
+    }
+}
+
+fn error_code(msg: &Value) -> Option<i64> {
+    msg["error"]["code"].as_i64()
+}
+
+#[test]
+#[ignore = "bug: a plugin that restarts while a monitor is still starting (request.json, no \
+            monitor.json yet) buries the execution as failed; the monitor then runs the job and \
+            overwrites result.json, but the new plugin answers the buried result - see report"]
+fn plugin_killed_right_after_sending_start() {
+    let mut env = Env::new();
+    // The kill lands at different points of `start`: before the line is read, while the
+    // monitor launches, after the job runs.
+    for (i, delay_ms) in [0u64, 1, 3, 6, 10, 20, 40, 80].into_iter().enumerate() {
+        let exec = format!("ks-{i}");
+        let marker = env.work.path().join(format!("marker-{i}"));
+        let req = env.request(
+            &exec,
+            &format!("touch {}; sleep 0.3; echo out; exit 7", marker.display()),
+            json!({}),
+        );
+        let id = env.id();
+        env.plugin.send_call(id, "executor_start", json!([req]));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        env.replace_plugin();
+
+        let msg = env.call("executor_wait", json!([exec]));
+        if error_code(&msg) == Some(-32003) {
+            // The start never got far enough to exist; then it must never run either.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                !marker.exists(),
+                "{exec}: unknown to the new plugin, yet the job ran"
+            );
+            continue;
+        }
+        let r = msg
+            .get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("{exec}: wait failed: {msg}"));
+        // Let a monitor that is still (wrongly) running finish before judging.
+        std::thread::sleep(Duration::from_millis(500));
+        if marker.exists() {
+            let on_disk = std::fs::read_to_string(env.exec_dir(&exec).join("result.json"))
+                .unwrap_or_default();
+            assert_eq!(
+                (&r["ExitCode"], &r["Stdout"], &r["ErrorMsg"]),
+                (&json!(7), &json!("out\n"), &json!("")),
+                "{exec} (kill after {delay_ms} ms): the job ran, so its own result is due; \
+                 result.json on disk now: {on_disk}"
+            );
+            assert_eq!(env.file(&exec, "stdout"), b"out\n");
+        } else {
+            assert_eq!(r["ExitCode"], -1, "{exec}: {r}");
+            assert_ne!(r["ErrorMsg"], "", "{exec}: {r}");
+        }
+        // A second wait gives the same answer.
+        assert_eq!(env.wait(&exec), r, "{exec}");
+    }
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn plugin_killed_during_wait() {
+    let mut env = Env::new();
+    for n in 1..=3 {
+        env.start(
+            &format!("kw-{n}"),
+            &format!("sleep 0.6; echo w{n}; exit {n}"),
+            json!({}),
+        );
+    }
+    for n in 1..=3 {
+        let id = env.id();
+        env.plugin
+            .send_call(id, "executor_wait", json!([format!("kw-{n}")]));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    env.replace_plugin();
+    for n in 1..=3 {
+        let exec = format!("kw-{n}");
+        let r = env.wait(&exec);
+        assert_eq!(
+            (&r["ExitCode"], &r["Stdout"], &r["ErrorMsg"]),
+            (&json!(n), &json!(format!("w{n}\n")), &json!("")),
+            "{exec}"
+        );
+    }
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn plugin_killed_during_a_followed_log_stream_loses_and_repeats_nothing() {
+    let mut env = Env::new();
+    env.start(
+        "kf",
+        "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line-$i; \
+         [ $((i % 50)) = 0 ] && sleep 0.2; done; exit 3",
+        json!({}),
+    );
+    let sub = subscribe(&mut env, json!({"ExecutionID": "kf", "Follow": true}));
+    let (mut got, mut next) = (Vec::new(), 0);
+    while got.len() < 600 {
+        let ev = event(&mut env, &sub, Duration::from_secs(10));
+        if let LogEvent::Data { next: n, .. } = &ev {
+            next = *n;
+        }
+        assert!(!matches!(ev, LogEvent::End { .. }), "ended too early");
+        got.extend(ev.data_bytes());
+    }
+    env.replace_plugin();
+    let sub = subscribe(
+        &mut env,
+        json!({"ExecutionID": "kf", "Follow": true, "Position": next}),
+    );
+    got.extend(drain_stdout(&mut env, &sub, Duration::from_secs(10)));
+    let want: String = (1..=300).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    assert_eq!(env.wait("kf")["ExitCode"], 3);
+    assert_eq!(env.file("kf", "stdout"), want.as_bytes());
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn plugin_killed_as_the_job_ends_and_its_result_is_written() {
+    let mut env = Env::new();
+    for i in 0..6 {
+        let exec = format!("ke-{i}");
+        env.start(&exec, "sleep 0.3; echo bye; exit 5", json!({}));
+        wait_until(Duration::from_secs(5), "the job pid", || {
+            env.job_pid(&exec).is_some()
+        });
+        let job = env.job_pid(&exec).unwrap_or_default();
+        let result_file = env.exec_dir(&exec).join("result.json");
+        // Even rounds: kill the plugin the moment the job is gone (the monitor is draining and
+        // writing); odd rounds: the moment result.json appears (the plugin is loading it).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (i % 2 == 0 && alive(job)) || (i % 2 == 1 && !result_file.exists()) {
+            assert!(Instant::now() < deadline, "{exec} never ended");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        env.replace_plugin();
+        let r = env.wait(&exec);
+        assert_eq!(
+            (&r["ExitCode"], &r["Stdout"], &r["ErrorMsg"]),
+            (&json!(5), &json!("bye\n"), &json!("")),
+            "{exec}"
+        );
+        assert_eq!(env.file(&exec, "exitCode"), b"5");
+        let sub = subscribe(&mut env, json!({"ExecutionID": exec}));
+        assert_eq!(
+            drain_stdout(&mut env, &sub, Duration::from_secs(5)),
+            b"bye\n"
+        );
+    }
+    assert_no_monitors(&env);
+}
+
+/// The monitor dies under a running job: a clear system error, the job gone, waits and log
+/// followers released.
+fn monitor_kill(script_extra: impl Fn(&Path) -> String) -> (Env, Vec<i32>, Value, Vec<u8>) {
+    let mut env = Env::new();
+    let pids = env.work.path().join("pids");
+    let script = format!(
+        "echo $$ >> {p}; sleep 1000 & echo $! >> {p}; {extra} echo started; wait",
+        p = pids.display(),
+        extra = script_extra(&pids),
+    );
+    env.start("km", &script, json!({}));
+    let sub = subscribe(&mut env, json!({"ExecutionID": "km", "Follow": true}));
+    let first = event(&mut env, &sub, Duration::from_secs(10));
+    assert_eq!(first.data_bytes(), b"started\n");
+    let wait_id = env.id();
+    env.plugin
+        .send_call(wait_id, "executor_wait", json!(["km"]));
+    let monitor = env.monitor_pid("km").expect("monitor pid");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let msg = env
+        .plugin
+        .recv_matching(Duration::from_secs(10), |m| m["id"] == json!(wait_id));
+    let r = msg
+        .get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("wait failed: {msg}"));
+    let rest = drain_stdout(&mut env, &sub, Duration::from_secs(10));
+    (env, pids_in(&pids), r, rest)
+}
+
+#[test]
+fn monitor_killed_ends_the_execution_with_a_system_error() {
+    let (mut env, pids, r, rest) = monitor_kill(|_| String::new());
+    assert_eq!(r["ExitCode"], -1, "{r}");
+    let msg = r["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(msg.contains("monitor"), "a clear system error: {r}");
+    assert!(
+        rest.is_empty(),
+        "nothing after the job's last line: {rest:?}"
+    );
+    assert_eq!(pids.len(), 2);
+    assert_gone(&pids, "job of a killed monitor");
+    // Durable: a new plugin reports the same failure.
+    env.replace_plugin();
+    assert_eq!(env.wait("km"), r);
+    let list = env.call("executor_list", json!([]));
+    assert_eq!(list["result"][0]["state"], "failed", "{list}");
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn monitor_killed_takes_a_setsid_grandchild_with_it() {
+    let (env, pids, r, _) = monitor_kill(|p| {
+        format!(
+            "setsid sh -c 'echo $$ >> {p}; exec sleep 1000' & \
+             while [ $(wc -l < {p}) -lt 3 ]; do sleep 0.01; done;",
+            p = p.display()
+        )
+    });
+    assert_eq!(r["ExitCode"], -1, "{r}");
+    assert_eq!(pids.len(), 3);
+    assert_gone(&pids, "setsid grandchild of a killed monitor");
+    assert_no_monitors(&env);
+}
+
+#[test]
+#[ignore = "known leak: an orphan re-parented to the monitor (subreaper) goes to init when the \
+            monitor dies; only a cgroup (not wired into the monitor yet) can find it - see report"]
+fn monitor_killed_takes_an_orphaned_double_forked_grandchild_with_it() {
+    let (env, pids, r, _) = monitor_kill(|p| {
+        format!(
+            "(setsid sh -c 'echo $$ >> {p}; exec sleep 1000' &); \
+             while [ $(wc -l < {p}) -lt 3 ]; do sleep 0.01; done;",
+            p = p.display()
+        )
+    });
+    assert_eq!(r["ExitCode"], -1, "{r}");
+    assert_eq!(pids.len(), 3);
+    assert_gone(&pids, "orphaned grandchild of a killed monitor");
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn a_job_that_closes_stdout_early_and_keeps_running() {
+    let mut env = Env::new();
+    let t = Instant::now();
+    let r = env.run(
+        "closed",
+        "echo a; exec 1>&-; sleep 1; echo err >&2",
+        json!({}),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "ended before the job"
+    );
+    assert_eq!(
+        (&r["ExitCode"], &r["Stdout"], &r["stderr"], &r["ErrorMsg"]),
+        (&json!(0), &json!("a\n"), &json!("err\n"), &json!("")),
+    );
+    assert_eq!(env.file("closed", "stderr"), b"err\n");
+    assert_no_monitors(&env);
+}
+
+/// `(setsid ... &)`: the intermediate shell exits at once, the grandchild is orphaned into its
+/// own session; the job's main process goes on (`main`).
+fn double_fork_script(pids: &Path, main: &str) -> String {
+    format!(
+        "echo $$ >> {p}; \
+         (setsid sh -c 'echo $$ >> {p}; sleep 1000 & echo $! >> {p}; wait' &); \
+         while [ $(wc -l < {p}) -lt 3 ]; do sleep 0.01; done; {main}",
+        p = pids.display()
+    )
+}
+
+#[test]
+fn double_forked_setsid_grandchild_is_killed_on_cancel() {
+    let mut env = Env::new();
+    let pids = env.work.path().join("pids");
+    env.start(
+        "df-cancel",
+        &double_fork_script(&pids, "sleep 1000"),
+        json!({}),
+    );
+    wait_until(Duration::from_secs(10), "the tree", || {
+        pids_in(&pids).len() >= 3
+    });
+    env.call("executor_cancel", json!(["df-cancel"]));
+    let r = env.wait("df-cancel");
+    assert_eq!(r["ErrorMsg"], "execution already cancelled");
+    assert_gone(&pids_in(&pids), "cancelled double-forked job");
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn double_forked_setsid_grandchild_is_killed_when_the_main_process_exits() {
+    let mut env = Env::new();
+    let pids = env.work.path().join("pids");
+    let t = Instant::now();
+    let r = env.run(
+        "df-exit",
+        &double_fork_script(&pids, "echo main-done; exit 9"),
+        json!({}),
+    );
+    let took = t.elapsed();
+    assert_eq!(
+        (&r["ExitCode"], &r["Stdout"]),
+        (&json!(9), &json!("main-done\n"))
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the result waited for the grandchild: {took:?}"
+    );
+    assert_gone(
+        &pids_in(&pids),
+        "double-forked job after its main process exited",
+    );
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn a_fast_writer_and_a_slow_log_reader() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut host = SlowHost::spawn();
+    host.send_call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": state.path()}}),
+    );
+    let (init, _) = host.response(0);
+    assert!(init.get("result").is_some(), "{init}");
+    let plugin = host.child.id();
+    let idle = rss_kib(plugin).unwrap_or(0);
+    // ~69 MB of numbered lines: far more than the pipe and the plugin's queue hold.
+    const N: u64 = 8_000_000;
+    let req = json!({
+        "ExecutionID": "flood", "ResultsDir": work.path(),
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["seq", "1", N.to_string()]}},
+    });
+    host.send_call(1, "executor_start", json!([req]));
+    host.send_call(
+        2,
+        "executor_subscribeLogs",
+        json!([{"ExecutionID": "flood", "Follow": true}]),
+    );
+    let result_file = state.path().join("executions/flood/result.json");
+    let mut samples = vec![idle];
+    let mut read = Vec::new();
+    let started = Instant::now();
+    // Read one message every 20 ms: the job must finish without waiting for us, and the
+    // plugin's memory must stay bounded while it holds what we have not read yet.
+    let mut job_time = None;
+    while job_time.is_none() || started.elapsed() < Duration::from_secs(4) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the job was held back by the slow reader"
+        );
+        if job_time.is_none() && result_file.exists() {
+            job_time = Some(started.elapsed());
+        }
+        read.push(host.recv());
+        samples.extend(rss_kib(plugin));
+
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = samples.iter().copied().max().unwrap_or(0);
+    println!(
+        "slow reader: job done in {job_time:?}; {} messages read slowly; plugin VmRSS idle {idle} KiB, peak {peak} KiB",
+        read.len()
+    );
+    // Now catch up and check the stream against the file byte for byte.
+    let mut sub = None;
+    let mut out = Vec::new();
+    let mut ended = false;
+    let take = |m: Value, sub: &mut Option<Value>, out: &mut Vec<u8>| -> bool {
+        if m["id"] == json!(2) {
+            *sub = Some(m["result"].clone());
+            return false;
+        }
+        if m["method"] != "executor_logs" {
+            return false;
+        }
+        assert!(
+            m["params"]["result"].get("error").is_none() && m["params"].get("error").is_none(),
+            "subscription failed: {m}"
+        );
+        let ev: LogEvent = serde_json::from_value(m["params"]["result"].clone()).unwrap();
+        out.extend(ev.data_bytes());
+        matches!(ev, LogEvent::End { .. })
+    };
+    for m in read {
+        ended |= take(m, &mut sub, &mut out);
+    }
+    while !ended {
+        let m = host.recv();
+        ended = take(m, &mut sub, &mut out);
+    }
+    assert!(sub.is_some(), "subscription answered");
+    println!("after catching up: plugin VmRSS {:?} KiB", rss_kib(plugin));
+    let file = std::fs::read(work.path().join("stdout")).unwrap();
+    let want: String = (1..=N).map(|i| format!("{i}\n")).collect();
+    assert_eq!(file.len(), want.len(), "stdout file complete");
+    assert!(file == want.as_bytes(), "stdout file byte-exact");
+    assert_eq!(out.len(), want.len(), "log stream complete");
+    assert!(out == want.as_bytes(), "log stream byte-exact");
+    // Bounded: the queue to a slow host holds 64 messages (~5.5 MiB of log events). With the
+    // former 1024 the plugin held ~90 MiB behind this reader (measured +86 MiB).
+    assert!(
+        peak.saturating_sub(idle) < 16 * 1024,
+        "plugin memory grew by {} KiB behind a slow reader",
+        peak - idle
+    );
+}
+
+#[test]
+fn a_job_that_fills_its_disk_quota() {
+    if !is_root() {
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut env = Env::new();
+    let quota = env.work.path().join("quota");
+    std::fs::create_dir_all(&quota).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&quota)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        println!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&quota);
+    let req = json!({
+        "ExecutionID": "quota", "ResultsDir": quota,
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+            "head -c 4194304 /dev/zero | tr '\\0' y; echo done >&2"]}},
+    });
+    let t = Instant::now();
+    let msg = env.call("executor_run", json!([req]));
+    let r = msg
+        .get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("run failed: {msg}"));
+    let stdout_len = std::fs::metadata(quota.join("stdout"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "disk quota: took {:?}, ExitCode {}, ErrorMsg {:?}, stdout file {} bytes, stderr file {:?}",
+        t.elapsed(),
+        r["ExitCode"],
+        r["ErrorMsg"],
+        stdout_len,
+        std::fs::read(quota.join("stderr")).map(|b| String::from_utf8_lossy(&b).into_owned()),
+    );
+    // The job ran to its end: its own status stands, and the write failure is reported.
+    assert_eq!(r["ExitCode"], 0, "{r}");
+    let err = r["ErrorMsg"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("No space left on device") || err.contains("os error 28"),
+        "the write error is reported: {r}"
+    );
+    assert!(stdout_len < 4 << 20, "the file holds what fit");
+    // The log lives on the state root, not on the full disk: it has everything.
+    let sub = subscribe(&mut env, json!({"ExecutionID": "quota"}));
+    let log = drain_stdout(&mut env, &sub, Duration::from_secs(30));
+    assert_eq!(log.len(), 4 << 20);
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn a_thousand_concurrent_executions_none_lost() {
+    const N: usize = 1000;
+    let mut env = Env::new();
+    let t = Instant::now();
+    for i in 0..N {
+        let req = json!({
+            "ExecutionID": format!("c-{i}"),
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sleep", "0.1"]}},
+            "ResultsDir": env.work.path().join(format!("c-{i}")),
+        });
+        env.plugin
+            .send_call(10_000 + i as u64, "executor_start", json!([req]));
+    }
+    for i in 0..N {
+        let msg = env.plugin.response(10_000 + i as u64);
+        assert_eq!(msg["result"], Value::Null, "start c-{i}: {msg}");
+    }
+    let started = t.elapsed();
+    for i in 0..N {
+        env.plugin.send_call(
+            20_000 + i as u64,
+            "executor_wait",
+            json!([format!("c-{i}")]),
+        );
+    }
+    for i in 0..N {
+        let msg = env.plugin.response(20_000 + i as u64);
+        assert_eq!(msg["result"]["ExitCode"], 0, "wait c-{i}: {msg}");
+        assert_eq!(msg["result"]["ErrorMsg"], "", "wait c-{i}: {msg}");
+    }
+    println!(
+        "{N} executions: all started after {started:?}, all results after {:?}",
+        t.elapsed()
+    );
+    let list = env.call("executor_list", json!([]));
+    let list = list["result"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), N);
+    assert!(list.iter().all(|e| e["state"] == "completed"));
+    assert!(
+        t.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_no_monitors(&env);
+}
+
+#[test]
+fn host_stdin_closed_with_calls_pending() {
+    let mut env = Env::new();
+    env.start("orphan", "sleep 1.5; echo late; exit 4", json!({}));
+    let monitor = env.monitor_pid("orphan").expect("monitor pid");
+    let id = env.id();
+    env.plugin.send_call(id, "executor_wait", json!(["orphan"]));
+    let id = env.id();
+    env.plugin.send_call(
+        id,
+        "executor_subscribeLogs",
+        json!([{"ExecutionID": "orphan", "Follow": true}]),
+    );
+    env.plugin.close_stdin();
+    let status = env.plugin.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "plugin exit status {status}");
+    assert!(alive(monitor), "the monitor outlives the plugin");
+    env.restart_plugin();
+    let list = env.call("executor_list", json!([]));
+    assert_eq!(list["result"][0]["executionId"], "orphan", "{list}");
+    let r = env.wait("orphan");
+    assert_eq!(
+        (&r["ExitCode"], &r["Stdout"], &r["ErrorMsg"]),
+        (&json!(4), &json!("late\n"), &json!(""))
+    );
+    assert_no_monitors(&env);
+}
