@@ -17,6 +17,8 @@ pub struct Env {
     pub state: tempfile::TempDir,
     pub work: tempfile::TempDir,
     pub plugin: RawPlugin,
+    /// The `capabilities` the plugin announced at `initialize`.
+    pub capabilities: Value,
     next_id: u64,
 }
 
@@ -30,11 +32,12 @@ impl Env {
     pub fn new() -> Env {
         let state = tempfile::tempdir().expect("state dir");
         let mut plugin = RawPlugin::spawn();
-        plugin.initialize(state.path());
+        let init = plugin.initialize(state.path());
         Env {
             state,
             work: tempfile::tempdir().expect("work dir"),
             plugin,
+            capabilities: init["result"]["capabilities"].clone(),
             next_id: 1000,
         }
     }
@@ -66,7 +69,14 @@ impl Env {
         self.state.path().join("executions").join(exec)
     }
 
-    /// A request running `sh -c script`, with `extra` keys merged over it.
+    /// A directory the job and the test both see at the same path, with or without filesystem
+    /// isolation: the `scratch` output, whose `Path` is its own host path under the results.
+    pub fn scratch(&self, exec: &str) -> PathBuf {
+        self.results(exec).join("scratch")
+    }
+
+    /// A request running `sh -c script`, with `extra` keys merged over it. It has a `scratch`
+    /// output (see [`Env::scratch`]) unless `extra` sets `Outputs`.
     pub fn request(&self, exec: &str, script: &str, extra: Value) -> Value {
         std::fs::create_dir_all(self.results(exec)).expect("results dir");
         let mut req = json!({
@@ -74,6 +84,7 @@ impl Env {
             "ExecutionID": exec,
             "ResultsDir": self.results(exec),
             "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+            "Outputs": [{"Name": "scratch", "Path": self.scratch(exec)}],
         });
         if let Some(extra) = extra.as_object() {
             for (k, v) in extra {
@@ -315,4 +326,11 @@ impl Drop for SlowHost {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Serializes the tests that take it: fault tests load a 2-core machine enough (1000 executions,
+/// a 1 GiB writer) that their timeouts would measure each other rather than the plugin.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use executor_schema::{LogEvent, LogStream};
 use executor_tests::harness::{
-    alive, is_root, kill_all, pids_in, rss_kib, survivors, wait_until, Env, SlowHost,
+    alive, is_root, kill_all, pids_in, rss_kib, serial, survivors, wait_until, Env, SlowHost,
 };
 use serde_json::{json, Value};
 
@@ -71,12 +71,13 @@ fn error_code(msg: &Value) -> Option<i64> {
             monitor.json yet) buries the execution as failed; the monitor then runs the job and \
             overwrites result.json, but the new plugin answers the buried result - see report"]
 fn plugin_killed_right_after_sending_start() {
+    let _serial = serial();
     let mut env = Env::new();
     // The kill lands at different points of `start`: before the line is read, while the
     // monitor launches, after the job runs.
     for (i, delay_ms) in [0u64, 1, 3, 6, 10, 20, 40, 80].into_iter().enumerate() {
         let exec = format!("ks-{i}");
-        let marker = env.work.path().join(format!("marker-{i}"));
+        let marker = env.scratch(&exec).join("marker");
         let req = env.request(
             &exec,
             &format!("touch {}; sleep 0.3; echo out; exit 7", marker.display()),
@@ -125,6 +126,7 @@ fn plugin_killed_right_after_sending_start() {
 
 #[test]
 fn plugin_killed_during_wait() {
+    let _serial = serial();
     let mut env = Env::new();
     for n in 1..=3 {
         env.start(
@@ -154,6 +156,7 @@ fn plugin_killed_during_wait() {
 
 #[test]
 fn plugin_killed_during_a_followed_log_stream_loses_and_repeats_nothing() {
+    let _serial = serial();
     let mut env = Env::new();
     env.start(
         "kf",
@@ -186,6 +189,7 @@ fn plugin_killed_during_a_followed_log_stream_loses_and_repeats_nothing() {
 
 #[test]
 fn plugin_killed_as_the_job_ends_and_its_result_is_written() {
+    let _serial = serial();
     let mut env = Env::new();
     for i in 0..6 {
         let exec = format!("ke-{i}");
@@ -223,7 +227,7 @@ fn plugin_killed_as_the_job_ends_and_its_result_is_written() {
 /// followers released.
 fn monitor_kill(script_extra: impl Fn(&Path) -> String) -> (Env, Vec<i32>, Value, Vec<u8>) {
     let mut env = Env::new();
-    let pids = env.work.path().join("pids");
+    let pids = env.scratch("km").join("pids");
     let script = format!(
         "echo $$ >> {p}; sleep 1000 & echo $! >> {p}; {extra} echo started; wait",
         p = pids.display(),
@@ -254,6 +258,7 @@ fn monitor_kill(script_extra: impl Fn(&Path) -> String) -> (Env, Vec<i32>, Value
 
 #[test]
 fn monitor_killed_ends_the_execution_with_a_system_error() {
+    let _serial = serial();
     let (mut env, pids, r, rest) = monitor_kill(|_| String::new());
     assert_eq!(r["ExitCode"], -1, "{r}");
     let msg = r["ErrorMsg"].as_str().unwrap_or_default();
@@ -274,6 +279,7 @@ fn monitor_killed_ends_the_execution_with_a_system_error() {
 
 #[test]
 fn monitor_killed_takes_a_setsid_grandchild_with_it() {
+    let _serial = serial();
     let (env, pids, r, _) = monitor_kill(|p| {
         format!(
             "setsid sh -c 'echo $$ >> {p}; exec sleep 1000' & \
@@ -288,9 +294,8 @@ fn monitor_killed_takes_a_setsid_grandchild_with_it() {
 }
 
 #[test]
-#[ignore = "known leak: an orphan re-parented to the monitor (subreaper) goes to init when the \
-            monitor dies; only a cgroup (not wired into the monitor yet) can find it - see report"]
 fn monitor_killed_takes_an_orphaned_double_forked_grandchild_with_it() {
+    let _serial = serial();
     let (env, pids, r, _) = monitor_kill(|p| {
         format!(
             "(setsid sh -c 'echo $$ >> {p}; exec sleep 1000' &); \
@@ -306,6 +311,7 @@ fn monitor_killed_takes_an_orphaned_double_forked_grandchild_with_it() {
 
 #[test]
 fn a_job_that_closes_stdout_early_and_keeps_running() {
+    let _serial = serial();
     let mut env = Env::new();
     let t = Instant::now();
     let r = env.run(
@@ -338,8 +344,9 @@ fn double_fork_script(pids: &Path, main: &str) -> String {
 
 #[test]
 fn double_forked_setsid_grandchild_is_killed_on_cancel() {
+    let _serial = serial();
     let mut env = Env::new();
-    let pids = env.work.path().join("pids");
+    let pids = env.scratch("df-cancel").join("pids");
     env.start(
         "df-cancel",
         &double_fork_script(&pids, "sleep 1000"),
@@ -357,8 +364,9 @@ fn double_forked_setsid_grandchild_is_killed_on_cancel() {
 
 #[test]
 fn double_forked_setsid_grandchild_is_killed_when_the_main_process_exits() {
+    let _serial = serial();
     let mut env = Env::new();
-    let pids = env.work.path().join("pids");
+    let pids = env.scratch("df-exit").join("pids");
     let t = Instant::now();
     let r = env.run(
         "df-exit",
@@ -383,6 +391,7 @@ fn double_forked_setsid_grandchild_is_killed_when_the_main_process_exits() {
 
 #[test]
 fn a_fast_writer_and_a_slow_log_reader() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut host = SlowHost::spawn();
@@ -478,6 +487,7 @@ fn a_fast_writer_and_a_slow_log_reader() {
 
 #[test]
 fn a_job_that_fills_its_disk_quota() {
+    let _serial = serial();
     if !is_root() {
         println!("skipped: mounting a tmpfs needs root");
         return;
@@ -539,6 +549,7 @@ fn a_job_that_fills_its_disk_quota() {
 
 #[test]
 fn a_thousand_concurrent_executions_none_lost() {
+    let _serial = serial();
     const N: usize = 1000;
     let mut env = Env::new();
     let t = Instant::now();
@@ -586,6 +597,7 @@ fn a_thousand_concurrent_executions_none_lost() {
 
 #[test]
 fn host_stdin_closed_with_calls_pending() {
+    let _serial = serial();
     let mut env = Env::new();
     env.start("orphan", "sleep 1.5; echo late; exit 4", json!({}));
     let monitor = env.monitor_pid("orphan").expect("monitor pid");

@@ -81,13 +81,28 @@ fn run_streams_output_exits_with_the_code_and_leaves_result_files() {
 #[test]
 fn output_arrives_while_the_job_still_runs() {
     let env = Env::new();
-    let flag = env.cwd.path().join("go-on");
+    // The flag lives in an output directory: the job sees it at the same path whether or not
+    // it runs in a private root.
+    let results = env.cwd.path().join("results");
+    let shared = results.join("shared");
+    let flag = shared.join("go-on");
     let script = format!(
         "echo early; while [ ! -e {} ]; do sleep 0.05; done; echo late",
         flag.display()
     );
+    let output = format!("shared:{}", shared.display());
     let mut child = env
-        .cmd(&["run", "--", "sh", "-c", &script])
+        .cmd(&[
+            "run",
+            "--results",
+            results.to_str().unwrap(),
+            "--output",
+            &output,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
