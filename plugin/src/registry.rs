@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -750,6 +750,15 @@ fn launch(
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
     std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
+    // Locked before request.json exists, so a plugin scanning after a crash never mistakes a
+    // monitor that is still starting for a dead one. The lock belongs to the open file, which
+    // the monitor inherits as its stdin; ours closes when this function returns.
+    let lock = std::fs::File::create(dir.start_lock()).map_err(|e| io("creating start.lock", e))?;
+    // SAFETY: flock on a descriptor we own. (nix's Flock guard would unlock on drop, which
+    // would also unlock the monitor's shared open file.)
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io("locking start.lock", std::io::Error::last_os_error()));
+    }
     state::write_json_atomic(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
     let log =
@@ -757,7 +766,7 @@ fn launch(
     let mut child = Command::new(exe)
         .arg(MONITOR_ARG)
         .arg(&dir.dir)
-        .stdin(Stdio::null())
+        .stdin(lock)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -916,6 +925,39 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
     record
 }
 
+/// A monitor that holds the start lock but has not written `monitor.json` yet (a plugin died
+/// while launching it): wait for the record and attach. `None` when nobody holds the lock, i.e.
+/// nobody can still start the job.
+fn starting_monitor(dir: &ExecDir) -> Option<OwnedFd> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let Ok(lock) = std::fs::File::open(dir.start_lock()) else {
+            return None;
+        };
+        // SAFETY: flock on a descriptor we own; closing it drops our lock again.
+        let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        drop(lock);
+        if free {
+            // Nobody holds it now; a monitor that got the record written in between is alive.
+            return state::read_json::<MonitorRecord>(&dir.monitor())
+                .ok()
+                .and_then(|m| pidfd::open_verified(&m.monitor));
+        }
+        if let Some(fd) = state::read_json::<MonitorRecord>(&dir.monitor())
+            .ok()
+            .and_then(|m| pidfd::open_verified(&m.monitor))
+        {
+            return Some(fd);
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(dir = %dir.dir.display(), "a monitor holds the start lock but wrote no record in {PATIENCE:?}");
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Rebuild executions from the state root: finished ones with their result, running ones with a
 /// pidfd on their (verified) monitor, dead ones buried.
 fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
@@ -959,7 +1001,8 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
         }
         let live = state::read_json::<MonitorRecord>(&dir.monitor())
             .ok()
-            .and_then(|m| pidfd::open_verified(&m.monitor));
+            .and_then(|m| pidfd::open_verified(&m.monitor))
+            .or_else(|| starting_monitor(&dir));
         match live {
             Some(fd) => out.push((exec, Some(fd))),
             None => {

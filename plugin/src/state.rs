@@ -84,6 +84,12 @@ impl ExecDir {
     pub fn monitor_log(&self) -> PathBuf {
         self.dir.join(MONITOR_LOG_FILE)
     }
+    /// Held (`flock`) by whoever may still start this execution's job: the plugin while it
+    /// launches the monitor, then the monitor for its whole life (as its stdin). A plugin that
+    /// finds it free knows nobody can still write `monitor.json` or `result.json`.
+    pub fn start_lock(&self) -> PathBuf {
+        self.dir.join("start.lock")
+    }
     /// Where the log goes when the request names no `ExecutionDir`.
     pub fn default_log(&self) -> PathBuf {
         self.dir.join(LOG_FILE)
