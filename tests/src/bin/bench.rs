@@ -161,22 +161,39 @@ fn fmt_num(v: f64) -> String {
 
 struct Options {
     quick: bool,
+    /// Run only these sections (latency, throughput, follow, results, memory).
+    only: Vec<String>,
     json: bool,
     plugin: PathBuf,
+}
+
+impl Options {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn parse_args() -> Res<Options> {
     let mut quick = false;
     let mut json = false;
     let mut plugin = None;
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json = true,
             "--plugin" => plugin = args.next().map(PathBuf::from),
+            "--only" => only.extend(
+                args.next()
+                    .iter()
+                    .flat_map(|s| s.split(',').map(str::to_string).collect::<Vec<_>>()),
+            ),
             "-h" | "--help" => {
-                println!("usage: bench [--quick] [--json] [--plugin PATH-TO-executor-native]");
+                println!(
+                    "usage: bench [--quick] [--json] [--only latency,throughput,follow,results,memory] \
+                     [--plugin PATH-TO-executor-native]"
+                );
                 std::process::exit(0);
             }
             other => return fail(format!("unknown argument {other:?} (try --help)")),
@@ -199,6 +216,7 @@ fn parse_args() -> Res<Options> {
     }
     Ok(Options {
         quick,
+        only,
         json,
         plugin,
     })
@@ -343,6 +361,18 @@ fn rss(pid: i32) -> Option<(u64, u64)> {
         Some(kb * 1024)
     };
     Some((field("VmRSS:")?, field("RssAnon:")?))
+}
+
+/// User plus system CPU seconds of a process (all its threads).
+fn cpu_secs(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -576,10 +606,38 @@ async fn log_follow(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
     let bare = bare_pipe(bytes)?;
     let script = pattern_script(bytes);
     let req = h.request("follow", &["sh", "-c", &script], None)?;
+    let (plugin_cpu0, host_cpu0) = (cpu_secs(h.pid()), cpu_secs(std::process::id() as i32));
     let t = Instant::now();
     h.client().start(req).await?;
+    // The monitor's CPU time, last seen before it exits.
+    let monitor = h.monitors().into_iter().find(|(_, e)| e == "follow");
+    let monitor_cpu = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let sampler = monitor.map(|(pid, _)| {
+        let last = monitor_cpu.clone();
+        tokio::spawn(async move {
+            while let Some(c) = cpu_secs(pid) {
+                if let Ok(mut l) = last.lock() {
+                    *l = c;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
     let f = follow_log(h.client(), "follow", true).await?;
     let secs = t.elapsed().as_secs_f64();
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let cpu = |a: Option<f64>, b: Option<f64>| b.unwrap_or(0.0) - a.unwrap_or(0.0);
+    rep.note(
+        "follow_cpu_seconds",
+        json!({
+            "wall": secs,
+            "plugin": cpu(plugin_cpu0, cpu_secs(h.pid())),
+            "host": cpu(host_cpu0, cpu_secs(std::process::id() as i32)),
+            "monitor": monitor_cpu.lock().map(|c| *c).unwrap_or(0.0),
+        }),
+    );
     let r = h.client().wait("follow".into()).await?;
     check_ok("follow job", &r)?;
     if f.bytes != bytes || f.mismatch.is_some() {
@@ -924,16 +982,27 @@ async fn bench(opts: &Options, rep: &mut Report) -> Res<()> {
     {
         let h = Harness::start(&opts.plugin).await?;
         let out = async {
-            within("latency", 300, latency(&h, sz.latency_runs, rep)).await?;
-            within("throughput", 300, throughput(&h, sz.throughput_jobs, rep)).await?;
-            within("log follow", 300, log_follow(&h, sz.follow_bytes, rep)).await?;
-            within("results", 300, results_write(&h, sz.results_bytes, rep)).await
+            if opts.wants("latency") {
+                within("latency", 300, latency(&h, sz.latency_runs, rep)).await?;
+            }
+            if opts.wants("throughput") {
+                within("throughput", 300, throughput(&h, sz.throughput_jobs, rep)).await?;
+            }
+            if opts.wants("follow") {
+                within("log follow", 300, log_follow(&h, sz.follow_bytes, rep)).await?;
+            }
+            if opts.wants("results") {
+                within("results", 300, results_write(&h, sz.results_bytes, rep)).await?;
+            }
+            Ok::<(), BoxError>(())
         }
         .await;
         h.stop().await;
         out?;
     }
-    within("memory", 600, memory(&opts.plugin, &sz, rep)).await?;
+    if opts.wants("memory") {
+        within("memory", 600, memory(&opts.plugin, &sz, rep)).await?;
+    }
     rep.note("load_average_after", json!(load_average()));
     Ok(())
 }
