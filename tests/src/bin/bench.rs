@@ -428,6 +428,27 @@ async fn latency(h: &Harness, n: usize, rep: &mut Report) -> Res<()> {
         plug.push(t.elapsed().as_secs_f64() * 1e3);
         check_ok("latency run", &r)?;
     }
+    // Where the time goes: executor_start answers once the monitor reports the job running,
+    // executor_wait once the monitor has written the result and exited.
+    let mut starts = Vec::new();
+    let mut waits = Vec::new();
+    for i in 0..(n / 3).max(10) {
+        let id = format!("split-{i}");
+        let req = h.request(&id, &["/bin/true"], None)?;
+        let t = Instant::now();
+        h.client().start(req).await?;
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        check_ok("split run", &h.client().wait(id).await?)?;
+        waits.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    rep.note(
+        "latency_split_p50_ms",
+        json!({
+            "start_until_running": percentile(&sorted(starts), 0.5),
+            "running_until_result": percentile(&sorted(waits), 0.5),
+        }),
+    );
     let (bare, plug) = (sorted(bare), sorted(plug));
     let (b50, p50) = (percentile(&bare, 0.5), percentile(&plug, 0.5));
     rep.add(
