@@ -363,6 +363,20 @@ fn rss(pid: i32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("RssAnon:")?))
 }
 
+/// Pss and Private_Clean + Private_Dirty of a process, in bytes.
+fn pss(pid: i32) -> Option<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = rollup.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((
+        field("Pss:")?,
+        field("Private_Clean:")? + field("Private_Dirty:")?,
+    ))
+}
+
 /// User plus system CPU seconds of a process (all its threads).
 fn cpu_secs(pid: i32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -769,6 +783,10 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
     let monitors = h.monitors();
     let (busy, busy_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
     let mut mon_rss: Vec<(u64, u64)> = monitors.iter().filter_map(|(p, _)| rss(*p)).collect();
+    // Shared pages (the binary's text, libc) dominate VmRSS; Pss and the private pages say what
+    // one more monitor really costs, with all of them alive.
+    let mut mon_pss: Vec<(u64, u64)> = monitors.iter().filter_map(|(p, _)| pss(*p)).collect();
+    mon_pss.sort();
     mon_rss.sort();
     let sleep_rss = job_rss_of(&monitors);
     // Cancel every one, then wait every one: each must come back cancelled.
@@ -851,6 +869,17 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
             sleep_rss.map(|(_, a)| a).unwrap_or(0) as f64 / MIB,
             None,
         );
+        if !mon_pss.is_empty() {
+            let (pss_med, private_med) = mon_pss[mon_pss.len() / 2];
+            rep.add(
+                format!("one monitor Pss (median, {n} alive)"),
+                pss_med as f64 / MIB,
+                "MiB",
+                "its private pages",
+                private_med as f64 / MIB,
+                None,
+            );
+        }
         rep.note(
             "monitor_VmRSS_MiB_min_max",
             json!([min.0 as f64 / MIB, max.0 as f64 / MIB]),
