@@ -790,6 +790,7 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
     mon_rss.sort();
     let sleep_rss = job_rss_of(&monitors);
     // Cancel every one, then wait every one: each must come back cancelled.
+    let t = Instant::now();
     let cancels: Vec<_> = futures::stream::iter(ids.clone())
         .map(|id| h.client().cancel(id))
         .buffer_unordered(64)
@@ -807,6 +808,7 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
         .iter()
         .filter(|w| matches!(w, Ok(Ok(r)) if r.error_msg.contains("cancelled")))
         .count();
+    let cancel_secs = t.elapsed().as_secs_f64();
     let (after, after_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
     rep.add(
         format!("plugin VmRSS, {n} concurrent sleeps"),
@@ -846,6 +848,7 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
             "running_in_list": running,
             "monitor_processes": monitors.len(),
             "cancel_errors": cancel_errors,
+            "cancel_until_all_results_seconds": cancel_secs,
             "plugin_after_cancel_VmRSS_MiB": after as f64 / MIB,
             "plugin_after_cancel_RssAnon_MiB": after_anon as f64 / MIB,
         }),
