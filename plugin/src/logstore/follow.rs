@@ -54,40 +54,16 @@ pub fn follow(
     path: PathBuf,
     opts: FollowOptions,
 ) -> impl Stream<Item = io::Result<LogItem>> + Send {
-    stream(path, opts, None)
-}
-
-/// As [`follow`], but consecutive frames of one stream that are already read are merged into
-/// one item of up to `max_event_data` bytes (a single frame may be larger). The item keeps the
-/// first frame's timestamp and offset and the last frame's `next`, so resuming stays exact; the
-/// per-item cost of a subscriber (one JSON-RPC notification each) is paid far less often.
-pub fn follow_coalesced(
-    path: PathBuf,
-    opts: FollowOptions,
-    max_event_data: usize,
-) -> impl Stream<Item = io::Result<LogItem>> + Send {
-    stream(path, opts, Some(max_event_data))
-}
-
-fn stream(
-    path: PathBuf,
-    opts: FollowOptions,
-    coalesce: Option<usize>,
-) -> impl Stream<Item = io::Result<LogItem>> + Send {
     let deadline = Instant::now() + opts.wait_for_file;
     let state = State::Opening { path, deadline };
-    futures::stream::unfold((state, opts), move |(state, opts)| async move {
-        let (item, state) = step(state, &opts, coalesce).await;
+    futures::stream::unfold((state, opts), |(state, opts)| async move {
+        let (item, state) = step(state, &opts).await;
         item.map(|item| (item, (state, opts)))
     })
 }
 
 /// Produces the next item and the state after it; `None` once the stream is over.
-async fn step(
-    mut state: State,
-    opts: &FollowOptions,
-    coalesce: Option<usize>,
-) -> (Option<io::Result<LogItem>>, State) {
+async fn step(mut state: State, opts: &FollowOptions) -> (Option<io::Result<LogItem>>, State) {
     loop {
         state = match state {
             State::Done => return (None, State::Done),
@@ -97,12 +73,7 @@ async fn step(
             },
             State::Reading(mut reader) => {
                 match reader.decode_buffered() {
-                    Ok(Some(mut item)) => {
-                        if let (LogItem::Frame(f), Some(max)) = (&mut item, coalesce) {
-                            if let Err(e) = reader.coalesce_buffered(f, max) {
-                                return (Some(Err(e.into())), State::Done);
-                            }
-                        }
+                    Ok(Some(item)) => {
                         let next = if reader.ended() {
                             State::Done
                         } else {
@@ -182,81 +153,4 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| io::Error::other(format!("log reader task failed: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::logstore::{LogWriter, Stream as Out};
-    use futures::StreamExt;
-
-    async fn collect(s: impl futures::Stream<Item = io::Result<LogItem>>) -> Vec<LogItem> {
-        s.map(|i| i.unwrap()).collect().await
-    }
-
-    fn history(position: Option<u64>) -> FollowOptions {
-        FollowOptions {
-            position,
-            wait_for_file: Duration::from_secs(1),
-            ..FollowOptions::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn coalesced_items_merge_one_stream_at_a_time_and_resume_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let mut w = LogWriter::create(&path).unwrap();
-        for (stream, data) in [
-            (Out::Stdout, &b"ab"[..]),
-            (Out::Stdout, b"cd"),
-            (Out::Stdout, b"ef"),
-            (Out::Stderr, b"XY"),
-            (Out::Stdout, b"gh"),
-            (Out::Stdout, b"ij"),
-        ] {
-            w.write(stream, data).unwrap();
-        }
-        w.end().unwrap();
-
-        let plain = collect(follow(path.clone(), history(None))).await;
-        // A limit of 5 bytes takes "abcd" and leaves "ef" for the next item.
-        let merged = collect(follow_coalesced(path.clone(), history(None), 5)).await;
-        let frames = |items: &[LogItem]| -> Vec<(Out, Vec<u8>, u64, u64)> {
-            items
-                .iter()
-                .filter_map(|i| match i {
-                    LogItem::Frame(f) => Some((f.stream, f.data.clone(), f.offset, f.next)),
-                    LogItem::End { .. } => None,
-                })
-                .collect()
-        };
-        let (p, m) = (frames(&plain), frames(&merged));
-        assert_eq!(p.len(), 6);
-        let got: Vec<(Out, &[u8])> = m.iter().map(|f| (f.0, &f.1[..])).collect();
-        assert_eq!(
-            got,
-            vec![
-                (Out::Stdout, &b"abcd"[..]),
-                (Out::Stdout, b"ef"),
-                (Out::Stderr, b"XY"),
-                (Out::Stdout, b"ghij"),
-            ]
-        );
-        // Positions are frame boundaries of the plain stream: first offset, last next.
-        assert_eq!((m[0].2, m[0].3), (p[0].2, p[1].3));
-        assert_eq!((m[3].2, m[3].3), (p[4].2, p[5].3));
-        assert_eq!(merged.last(), plain.last(), "same END item");
-
-        // Resuming from a merged item's `next` yields exactly the rest.
-        let rest = collect(follow_coalesced(path, history(Some(m[1].3)), 1 << 20)).await;
-        let rest: Vec<(Out, Vec<u8>)> = frames(&rest).into_iter().map(|f| (f.0, f.1)).collect();
-        assert_eq!(
-            rest,
-            vec![
-                (Out::Stderr, b"XY".to_vec()),
-                (Out::Stdout, b"ghij".to_vec())
-            ]
-        );
-    }
 }

@@ -7,7 +7,7 @@ pub mod reader;
 pub mod timestamp;
 pub mod writer;
 
-pub use follow::{follow, follow_coalesced, FollowOptions};
+pub use follow::{follow, FollowOptions};
 pub use format::{stdcopy_frame, Stream};
 pub use reader::{decode, FrameError, LogFrame, LogItem, LogReader};
 pub use writer::{append_end_frame, LogWriter};

@@ -83,34 +83,6 @@ impl From<FrameError> for io::Error {
 /// Decodes the item at the start of `buf`, which lies at file offset `offset`.
 /// Returns the item and the bytes it used, or `None` when `buf` holds only part of it.
 pub fn decode(buf: &[u8], offset: u64) -> Result<Option<(LogItem, usize)>, FrameError> {
-    let item = decode_raw(buf, offset)?.map(|(raw, used)| {
-        let item = match raw {
-            Raw::End => LogItem::End { offset },
-            Raw::Frame { stream, ts, data } => LogItem::Frame(LogFrame {
-                stream,
-                // Validated as ASCII digits and separators.
-                timestamp: String::from_utf8_lossy(ts).into_owned(),
-                data: data.to_vec(),
-                offset,
-                next: offset + used as u64,
-            }),
-        };
-        (item, used)
-    });
-    Ok(item)
-}
-
-/// A decoded item that still borrows the buffer, so merging frames copies their data once.
-enum Raw<'a> {
-    End,
-    Frame {
-        stream: Stream,
-        ts: &'a [u8],
-        data: &'a [u8],
-    },
-}
-
-fn decode_raw(buf: &[u8], offset: u64) -> Result<Option<(Raw<'_>, usize)>, FrameError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -129,7 +101,7 @@ fn decode_raw(buf: &[u8], offset: u64) -> Result<Option<(Raw<'_>, usize)>, Frame
     let size = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
     if byte == END_STREAM {
         // Docker's END frame has no payload; a reader that stops at it never looks past it.
-        return Ok(Some((Raw::End, HEADER_LEN)));
+        return Ok(Some((LogItem::End { offset }, HEADER_LEN)));
     }
     if (size as usize) < PREFIX_LEN {
         return Err(FrameError::TooShort { offset, size });
@@ -162,7 +134,15 @@ fn decode_raw(buf: &[u8], offset: u64) -> Result<Option<(Raw<'_>, usize)>, Frame
             })
         }
     };
-    Ok(Some((Raw::Frame { stream, ts, data }, total)))
+    let frame = LogFrame {
+        stream,
+        // Validated as ASCII digits and separators above.
+        timestamp: String::from_utf8_lossy(ts).into_owned(),
+        data: data.to_vec(),
+        offset,
+        next: offset + total as u64,
+    };
+    Ok(Some((LogItem::Frame(frame), total)))
 }
 
 /// Reads items from an open log file, starting at a frame boundary, in bounded memory.
@@ -234,31 +214,6 @@ impl LogReader {
             }
             None => Ok(None),
         }
-    }
-
-    /// Appends to `frame` the data frames of the same stream that directly follow it in the
-    /// bytes already read, while its data stays within `max_data`. Never touches the file, never
-    /// consumes an END frame or a frame of the other stream, so positions stay frame boundaries.
-    pub fn coalesce_buffered(
-        &mut self,
-        frame: &mut LogFrame,
-        max_data: usize,
-    ) -> Result<(), FrameError> {
-        while !self.ended && frame.next == self.offset {
-            let Some((Raw::Frame { stream, data, .. }, used)) =
-                decode_raw(&self.buf[self.start..], self.offset)?
-            else {
-                break;
-            };
-            if stream != frame.stream || frame.data.len() + data.len() > max_data {
-                break;
-            }
-            frame.data.extend_from_slice(data);
-            frame.next = self.offset + used as u64;
-            self.start += used;
-            self.offset += used as u64;
-        }
-        Ok(())
     }
 
     /// Reads more of the file after the buffered bytes; returns how many bytes were added
