@@ -983,9 +983,10 @@ async fn flood(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
         "MiB",
         "monitor VmRSS min, same run",
         mmin,
+        // Its size is judged by the monitor figures above; this one is about flatness.
         Some((
-            "flat +-5 MiB, < 2 MiB",
-            mmax - mmin <= 5.0 && mmax < 2.0 && !monitor_samples.is_empty(),
+            "flat +-5 MiB",
+            mmax - mmin <= 5.0 && !monitor_samples.is_empty(),
         )),
     );
     let f = followed.unwrap_or_default();
