@@ -118,7 +118,10 @@ impl OutputSink {
                 }
             },
         };
-        if let Some(file) = self.file.take() {
+        // An empty file has no data to make durable (and fdatasync never covered its directory
+        // entry); skipping it spares a trivial job's two empty streams two disk flushes on the
+        // start-to-result path, each up to milliseconds on a busy disk.
+        if let Some(file) = self.file.take().filter(|_| self.file_len > 0) {
             if let Err(e) = file.sync_data() {
                 self.error
                     .get_or_insert_with(|| format!("syncing {}: {e}", self.path.display()));

@@ -60,10 +60,7 @@ impl Decoder for NdjsonCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         loop {
-            let newline = buf[self.scanned..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map(|i| self.scanned + i);
+            let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i);
             match (newline, self.discarding) {
                 (Some(end), Some(dropped)) => {
                     buf.advance(end + 1);
@@ -143,7 +140,7 @@ pub enum EncodeError {
 /// Make `msg` safe for one line: compact JSON has no raw newline, but a hand-built raw value
 /// may (pretty-printed JSON), so such a message is re-serialized compactly.
 pub fn single_line(msg: &str) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
-    if msg.bytes().any(|b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', msg.as_bytes()).is_some() {
         let value: serde_json::Value = serde_json::from_str(msg)?;
         Ok(std::borrow::Cow::Owned(serde_json::to_string(&value)?))
     } else {

@@ -1,0 +1,1121 @@
+//! `bench`: DESIGN.md's performance budget, measured against baselines in the same run.
+//!
+//! ```text
+//! cargo build --release -p executor-plugin --bin executor-native
+//! cargo run --release -p executor-tests --bin bench [-- --quick] [-- --json]
+//! ```
+//!
+//! Every figure is printed with the baseline it is judged against and the ratio. The host side is
+//! `executor_host::process::PluginProcess` with the typed `ExecutorApiClient` (the host's
+//! `Executor` trait is not on main yet).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use executor_host::process::{PluginProcess, SpawnOptions};
+use executor_schema::api::ExecutorApiClient;
+use executor_schema::{
+    ExecutionState, LogEvent, LogStream, LogStreamRequest, PluginConfig, RunCommandRequest,
+    RunCommandResult,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const GIB: u64 = 1 << 30;
+const MIB: f64 = 1024.0 * 1024.0;
+/// The known content of the log-follow job, repeated: each received byte is compared with it.
+const PATTERN: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+fn fail<T>(msg: impl Into<String>) -> Res<T> {
+    Err(msg.into().into())
+}
+
+struct Sizes {
+    latency_runs: usize,
+    throughput_jobs: usize,
+    follow_bytes: u64,
+    results_bytes: u64,
+    concurrent: usize,
+    flood_bytes: u64,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Sizes {
+            latency_runs: 400,
+            throughput_jobs: 256,
+            follow_bytes: GIB,
+            results_bytes: GIB,
+            concurrent: 1000,
+            flood_bytes: 10 * GIB,
+        }
+    }
+    fn quick() -> Self {
+        Sizes {
+            latency_runs: 60,
+            throughput_jobs: 64,
+            follow_bytes: 64 << 20,
+            results_bytes: 64 << 20,
+            concurrent: 100,
+            flood_bytes: GIB,
+        }
+    }
+}
+
+/// One measured figure, judged against its baseline.
+#[derive(serde::Serialize)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline_name: String,
+    baseline: f64,
+    /// value / baseline.
+    ratio: f64,
+    /// The DESIGN.md budget this figure is held to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    notes: BTreeMap<String, Value>,
+    json: bool,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        baseline_name: impl Into<String>,
+        baseline: f64,
+        budget: Option<(&str, bool)>,
+    ) {
+        let fig = Figure {
+            name: name.into(),
+            value,
+            unit,
+            baseline_name: baseline_name.into(),
+            baseline,
+            ratio: if baseline != 0.0 {
+                value / baseline
+            } else {
+                f64::NAN
+            },
+            budget: budget.map(|(b, _)| b.to_string()),
+            pass: budget.map(|(_, p)| p),
+        };
+        if !self.json {
+            println!(
+                "  {:<44} {:>12} {:<6} | {:<34} {:>12} | x{:<8.3} {}",
+                fig.name,
+                fmt_num(fig.value),
+                fig.unit,
+                fig.baseline_name,
+                fmt_num(fig.baseline),
+                fig.ratio,
+                match (&fig.budget, fig.pass) {
+                    (Some(b), Some(true)) => format!("PASS ({b})"),
+                    (Some(b), _) => format!("FAIL ({b})"),
+                    _ => String::new(),
+                }
+            );
+        }
+        self.figures.push(fig);
+    }
+
+    fn note(&mut self, key: &str, value: Value) {
+        if !self.json {
+            println!("    {key}: {value}");
+        }
+        self.notes.insert(key.into(), value);
+    }
+
+    fn section(&self, title: &str) {
+        if !self.json {
+            println!("\n{title}");
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+struct Options {
+    quick: bool,
+    /// Run only these sections (latency, throughput, follow, results, memory).
+    only: Vec<String>,
+    json: bool,
+    plugin: PathBuf,
+}
+
+impl Options {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+fn parse_args() -> Res<Options> {
+    let mut quick = false;
+    let mut json = false;
+    let mut plugin = None;
+    let mut only = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--plugin" => plugin = args.next().map(PathBuf::from),
+            "--only" => only.extend(
+                args.next()
+                    .iter()
+                    .flat_map(|s| s.split(',').map(str::to_string).collect::<Vec<_>>()),
+            ),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench [--quick] [--json] [--only latency,throughput,follow,results,memory] \
+                     [--plugin PATH-TO-executor-native]"
+                );
+                std::process::exit(0);
+            }
+            other => return fail(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    let plugin = match plugin {
+        Some(p) => p,
+        None => {
+            // The plugin binary lives beside this one in the same target profile directory.
+            let me = std::env::current_exe()?;
+            me.with_file_name("executor-native")
+        }
+    };
+    if !plugin.exists() {
+        return fail(format!(
+            "{} is missing: build it first with \
+             `cargo build --release -p executor-plugin --bin executor-native`",
+            plugin.display()
+        ));
+    }
+    Ok(Options {
+        quick,
+        only,
+        json,
+        plugin,
+    })
+}
+
+/// A plugin with its own state and work directories, removed with it.
+struct Harness {
+    plugin: Option<PluginProcess>,
+    state: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(exe: &Path) -> Res<Harness> {
+        let state = tempfile::Builder::new().prefix("bench-state").tempdir()?;
+        let work = tempfile::Builder::new().prefix("bench-work").tempdir()?;
+        let mut opts = SpawnOptions::new(exe);
+        // Big enough that a fast log producer never overruns the host's subscription buffer.
+        opts.subscription_buffer = 1 << 16;
+        let plugin = PluginProcess::spawn(opts).await?;
+        let config = PluginConfig {
+            state_dir: Some(state.path().to_path_buf()),
+            max_retained: Some(100_000),
+            kill_grace: Some(1.0),
+            ..Default::default()
+        };
+        plugin
+            .client
+            .initialize(vec!["1".into()], None, Some(config))
+            .await?;
+        Ok(Harness {
+            plugin: Some(plugin),
+            state,
+            work,
+        })
+    }
+
+    fn client(&self) -> &jsonrpsee::async_client::Client {
+        // Only `stop` takes the plugin, and it consumes the harness.
+        &self
+            .plugin
+            .as_ref()
+            .expect("plugin present until stop")
+            .client
+    }
+
+    fn pid(&self) -> i32 {
+        self.plugin
+            .as_ref()
+            .and_then(|p| p.pid)
+            .map(|p| p as i32)
+            .unwrap_or(-1)
+    }
+
+    fn request(&self, id: &str, argv: &[&str], limits: Option<Value>) -> Res<RunCommandRequest> {
+        let results = self.work.path().join(id);
+        std::fs::create_dir_all(&results)?;
+        let mut req = json!({
+            "JobID": "bench",
+            "ExecutionID": id,
+            "ResultsDir": results,
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": argv}},
+        });
+        if let Some(l) = limits {
+            req["OutputLimits"] = l;
+        }
+        Ok(serde_json::from_value(req)?)
+    }
+
+    async fn run(&self, id: &str, argv: &[&str]) -> Res<RunCommandResult> {
+        let req = self.request(id, argv, None)?;
+        Ok(self.client().run(req).await?)
+    }
+
+    /// Monitors of this harness still alive (matched by the state directory in their argv).
+    fn monitors(&self) -> Vec<(i32, String)> {
+        let needle = self.state.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.get(1).map(String::as_str) == Some("__monitor")
+                && args.get(2).is_some_and(|d| d.starts_with(&needle))
+            {
+                let exec = args[2].rsplit('/').next().unwrap_or_default().to_string();
+                found.push((pid, exec));
+            }
+        }
+        found
+    }
+
+    /// Shut the plugin down, cancelling what runs, and kill any monitor of ours left behind.
+    async fn stop(mut self) {
+        if let Some(mut p) = self.plugin.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(20), p.client.shutdown(Some(true))).await;
+            if tokio::time::timeout(Duration::from_secs(20), p.wait_exit())
+                .await
+                .is_err()
+            {
+                if let Some(pid) = p.pid {
+                    // SAFETY: signalling the plugin process this harness spawned.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self.monitors();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                for (pid, _) in left {
+                    // SAFETY: a monitor of this harness's state dir, started by our plugin.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// VmRSS and RssAnon of a process, in bytes.
+fn rss(pid: i32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?))
+}
+
+/// Pss and Private_Clean + Private_Dirty of a process, in bytes.
+fn pss(pid: i32) -> Option<(u64, u64)> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = rollup.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((
+        field("Pss:")?,
+        field("Private_Clean:")? + field("Private_Dirty:")?,
+    ))
+}
+
+/// User plus system CPU seconds of a process (all its threads).
+fn cpu_secs(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn bare_true() -> Res<()> {
+    let st = Command::new("/bin/true").status()?;
+    if !st.success() {
+        return fail(format!("/bin/true: {st}"));
+    }
+    Ok(())
+}
+
+fn check_ok(what: &str, r: &RunCommandResult) -> Res<()> {
+    if r.exit_code != 0 || !r.error_msg.is_empty() {
+        return fail(format!(
+            "{what}: exit {} error {:?}",
+            r.exit_code, r.error_msg
+        ));
+    }
+    Ok(())
+}
+
+async fn latency(h: &Harness, n: usize, rep: &mut Report) -> Res<()> {
+    rep.section("start-to-result latency of /bin/true (ms)");
+    for i in 0..10 {
+        bare_true()?;
+        check_ok(
+            "warm-up",
+            &h.run(&format!("warm-{i}"), &["/bin/true"]).await?,
+        )?;
+    }
+    let mut bare = Vec::with_capacity(n);
+    let mut plug = Vec::with_capacity(n);
+    // Interleaved so both see the same background load.
+    for i in 0..n {
+        let t = Instant::now();
+        bare_true()?;
+        bare.push(t.elapsed().as_secs_f64() * 1e3);
+        let req = h.request(&format!("lat-{i}"), &["/bin/true"], None)?;
+        let t = Instant::now();
+        let r = h.client().run(req).await?;
+        plug.push(t.elapsed().as_secs_f64() * 1e3);
+        check_ok("latency run", &r)?;
+    }
+    // Where the time goes: executor_start answers once the monitor reports the job running,
+    // executor_wait once the monitor has written the result and exited.
+    let mut starts = Vec::new();
+    let mut waits = Vec::new();
+    for i in 0..(n / 3).max(10) {
+        let id = format!("split-{i}");
+        let req = h.request(&id, &["/bin/true"], None)?;
+        let t = Instant::now();
+        h.client().start(req).await?;
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        check_ok("split run", &h.client().wait(id).await?)?;
+        waits.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    rep.note(
+        "latency_split_p50_ms",
+        json!({
+            "start_until_running": percentile(&sorted(starts), 0.5),
+            "running_until_result": percentile(&sorted(waits), 0.5),
+        }),
+    );
+    let (bare, plug) = (sorted(bare), sorted(plug));
+    let (b50, p50) = (percentile(&bare, 0.5), percentile(&plug, 0.5));
+    rep.add(
+        "executor_run /bin/true p50",
+        p50,
+        "ms",
+        "Command::status p50",
+        b50,
+        Some(("<= 3x", p50 <= 3.0 * b50)),
+    );
+    rep.add(
+        "executor_run /bin/true p99",
+        percentile(&plug, 0.99),
+        "ms",
+        "Command::status p99",
+        percentile(&bare, 0.99),
+        None,
+    );
+    rep.note("latency_runs", json!(n));
+    Ok(())
+}
+
+async fn throughput(h: &Harness, jobs: usize, rep: &mut Report) -> Res<()> {
+    rep.section("throughput of trivial jobs (jobs/s)");
+    for conc in [1usize, 8, 64] {
+        let t = Instant::now();
+        let threads: Vec<_> = (0..conc)
+            .map(|k| {
+                let mine = (jobs + conc - 1 - k) / conc;
+                std::thread::spawn(move || -> Result<(), String> {
+                    for _ in 0..mine {
+                        bare_true().map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().map_err(|_| "bare spawn thread panicked")??;
+        }
+        let bare = jobs as f64 / t.elapsed().as_secs_f64();
+
+        let reqs: Vec<RunCommandRequest> = (0..jobs)
+            .map(|i| h.request(&format!("tp{conc}-{i}"), &["/bin/true"], None))
+            .collect::<Res<_>>()?;
+        let t = Instant::now();
+        let results: Vec<_> = futures::stream::iter(reqs)
+            .map(|r| h.client().run(r))
+            .buffer_unordered(conc)
+            .collect()
+            .await;
+        let plug = jobs as f64 / t.elapsed().as_secs_f64();
+        for r in results {
+            check_ok("throughput run", &r?)?;
+        }
+        rep.add(
+            format!("executor_run at concurrency {conc}"),
+            plug,
+            "jobs/s",
+            format!("{conc} threads of Command::status"),
+            bare,
+            None,
+        );
+    }
+    rep.note("throughput_jobs_per_level", json!(jobs));
+    Ok(())
+}
+
+/// Compares `data`, found at stream position `pos`, with the known content.
+fn matches_pattern(data: &[u8], pos: u64) -> bool {
+    let mut off = (pos % PATTERN.len() as u64) as usize;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let take = (PATTERN.len() - off).min(rest.len());
+        if rest[..take] != PATTERN[off..off + take] {
+            return false;
+        }
+        rest = &rest[take..];
+        off = 0;
+    }
+    true
+}
+
+fn pattern_script(bytes: u64) -> String {
+    let line = std::str::from_utf8(&PATTERN[..PATTERN.len() - 1]).unwrap_or("x");
+    format!("yes {line} | head -c {bytes}")
+}
+
+/// Drains the same program through a bare pipe in this process; bytes/s.
+fn bare_pipe(bytes: u64) -> Res<f64> {
+    let t = Instant::now();
+    let mut child = Command::new("sh")
+        .args(["-c", &pattern_script(bytes)])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut pos = 0u64;
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if !matches_pattern(&buf[..n], pos) {
+            return fail(format!("bare pipe: wrong bytes near {pos}"));
+        }
+        pos += n as u64;
+    }
+    child.wait()?;
+    if pos != bytes {
+        return fail(format!("bare pipe: {pos} bytes, expected {bytes}"));
+    }
+    Ok(bytes as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Counters of one followed log.
+#[derive(Default, Debug)]
+struct Followed {
+    bytes: u64,
+    events: u64,
+    resumes: u64,
+    ended: bool,
+    mismatch: Option<u64>,
+}
+
+/// Follows an execution's log from `Position` 0 to its end event, resuming after a dropped
+/// subscription, checking the stdout bytes against the pattern when `verify`.
+async fn follow_log(
+    client: &jsonrpsee::async_client::Client,
+    id: &str,
+    verify: bool,
+) -> Res<Followed> {
+    let mut f = Followed::default();
+    let mut position = 0u64;
+    while !f.ended {
+        let req = LogStreamRequest {
+            execution_id: id.into(),
+            follow: true,
+            position: Some(position),
+            ..Default::default()
+        };
+        let mut sub = client.subscribe_logs(req).await?;
+        while let Some(ev) = sub.next().await {
+            let ev = ev?;
+            match &ev {
+                LogEvent::Data { stream, next, .. } => {
+                    f.events += 1;
+                    position = *next;
+                    if *stream != LogStream::Stdout {
+                        continue;
+                    }
+                    let bytes = ev.data_bytes();
+                    if verify && f.mismatch.is_none() && !matches_pattern(&bytes, f.bytes) {
+                        f.mismatch = Some(f.bytes);
+                    }
+                    f.bytes += bytes.len() as u64;
+                }
+                LogEvent::End { .. } => {
+                    f.ended = true;
+                    break;
+                }
+            }
+        }
+        if !f.ended {
+            f.resumes += 1;
+            if f.resumes > 100 {
+                return fail("log subscription keeps dropping");
+            }
+        }
+    }
+    Ok(f)
+}
+
+async fn log_follow(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
+    rep.section("log follow of a job writing to stdout (MiB/s)");
+    let bare = bare_pipe(bytes)?;
+    let script = pattern_script(bytes);
+    let req = h.request("follow", &["sh", "-c", &script], None)?;
+    let (plugin_cpu0, host_cpu0) = (cpu_secs(h.pid()), cpu_secs(std::process::id() as i32));
+    let t = Instant::now();
+    h.client().start(req).await?;
+    // The monitor's CPU time, last seen before it exits.
+    let monitor = h.monitors().into_iter().find(|(_, e)| e == "follow");
+    let monitor_cpu = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let sampler = monitor.map(|(pid, _)| {
+        let last = monitor_cpu.clone();
+        tokio::spawn(async move {
+            while let Some(c) = cpu_secs(pid) {
+                if let Ok(mut l) = last.lock() {
+                    *l = c;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let f = follow_log(h.client(), "follow", true).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let cpu = |a: Option<f64>, b: Option<f64>| b.unwrap_or(0.0) - a.unwrap_or(0.0);
+    rep.note(
+        "follow_cpu_seconds",
+        json!({
+            "wall": secs,
+            "plugin": cpu(plugin_cpu0, cpu_secs(h.pid())),
+            "host": cpu(host_cpu0, cpu_secs(std::process::id() as i32)),
+            "monitor": monitor_cpu.lock().map(|c| *c).unwrap_or(0.0),
+        }),
+    );
+    let r = h.client().wait("follow".into()).await?;
+    check_ok("follow job", &r)?;
+    if f.bytes != bytes || f.mismatch.is_some() {
+        return fail(format!(
+            "log follow not byte-exact: {} of {bytes} bytes, first mismatch at {:?}",
+            f.bytes, f.mismatch
+        ));
+    }
+    let plug = bytes as f64 / secs;
+    rep.add(
+        format!("follow {} MiB, byte-exact", bytes >> 20),
+        plug / MIB,
+        "MiB/s",
+        "bare pipe drain",
+        bare / MIB,
+        Some((">= 0.25x", plug >= 0.25 * bare)),
+    );
+    rep.note(
+        "follow_events",
+        json!({"events": f.events, "resumes": f.resumes, "avg_event_bytes": f.bytes / f.events.max(1)}),
+    );
+    let _ = std::fs::remove_dir_all(h.work.path().join("follow"));
+    Ok(())
+}
+
+async fn results_write(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
+    rep.section("results writing (MiB/s, start-to-result)");
+    let script = format!("head -c {bytes} /dev/zero");
+    let direct = h.work.path().join("direct-out");
+    let t = Instant::now();
+    let st = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::fs::File::create(&direct)?)
+        .status()?;
+    let bare = bytes as f64 / t.elapsed().as_secs_f64();
+    if !st.success() || std::fs::metadata(&direct)?.len() != bytes {
+        return fail("direct file write failed");
+    }
+    std::fs::remove_file(&direct)?;
+
+    let limits = json!({"MaxStdoutFileLength": bytes, "MaxStderrFileLength": bytes});
+    let req = h.request("results", &["sh", "-c", &script], Some(limits))?;
+    let t = Instant::now();
+    let r = h.client().run(req).await?;
+    let plug = bytes as f64 / t.elapsed().as_secs_f64();
+    check_ok("results job", &r)?;
+    let out = h.work.path().join("results").join("stdout");
+    let len = std::fs::metadata(&out)?.len();
+    if len != bytes {
+        return fail(format!(
+            "results stdout holds {len} bytes, expected {bytes}"
+        ));
+    }
+    rep.add(
+        format!("executor_run writing {} MiB results", bytes >> 20),
+        plug / MIB,
+        "MiB/s",
+        "same program > file",
+        bare / MIB,
+        None,
+    );
+    let _ = std::fs::remove_dir_all(h.work.path().join("results"));
+    Ok(())
+}
+
+async fn memory(exe: &Path, sz: &Sizes, rep: &mut Report) -> Res<()> {
+    rep.section("resident memory (MiB)");
+    let h = Harness::start(exe).await?;
+    let out = memory_in(&h, sz, rep).await;
+    h.stop().await;
+    out
+}
+
+async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
+    // Let the runtime settle after initialize.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (idle, idle_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
+    rep.note(
+        "plugin_idle",
+        json!({"VmRSS_MiB": idle as f64 / MIB, "RssAnon_MiB": idle_anon as f64 / MIB}),
+    );
+
+    // N concurrent sleeps.
+    let n = sz.concurrent;
+    let ids: Vec<String> = (0..n).map(|i| format!("sleep-{i}")).collect();
+    let reqs: Vec<RunCommandRequest> = ids
+        .iter()
+        .map(|id| h.request(id, &["sleep", "30"], None))
+        .collect::<Res<_>>()?;
+    let t = Instant::now();
+    let started: Vec<_> = futures::stream::iter(reqs)
+        .map(|r| h.client().start(r))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let start_secs = t.elapsed().as_secs_f64();
+    let start_errors: Vec<String> = started
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    let running = h
+        .client()
+        .list()
+        .await?
+        .iter()
+        .filter(|e| e.state == ExecutionState::Running)
+        .count();
+    let monitors = h.monitors();
+    let (busy, busy_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
+    let mut mon_rss: Vec<(u64, u64)> = monitors.iter().filter_map(|(p, _)| rss(*p)).collect();
+    // Shared pages (the binary's text, libc) dominate VmRSS; Pss and the private pages say what
+    // one more monitor really costs, with all of them alive.
+    let mut mon_pss: Vec<(u64, u64)> = monitors.iter().filter_map(|(p, _)| pss(*p)).collect();
+    mon_pss.sort();
+    mon_rss.sort();
+    let sleep_rss = job_rss_of(&monitors);
+    // Cancel every one, then wait every one: each must come back cancelled.
+    let t = Instant::now();
+    let cancels: Vec<_> = futures::stream::iter(ids.clone())
+        .map(|id| h.client().cancel(id))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let cancel_errors = cancels.iter().filter(|r| r.is_err()).count();
+    let waits: Vec<_> = futures::stream::iter(ids.clone())
+        .map(|id| async move {
+            tokio::time::timeout(Duration::from_secs(120), h.client().wait(id)).await
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let cancelled = waits
+        .iter()
+        .filter(|w| matches!(w, Ok(Ok(r)) if r.error_msg.contains("cancelled")))
+        .count();
+    let cancel_secs = t.elapsed().as_secs_f64();
+    let (after, after_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
+    rep.add(
+        format!("plugin VmRSS, {n} concurrent sleeps"),
+        busy as f64 / MIB,
+        "MiB",
+        "plugin VmRSS idle",
+        idle as f64 / MIB,
+        None,
+    );
+    rep.add(
+        format!("plugin RssAnon, {n} concurrent sleeps"),
+        busy_anon as f64 / MIB,
+        "MiB",
+        "plugin RssAnon idle",
+        idle_anon as f64 / MIB,
+        None,
+    );
+    let none_lost = start_errors.is_empty()
+        && running == n
+        && monitors.len() == n
+        && cancel_errors == 0
+        && cancelled == n;
+    rep.add(
+        format!("{n} concurrent: cancelled results back"),
+        cancelled as f64,
+        "execs",
+        "started",
+        n as f64,
+        Some(("none lost", none_lost)),
+    );
+    rep.note(
+        "concurrent",
+        json!({
+            "start_seconds": start_secs,
+            "start_errors": start_errors.len(),
+            "first_start_error": start_errors.first(),
+            "running_in_list": running,
+            "monitor_processes": monitors.len(),
+            "cancel_errors": cancel_errors,
+            "cancel_until_all_results_seconds": cancel_secs,
+            "plugin_after_cancel_VmRSS_MiB": after as f64 / MIB,
+            "plugin_after_cancel_RssAnon_MiB": after_anon as f64 / MIB,
+        }),
+    );
+    if let (Some(min), Some(max)) = (mon_rss.first(), mon_rss.last()) {
+        let med = mon_rss[mon_rss.len() / 2];
+        let (job, _) = sleep_rss.unwrap_or((0, 0));
+        rep.add(
+            "one monitor VmRSS (median)",
+            med.0 as f64 / MIB,
+            "MiB",
+            "its job (sleep) VmRSS",
+            job as f64 / MIB,
+            Some(("< 2 MiB", (max.0 as f64) < 2.0 * MIB)),
+        );
+        rep.add(
+            "one monitor RssAnon (median)",
+            med.1 as f64 / MIB,
+            "MiB",
+            "its job (sleep) RssAnon",
+            sleep_rss.map(|(_, a)| a).unwrap_or(0) as f64 / MIB,
+            None,
+        );
+        if !mon_pss.is_empty() {
+            let (pss_med, private_med) = mon_pss[mon_pss.len() / 2];
+            rep.add(
+                format!("one monitor Pss (median, {n} alive)"),
+                pss_med as f64 / MIB,
+                "MiB",
+                "its private pages",
+                private_med as f64 / MIB,
+                None,
+            );
+        }
+        rep.note(
+            "monitor_VmRSS_MiB_min_max",
+            json!([min.0 as f64 / MIB, max.0 as f64 / MIB]),
+        );
+    }
+
+    flood(h, sz.flood_bytes, rep).await
+}
+
+/// RSS of one job process supervised by one of these monitors.
+fn job_rss_of(monitors: &[(i32, String)]) -> Option<(u64, u64)> {
+    for (pid, _) in monitors {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        if let Some(child) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            return rss(child);
+        }
+    }
+    None
+}
+
+/// A job writing `bytes` to stdout with default limits, followed by the host from the start;
+/// plugin and monitor sampled throughout.
+async fn flood(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
+    let script = format!("head -c {bytes} /dev/zero");
+    let req = h.request("flood", &["sh", "-c", &script], None)?;
+    let t = Instant::now();
+    h.client().start(req).await?;
+    let monitor = h
+        .monitors()
+        .into_iter()
+        .find(|(_, e)| e == "flood")
+        .map(|(p, _)| p);
+    let plugin = h.pid();
+    let follower = follow_log(h.client(), "flood", false);
+    let waiter = h.client().wait("flood".into());
+    futures::pin_mut!(follower, waiter);
+    let mut plugin_samples: Vec<(u64, u64)> = Vec::new();
+    let mut monitor_samples: Vec<(u64, u64)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut result = None;
+    let mut followed = None;
+    // Sampled until the job ends; the follower then runs on, still sampled, until it has
+    // everything or a time cap (it reads far behind a writer of /dev/zero).
+    let cap = Duration::from_secs(if bytes > GIB { 60 } else { 30 });
+    let mut job_secs = 0.0;
+    loop {
+        tokio::select! {
+            r = &mut waiter, if result.is_none() => {
+                job_secs = t.elapsed().as_secs_f64();
+                result = Some(r?);
+            }
+            f = &mut follower, if followed.is_none() => followed = Some(f?),
+            _ = tick.tick() => {
+                if let Some(s) = rss(plugin) { plugin_samples.push(s); }
+                if let Some(s) = monitor.and_then(rss) { monitor_samples.push(s); }
+            }
+        }
+        if result.is_some() && (followed.is_some() || t.elapsed() > cap) {
+            break;
+        }
+    }
+    let r = result.ok_or("no result")?;
+    check_ok("flood job", &r)?;
+    let span = |v: &[(u64, u64)], anon: bool| -> (f64, f64) {
+        let it = v.iter().map(|s| if anon { s.1 } else { s.0 });
+        (
+            it.clone().min().unwrap_or(0) as f64 / MIB,
+            it.max().unwrap_or(0) as f64 / MIB,
+        )
+    };
+    let gib = bytes as f64 / GIB as f64;
+    let (pmin, pmax) = span(&plugin_samples, false);
+    rep.add(
+        format!("plugin VmRSS max, job writing {gib:.0} GiB"),
+        pmax,
+        "MiB",
+        "plugin VmRSS min, same run",
+        pmin,
+        Some(("flat +-5 MiB", pmax - pmin <= 5.0)),
+    );
+    let (amin, amax) = span(&plugin_samples, true);
+    rep.add(
+        format!("plugin RssAnon max, job writing {gib:.0} GiB"),
+        amax,
+        "MiB",
+        "plugin RssAnon min, same run",
+        amin,
+        None,
+    );
+    let (mmin, mmax) = span(&monitor_samples, false);
+    rep.add(
+        format!("monitor VmRSS max, job writing {gib:.0} GiB"),
+        mmax,
+        "MiB",
+        "monitor VmRSS min, same run",
+        mmin,
+        // Its size is judged by the monitor figures above; this one is about flatness.
+        Some((
+            "flat +-5 MiB",
+            mmax - mmin <= 5.0 && !monitor_samples.is_empty(),
+        )),
+    );
+    let f = followed.unwrap_or_default();
+    rep.note(
+        "flood",
+        json!({
+            "job_seconds": job_secs,
+            "job_MiB_per_s": bytes as f64 / MIB / job_secs.max(1e-9),
+            "plugin_samples": plugin_samples.len(),
+            "monitor_samples": monitor_samples.len(),
+            "follower_MiB_received": f.bytes as f64 / MIB,
+            "follower_finished": f.ended,
+            "monitor_RssAnon_MiB_min_max": span(&monitor_samples, true),
+        }),
+    );
+    let _ = std::fs::remove_dir_all(h.work.path().join("flood"));
+    let _ = std::fs::remove_dir_all(h.state.path().join("executions").join("flood"));
+    Ok(())
+}
+
+/// A section that hangs is a finding, not a reason to hang the whole run.
+async fn within<T>(
+    what: &str,
+    secs: u64,
+    fut: impl std::future::Future<Output = Res<T>>,
+) -> Res<T> {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(r) => r.map_err(|e| format!("{what}: {e}").into()),
+        Err(_) => fail(format!("{what}: did not finish within {secs} s")),
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn bench(opts: &Options, rep: &mut Report) -> Res<()> {
+    let sz = if opts.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    rep.note("load_average_before", json!(load_average()));
+    rep.note("plugin", json!(opts.plugin.display().to_string()));
+    {
+        let h = Harness::start(&opts.plugin).await?;
+        let out = async {
+            if opts.wants("latency") {
+                within("latency", 300, latency(&h, sz.latency_runs, rep)).await?;
+            }
+            if opts.wants("throughput") {
+                within("throughput", 300, throughput(&h, sz.throughput_jobs, rep)).await?;
+            }
+            if opts.wants("follow") {
+                within("log follow", 300, log_follow(&h, sz.follow_bytes, rep)).await?;
+            }
+            if opts.wants("results") {
+                within("results", 300, results_write(&h, sz.results_bytes, rep)).await?;
+            }
+            Ok::<(), BoxError>(())
+        }
+        .await;
+        h.stop().await;
+        out?;
+    }
+    if opts.wants("memory") {
+        within("memory", 600, memory(&opts.plugin, &sz, rep)).await?;
+    }
+    rep.note("load_average_after", json!(load_average()));
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut rep = Report {
+        json: opts.json,
+        ..Default::default()
+    };
+    if !opts.json {
+        println!(
+            "  {:<44} {:>12} {:<6} | {:<34} {:>12} | {:<9} budget",
+            "figure", "value", "unit", "baseline", "value", "ratio"
+        );
+    }
+    let t = Instant::now();
+    let outcome = runtime.block_on(bench(&opts, &mut rep));
+    rep.notes
+        .insert("total_seconds".into(), json!(t.elapsed().as_secs_f64()));
+    let failed_budgets = rep.figures.iter().filter(|f| f.pass == Some(false)).count();
+    if opts.json {
+        let doc = json!({
+            "quick": opts.quick,
+            "figures": rep.figures,
+            "notes": rep.notes,
+            "error": outcome.as_ref().err().map(|e| e.to_string()),
+            "failed_budgets": failed_budgets,
+        });
+        println!("{doc:#}");
+    } else {
+        println!(
+            "\n{} figures, {failed_budgets} over budget, {:.0} s",
+            rep.figures.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
