@@ -12,8 +12,8 @@ use executor_schema::validate::validate_run_request;
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
     ExecutionSummary, FieldProblem, HostInfo, InitializeResult, LogEvent, LogStream,
-    LogStreamRequest, PluginConfig, PluginInfo, Resources, RunCommandRequest, RunCommandResult,
-    SUPPORTED_PROTOCOL_VERSIONS,
+    LogStreamRequest, Network, PluginConfig, PluginInfo, Resources, RunCommandRequest,
+    RunCommandResult, SUPPORTED_PROTOCOL_VERSIONS,
 };
 use futures::StreamExt;
 use jsonrpsee::core::{async_trait, SubscriptionResult};
@@ -109,6 +109,41 @@ fn registry_config(
     Ok(rc)
 }
 
+/// The request's `Env`, plus what Bacalhau's compute node would have put there for the
+/// allocated GPUs and host ports, unless the host already did.
+fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
+    let mut env = req.env.clone();
+    let gpus: Vec<String> = req
+        .resources
+        .iter()
+        .flat_map(|r| &r.gpus)
+        .filter(|g| g.vendor.eq_ignore_ascii_case("NVIDIA"))
+        .map(|g| g.index.to_string())
+        .collect();
+    if !gpus.is_empty() {
+        let list = gpus.join(",");
+        env.entry("CUDA_VISIBLE_DEVICES".into())
+            .or_insert_with(|| list.clone());
+        env.entry("NVIDIA_VISIBLE_DEVICES".into()).or_insert(list);
+    }
+    if let Some(net) = &req.network {
+        if matches!(net.network_type, Network::Host | Network::Full) {
+            for port in net.ports.iter().filter(|p| p.static_port > 0) {
+                let target = if port.target > 0 {
+                    port.target
+                } else {
+                    port.static_port
+                };
+                env.entry(format!("BACALHAU_HOST_PORT_{}", port.name))
+                    .or_insert_with(|| port.static_port.to_string());
+                env.entry(format!("BACALHAU_PORT_{}", port.name))
+                    .or_insert_with(|| target.to_string());
+            }
+        }
+    }
+    env.into_iter().collect()
+}
+
 /// The plain values the monitor needs, from a validated request. Whether its inputs and
 /// outputs can be mounted (and the allow-list) is decided by `build_spec`.
 fn spec_input(
@@ -123,11 +158,7 @@ fn spec_input(
         job_id: req.job_id.clone(),
         entrypoint: spec.entrypoint,
         parameters: spec.parameters,
-        request_env: req
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        request_env: request_env(req),
         engine_env: spec.environment_variables,
         working_dir: (!spec.working_directory.is_empty())
             .then(|| PathBuf::from(spec.working_directory)),

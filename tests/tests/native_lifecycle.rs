@@ -470,3 +470,20 @@ fn a_killed_plugin_is_replaced_and_reattaches_without_losing_anything() {
         "resumed log misses or repeats nothing"
     );
 }
+
+#[test]
+fn allocated_gpus_and_host_ports_reach_the_job_environment() {
+    let mut env = Env::new();
+    let r = env.run(
+        "envs",
+        "echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES $BACALHAU_HOST_PORT_web $BACALHAU_PORT_web $BACALHAU_EXECUTION_ID",
+        json!({
+            "Resources": {"GPU": 2, "GPUs": [
+                {"Index": 1, "Name": "H100", "Vendor": "NVIDIA"},
+                {"Index": 3, "Name": "H100", "Vendor": "NVIDIA"}
+            ]},
+            "Network": {"Type": "Host", "Ports": [{"Name": "web", "Static": 20080}]},
+        }),
+    );
+    assert_eq!(r["Stdout"], "1,3 1,3 20080 20080 envs\n", "{r}");
+}
