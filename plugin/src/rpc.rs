@@ -262,6 +262,29 @@ fn log_event(item: &LogItem) -> LogEvent {
     }
 }
 
+/// How long a log subscription waits for an execution it does not know yet: requests are served
+/// concurrently, so a subscribe sent right behind its `executor_start` may arrive first (as in
+/// Bacalhau, whose docker executor polls five seconds for the handler).
+const LOG_SOURCE_PATIENCE: Duration = Duration::from_secs(5);
+
+async fn log_source_soon(
+    registry: &Registry,
+    execution_id: &str,
+) -> Result<crate::registry::LogSource, ExecutorError> {
+    let deadline = tokio::time::Instant::now() + LOG_SOURCE_PATIENCE;
+    loop {
+        match registry.log_source(execution_id) {
+            Err(e)
+                if e.code == ErrorCode::ExecutionNotFound
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The default state root: `/var/lib/executor-plugins/<engine>` as root, else under
 /// `$XDG_STATE_HOME` (or `~/.local/state`).
 pub fn default_state_dir(engine: &str) -> PathBuf {
@@ -430,9 +453,10 @@ impl ExecutorApiServer for NativePlugin {
         pending: PendingSubscriptionSink,
         request: LogStreamRequest,
     ) -> SubscriptionResult {
-        let source = self
-            .session()
-            .and_then(|s| s.registry.log_source(&request.execution_id));
+        let source = match self.session() {
+            Ok(session) => log_source_soon(&session.registry, &request.execution_id).await,
+            Err(e) => Err(e),
+        };
         let source = match source {
             Ok(s) => s,
             Err(e) => {

@@ -40,7 +40,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             max_subscriptions: 1024,
-            message_buffer: 64,
+            message_buffer: 32,
             barrier_methods: vec!["initialize"],
         }
     }
