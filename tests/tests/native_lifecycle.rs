@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use executor_schema::LogEvent;
+use executor_tests::harness::{alive, pids_in, rss_kib};
 use executor_tests::RawPlugin;
 use serde_json::{json, Value};
 
@@ -216,27 +217,6 @@ fn state_machine_errors_over_the_wire() {
     assert!(problems.len() >= 3, "every problem is reported: {msg}");
 }
 
-fn pids_in(file: &Path) -> Vec<i32> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes; it only waits to be reaped by its parent.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 #[test]
 fn cancel_kills_a_tree_that_ignores_sigterm() {
     let mut env = Env::new();
@@ -298,17 +278,6 @@ fn deadline_ends_a_job_with_context_deadline_exceeded() {
     let written = pids_in(&pids);
     assert_eq!(written.len(), 1, "the job wrote its pid");
     assert!(written.iter().all(|p| !alive(*p)));
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn monitor_pid(state: &Path, exec: &str) -> Option<u32> {
