@@ -241,10 +241,15 @@ impl JobSandbox for HostSandbox {
         std::mem::take(&mut self.steps)
     }
 
-    fn kill_all(&mut self) {
-        if let Some(cg) = &self.cgroup {
-            if let Err(e) = cg.kill_all() {
+    fn kill_all(&mut self) -> bool {
+        let Some(cg) = &self.cgroup else {
+            return false;
+        };
+        match cg.kill_all() {
+            Ok(()) => true,
+            Err(e) => {
                 eprintln!("monitor: killing the job's cgroup: {e}");
+                false
             }
         }
     }

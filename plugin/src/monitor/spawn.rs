@@ -45,10 +45,13 @@ pub trait JobSandbox {
     fn pre_exec_steps(&mut self) -> Vec<PreExecStep> {
         Vec::new()
     }
-    /// Kill every process of the job at once (e.g. `cgroup.kill`). The monitor still kills the
-    /// process group and walks its descendants afterwards, so this is an addition, not a
-    /// replacement.
-    fn kill_all(&mut self) {}
+    /// Kill every process of the job at once (e.g. `cgroup.kill`). Returns true when that
+    /// reached the whole job (a cgroup holds every descendant, whatever group or session it
+    /// moved to), so the monitor can skip its `/proc` walk; false and the monitor walks its
+    /// descendants as well.
+    fn kill_all(&mut self) -> bool {
+        false
+    }
     /// Whether the kernel's OOM killer killed a process of the job.
     fn oom_killed(&self) -> bool {
         false
