@@ -469,28 +469,15 @@ async fn run(host: &Host, args: &RunArgs) -> Result<u8, Failure> {
         if args.json {
             return Ok::<(), Failure>(());
         }
-        let mut stream = plugin
-            .get_log_stream(LogStreamRequest {
+        print_logs(
+            plugin,
+            LogStreamRequest {
                 execution_id: id.clone(),
                 follow: true,
                 ..Default::default()
-            })
-            .await
-            .map_err(explain)?;
-        let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
-        while let Some(ev) = stream.next().await {
-            let ev = ev.map_err(explain)?;
-            if let LogEvent::Data { stream: kind, .. } = &ev {
-                let bytes = ev.data_bytes();
-                let w: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match kind {
-                    StreamKind::Stdout => &mut out,
-                    StreamKind::Stderr => &mut err,
-                };
-                w.write_all(&bytes).await?;
-                w.flush().await?;
-            }
-        }
-        Ok(())
+            },
+        )
+        .await
     };
     let finished = async {
         stream_output.await?;
@@ -629,34 +616,37 @@ async fn logs(
     id: &str,
 ) -> Result<u8, Failure> {
     let plugin = engine(host, engine_key).await?;
-    let mut stream = plugin
-        .get_log_stream(LogStreamRequest {
+    print_logs(
+        plugin,
+        LogStreamRequest {
             execution_id: id.to_string(),
             follow,
             tail,
             ..Default::default()
-        })
-        .await
-        .map_err(explain)?;
+        },
+    )
+    .await?;
+    Ok(0)
+}
+
+/// Copy an execution's log to our stdout and stderr, each stream to its own, as it arrives.
+async fn print_logs(plugin: &PluginExecutor, req: LogStreamRequest) -> Result<(), Failure> {
+    let mut stream = plugin.get_log_stream(req).await.map_err(explain)?;
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(explain)?;
-        match &ev {
+        let w: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match &ev {
             LogEvent::Data {
                 stream: StreamKind::Stdout,
                 ..
-            } => {
-                out.write_all(&ev.data_bytes()).await?;
-                out.flush().await?;
-            }
-            LogEvent::Data { .. } => {
-                err.write_all(&ev.data_bytes()).await?;
-                err.flush().await?;
-            }
+            } => &mut out,
+            LogEvent::Data { .. } => &mut err,
             LogEvent::End { .. } => break,
-        }
+        };
+        w.write_all(&ev.data_bytes()).await?;
+        w.flush().await?;
     }
-    Ok(0)
+    Ok(())
 }
 
 async fn list(host: &Host, engine_key: &str, json: bool) -> Result<u8, Failure> {
