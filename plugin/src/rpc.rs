@@ -209,10 +209,6 @@ fn spec_input(
     }
 }
 
-fn to_result(r: &RunCommandResult) -> RunCommandResult {
-    r.clone()
-}
-
 fn rfc3339_ms(ms: u64) -> String {
     let mut buf = [0u8; logstore::timestamp::TIMESTAMP_LEN];
     logstore::timestamp::format_unix(
@@ -549,6 +545,6 @@ impl NativePlugin {
 
     async fn wait_result(&self, execution_id: &str) -> Result<RunCommandResult, ExecutorError> {
         let record = self.session()?.registry.wait_record(execution_id).await?;
-        Ok(to_result(&record.result))
+        Ok(record.result.clone())
     }
 }
