@@ -22,7 +22,7 @@ use crate::state::{FsSandbox, MonitorSpec};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::spawn::{JobSandbox, PreExecStep, SandboxError};
+use super::spawn::{JobSandbox, PreExecStep, SandboxError, StepFailure};
 
 #[derive(Default)]
 pub struct HostSandbox {
@@ -191,11 +191,17 @@ impl JobSandbox for HostSandbox {
                 let join = job.join_handle();
                 self.cgroup = Some(job);
                 let join = join.map_err(cgroup_error)?;
-                self.steps.push(Box::new(move || join.join_self()));
+                self.steps
+                    .push(PreExecStep::new("joining the job's cgroup", move || {
+                        join.join_self()
+                    }));
             }
         }
         if s.isolate_network {
-            self.steps.push(Box::new(netns::enter_isolated_network));
+            self.steps.push(PreExecStep::new(
+                "entering the job's network namespace",
+                netns::enter_isolated_network,
+            ));
         }
         // The job writes its outputs as its own user. The results directory itself stays the
         // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
@@ -216,8 +222,16 @@ impl JobSandbox for HostSandbox {
             }
         }
         if let Some(fs) = &s.filesystem {
-            let plan = self.filesystem(fs, spec.working_dir.as_deref())?;
-            self.steps.push(Box::new(move || plan.apply()));
+            let plan = std::sync::Arc::new(self.filesystem(fs, spec.working_dir.as_deref())?);
+            let described = plan.clone();
+            self.steps.push(PreExecStep::detailed(
+                "setting up the job's private root",
+                move || {
+                    plan.apply_at()
+                        .map_err(|(i, e)| StepFailure::new(i as u32, &e))
+                },
+                move |i| described.describe_step(i as usize),
+            ));
         }
         let plan = RlimitPlan::new(&RlimitConfig {
             nofile: s.nofile.unwrap_or(DEFAULT_NOFILE),
@@ -226,9 +240,15 @@ impl JobSandbox for HostSandbox {
         .map_err(|e| SandboxError::Setup(format!("planning the job's rlimits: {e}")))?;
         // no_new_privs must not get in the way of the steps before it; it does not stop the
         // user switch after it (that only drops privileges).
-        self.steps.push(Box::new(move || plan.apply()));
+        self.steps.push(PreExecStep::new(
+            "setting the job's rlimits and no_new_privs",
+            move || plan.apply(),
+        ));
         if let Some(user) = s.run_as.clone() {
-            self.steps.push(Box::new(move || user.apply()));
+            self.steps.push(PreExecStep::new(
+                format!("switching to the job's user {}", user.describe()),
+                move || user.apply(),
+            ));
         }
         Ok(())
     }

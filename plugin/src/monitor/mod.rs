@@ -322,6 +322,7 @@ fn supervise_job(
             Err(format!("failed to start job: {reason}"))
         }
         Err(SpawnError::Setup(e)) => return Err(setup("spawning the job")(e)),
+        Err(e @ SpawnError::Step(_)) => return Err(MonitorError::Sandbox(e.to_string())),
     };
     Ok((sinks, log, outcome))
 }

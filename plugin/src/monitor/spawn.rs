@@ -15,9 +15,79 @@ use crate::state::{FsSandbox, MonitorSpec};
 /// The search path when the job's environment sets none (as execvp's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A step run in the job between fork and exec. It must be async-signal-safe: no allocation,
-/// no locks; only raw syscalls on data prepared before the fork.
-pub type PreExecStep = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
+/// Where inside a step it failed: an index the step's `detail` can name (e.g. which mount), and
+/// the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepFailure {
+    pub at: u32,
+    pub errno: i32,
+}
+
+impl StepFailure {
+    /// Async-signal-safe: an errno is copied, nothing allocated.
+    pub fn new(at: u32, e: &io::Error) -> StepFailure {
+        StepFailure {
+            at,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+type StepFn = Box<dyn FnMut() -> Result<(), StepFailure> + Send + Sync>;
+type DetailFn = Box<dyn Fn(u32) -> String + Send + Sync>;
+
+/// A step run in the job between fork and exec. `run` must be async-signal-safe: no allocation,
+/// no locks; only raw syscalls on data prepared before the fork. When it fails, the monitor
+/// names it in the start error (`what`, and `detail` of the failing sub-step), so a setup failure
+/// is never mistaken for the job's program failing to execute.
+pub struct PreExecStep {
+    what: String,
+    run: StepFn,
+    detail: Option<DetailFn>,
+}
+
+impl PreExecStep {
+    pub fn new(
+        what: impl Into<String>,
+        mut run: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+    ) -> PreExecStep {
+        PreExecStep {
+            what: what.into(),
+            run: Box::new(move || run().map_err(|e| StepFailure::new(0, &e))),
+            detail: None,
+        }
+    }
+
+    /// A step made of sub-steps; `detail` names the one at an index `run` reports.
+    pub fn detailed(
+        what: impl Into<String>,
+        run: impl FnMut() -> Result<(), StepFailure> + Send + Sync + 'static,
+        detail: impl Fn(u32) -> String + Send + Sync + 'static,
+    ) -> PreExecStep {
+        PreExecStep {
+            what: what.into(),
+            run: Box::new(run),
+            detail: Some(Box::new(detail)),
+        }
+    }
+}
+
+/// What names a step once its `run` has moved into the command.
+struct StepName {
+    what: String,
+    detail: Option<DetailFn>,
+}
+
+impl StepName {
+    /// The start error for a failure of this step.
+    fn describe(&self, failure: StepFailure) -> String {
+        let err = io::Error::from_raw_os_error(failure.errno);
+        match self.detail.as_ref().map(|d| d(failure.at)) {
+            Some(detail) if !detail.is_empty() => format!("{}: {detail}: {err}", self.what),
+            _ => format!("{}: {err}", self.what),
+        }
+    }
+}
 
 /// Why a sandbox could not be set up for a job.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +151,10 @@ pub enum SpawnError {
     Exec(String),
     #[error("spawning the job: {0}")]
     Setup(io::Error),
+    /// A step between fork and exec (cgroup, namespaces, mounts, user switch) failed; the
+    /// message names the step. A setup error of the sandbox, not the job's outcome.
+    #[error("setting up the job failed before exec: {0}")]
+    Step(String),
 }
 
 /// The job's environment: a PATH default, then the spec's entries in order (later wins).
@@ -216,30 +290,66 @@ pub fn spawn_job(
     if let Some(wd) = spec.working_dir.as_ref().filter(|_| jail.is_none()) {
         cmd.current_dir(wd);
     }
-    // SAFETY: sigprocmask and setsid are async-signal-safe; the set lives on the child's stack.
-    unsafe {
-        cmd.pre_exec(|| {
+    let mut steps = vec![PreExecStep::new(
+        "preparing the job's session and signal mask",
+        || {
             // std resets SIGPIPE but not the mask, and the monitor blocks the signals it reads
             // from its signalfd: the job must start with none blocked, or it could not be
             // stopped with SIGTERM.
             let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(set.as_mut_ptr());
-            if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
+            // SAFETY: sigemptyset, sigprocmask and setsid are async-signal-safe; the set lives
+            // on the child's stack.
+            unsafe {
+                libc::sigemptyset(set.as_mut_ptr());
+                if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
-        });
-    }
-    for step in sandbox.pre_exec_steps() {
-        // SAFETY: the JobSandbox contract requires steps to be async-signal-safe.
+        },
+    )];
+    steps.extend(sandbox.pre_exec_steps());
+    let report = StepReport::new().map_err(SpawnError::Setup)?;
+    let mut names = Vec::with_capacity(steps.len());
+    for (index, step) in steps.into_iter().enumerate() {
+        let PreExecStep {
+            what,
+            mut run,
+            detail,
+        } = step;
+        names.push(StepName { what, detail });
+        let fd = report.write_fd();
+        let index = index as u32;
+        // SAFETY: each step's `run` is async-signal-safe by the PreExecStep contract, and so is
+        // `StepReport::send` (one write(2) of a stack buffer). `report` outlives the spawn.
         unsafe {
-            cmd.pre_exec(step);
+            cmd.pre_exec(move || {
+                run().map_err(|f| {
+                    StepReport::send(fd, index, f);
+                    io::Error::from_raw_os_error(f.errno)
+                })
+            });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| classify_spawn_error(program, e))?;
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // std reports the errno a pre_exec step returned exactly as an exec failure; our
+            // own pipe tells which it was.
+            return Err(match report.received() {
+                Some((index, failure)) => match names.get(index as usize) {
+                    Some(step) => SpawnError::Step(step.describe(failure)),
+                    None => SpawnError::Setup(e),
+                },
+                None => classify_spawn_error(program, e),
+            });
+        }
+    };
+    drop(cmd);
     let pid = child.id() as i32;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(SpawnError::Setup(io::Error::other("job pipes missing")));
@@ -250,6 +360,69 @@ pub fn spawn_job(
         stdout,
         stderr,
     })
+}
+
+/// A close-on-exec pipe from the job's child side to the monitor: a failing pre_exec step writes
+/// its index, sub-step and errno there before std reports the errno. Nothing is written when
+/// everything before exec worked, and the job never inherits the descriptors.
+struct StepReport {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+const REPORT_LEN: usize = 12;
+
+impl StepReport {
+    fn new() -> io::Result<StepReport> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two descriptors, which we own from here on.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors from pipe2, owned by nothing else.
+        Ok(unsafe {
+            StepReport {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    fn write_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.write.as_raw_fd()
+    }
+
+    /// In the child: async-signal-safe, one write(2) of a stack buffer (atomic: under PIPE_BUF).
+    fn send(fd: i32, index: u32, f: StepFailure) {
+        let mut buf = [0u8; REPORT_LEN];
+        buf[..4].copy_from_slice(&index.to_ne_bytes());
+        buf[4..8].copy_from_slice(&f.at.to_ne_bytes());
+        buf[8..].copy_from_slice(&f.errno.to_ne_bytes());
+        // SAFETY: `fd` is open in the child (inherited, closed only by exec); the buffer is ours.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), REPORT_LEN) };
+    }
+
+    /// In the monitor, after spawn failed: which step failed, if one said so. The child has
+    /// written its report before std's own, which spawn has already read.
+    fn received(&self) -> Option<(u32, StepFailure)> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; REPORT_LEN];
+        // SAFETY: reading into our own buffer from our own non-blocking descriptor.
+        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), REPORT_LEN) };
+        if n != REPORT_LEN as isize {
+            return None;
+        }
+        let word = |i: usize| [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]];
+        Some((
+            u32::from_ne_bytes(word(0)),
+            StepFailure {
+                at: u32::from_ne_bytes(word(4)),
+                errno: i32::from_ne_bytes(word(8)),
+            },
+        ))
+    }
 }
 
 /// std's spawn reports the exec errno of the child (and has reaped it). Errors that mean "this

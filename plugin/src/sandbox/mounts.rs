@@ -902,10 +902,54 @@ impl FsPlan {
     /// (raw system calls, no allocation): meant for `CommandExt::pre_exec`, as root, before any
     /// user switch.
     pub fn apply(&self) -> io::Result<()> {
-        for step in &self.steps {
-            step.run()?;
+        self.apply_at().map_err(|(_, e)| e)
+    }
+
+    /// As [`apply`](Self::apply), with the index of the step that failed, for
+    /// [`describe_step`](Self::describe_step).
+    pub fn apply_at(&self) -> Result<(), (usize, io::Error)> {
+        for (i, step) in self.steps.iter().enumerate() {
+            step.run().map_err(|e| (i, e))?;
         }
         Ok(())
+    }
+
+    /// What step `i` does, for an error message ("mount /a on /b").
+    pub fn describe_step(&self, i: usize) -> String {
+        let show = |c: &CStr| c.to_string_lossy().into_owned();
+        let Some(step) = self.steps.get(i) else {
+            return String::new();
+        };
+        match step {
+            Step::Unshare => "creating a mount namespace".into(),
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                ..
+            } => {
+                if flags & libc::MS_REMOUNT != 0 {
+                    format!("remounting {} read-only", show(target))
+                } else if flags & (libc::MS_PRIVATE | libc::MS_SLAVE) != 0 {
+                    format!("making the mounts under {} private", show(target))
+                } else {
+                    let what = source
+                        .as_deref()
+                        .or(fstype.as_deref())
+                        .map_or_else(|| "?".into(), show);
+                    format!("mount {what} on {}", show(target))
+                }
+            }
+            Step::Mkdir { path, .. } | Step::Touch { path } => {
+                format!("creating the mount point {}", show(path))
+            }
+            Step::Symlink { link, .. } => format!("creating the symlink {}", show(link)),
+            Step::ReadOnlyIfPresent { path } => format!("making {} read-only", show(path)),
+            Step::Proc { target } => format!("mount proc on {}", show(target)),
+            Step::PivotRoot { root } => format!("entering the job's root {}", show(root)),
+            Step::Chdir { path } => format!("changing into the working directory {}", show(path)),
+        }
     }
 }
 
