@@ -82,6 +82,18 @@ pub fn semantic(
             );
         }
     }
+    if let Ok(gpus) = wanted.gpu.trim().parse::<u64>() {
+        let have = caps.gpus.len() as u64;
+        if gpus > have {
+            return BidStrategyResponse::new(
+                false,
+                format!(
+                    "have {gpus} NVIDIA GPU{} (it has {have})",
+                    if gpus == 1 { "" } else { "s" }
+                ),
+            );
+        }
+    }
     BidStrategyResponse::new(true, "run native jobs whose program is installed")
 }
 

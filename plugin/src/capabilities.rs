@@ -5,17 +5,26 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use executor_schema::{Capabilities, CgroupMode, EnforcedLimits, Gpu, PluginConfig};
+use executor_schema::{
+    Capabilities, CgroupMode, EnforcedLimits, Gpu, GpuDeviceControl, PluginConfig,
+};
 
 use crate::monitor::spawn::DEFAULT_PATH;
 use crate::sandbox::cgroup::{CgroupConfig, CgroupManager, Mode, DEFAULT_PIDS_MAX};
+use crate::sandbox::gpu::HostGpu;
 use crate::sandbox::user;
 use crate::sandbox::{mounts, netns};
 
 /// Detects this host's capabilities for `config`. Prepares the cgroup base as a side effect
 /// (the same base the monitors will use), so a misconfigured base shows up here.
 pub fn detect(config: &PluginConfig) -> Capabilities {
+    detect_with_gpus(config).0
+}
+
+/// [`detect`], and the GPUs with their device minors (which the wire's `GPU` does not carry).
+pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
     let mut caps = Capabilities::default();
+    let mut devices_cgroup = false;
     let cg = CgroupConfig {
         base: config.cgroup_base.clone(),
         default_pids_max: Some(config.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)),
@@ -29,6 +38,7 @@ pub fn detect(config: &PluginConfig) -> Capabilities {
                 Mode::None => CgroupMode::None,
             };
             let e = m.enforces();
+            devices_cgroup = m.has_devices();
             caps.limits = EnforcedLimits {
                 cpu: e.cpu,
                 memory: e.memory,
@@ -96,11 +106,37 @@ pub fn detect(config: &PluginConfig) -> Capabilities {
         ));
     }
 
-    match nvidia_gpus() {
-        Ok(gpus) => caps.gpus = gpus,
-        Err(why) => caps.notes.push(why),
+    let gpus = match nvidia_gpus(config.nvidia_smi.as_deref()) {
+        Ok(gpus) => gpus,
+        Err(why) => {
+            caps.notes.push(why);
+            Vec::new()
+        }
+    };
+    caps.gpus = gpus.iter().map(|g| g.gpu.clone()).collect();
+    if devices_cgroup {
+        caps.gpu_device_control
+            .push(GpuDeviceControl::DevicesCgroup);
     }
-    caps
+    if caps.filesystem_isolation {
+        caps.gpu_device_control.push(GpuDeviceControl::PrivateDev);
+    }
+    if !gpus.is_empty() {
+        if caps.gpu_device_control.is_empty() {
+            caps.notes.push(
+                "GPU device nodes are not isolated (no v1 devices cgroup and no private /dev): a \
+                 job can open every GPU of this host; CUDA_VISIBLE_DEVICES only hides the others"
+                    .into(),
+            );
+        } else if !devices_cgroup {
+            caps.notes.push(
+                "GPUs are confined by the job's private /dev only: there is no v1 devices \
+                 controller (device control on cgroup v2 needs BPF, which this plugin does not use)"
+                    .into(),
+            );
+        }
+    }
+    (caps, gpus)
 }
 
 /// Runs a throwaway child through the same step a `Network: None` job takes.
@@ -134,14 +170,19 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// GPUs from `nvidia-smi`; none (and no note) where it is not installed.
-fn nvidia_gpus() -> Result<Vec<Gpu>, String> {
-    let Some(smi) = find_in_path("nvidia-smi") else {
-        return Ok(Vec::new());
+/// GPUs from `nvidia-smi` (`configured`, else found in PATH); none (and no note) where it is not
+/// installed.
+fn nvidia_gpus(configured: Option<&Path>) -> Result<Vec<HostGpu>, String> {
+    let smi = match configured {
+        Some(p) => p.to_path_buf(),
+        None => match find_in_path("nvidia-smi") {
+            Some(p) => p,
+            None => return Ok(Vec::new()),
+        },
     };
     let out = Command::new(&smi)
         .args([
-            "--query-gpu=index,name,memory.total,pci.bus_id",
+            "--query-gpu=index,name,memory.total,pci.bus_id,minor_number",
             "--format=csv,noheader,nounits",
         ])
         .stdin(Stdio::null())
@@ -158,24 +199,35 @@ fn nvidia_gpus() -> Result<Vec<Gpu>, String> {
         .map_err(|e| format!("GPUs not detected: {e}"))
 }
 
-/// Parses `index, name, memory.total (MiB), pci.bus_id` lines.
-pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
+/// Parses `index, name, memory.total (MiB), pci.bus_id, minor_number` lines; a minor of
+/// `[N/A]` (no device node of its own) is `None`.
+pub fn parse_nvidia_smi(text: &str) -> Result<Vec<HostGpu>, String> {
     let mut gpus = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [index, name, memory, pci] = fields[..] else {
+        let [index, name, memory, pci, minor] = fields[..] else {
             return Err(format!("unexpected nvidia-smi line {line:?}"));
         };
         let num = |what: &str, v: &str| {
             v.parse::<u64>()
                 .map_err(|_| format!("unexpected {what} {v:?} in nvidia-smi line {line:?}"))
         };
-        gpus.push(Gpu {
-            index: num("index", index)?,
-            name: name.to_owned(),
-            vendor: "NVIDIA".to_owned(),
-            memory: num("memory", memory)?,
-            pci_address: pci.to_owned(),
+        let minor = match minor {
+            "[N/A]" | "N/A" => None,
+            m => Some(
+                u32::try_from(num("minor_number", m)?)
+                    .map_err(|_| format!("unexpected minor_number {m:?} in {line:?}"))?,
+            ),
+        };
+        gpus.push(HostGpu {
+            gpu: Gpu {
+                index: num("index", index)?,
+                name: name.to_owned(),
+                vendor: "NVIDIA".to_owned(),
+                memory: num("memory", memory)?,
+                pci_address: pci.to_owned(),
+            },
+            minor,
         });
     }
     Ok(gpus)
@@ -187,16 +239,19 @@ mod tests {
 
     #[test]
     fn nvidia_smi_lines_become_gpus() {
-        let text = "0, NVIDIA H100 80GB HBM3, 81559, 00000000:18:00.0\n\
-                    1, Tesla T4, 15360, 00000000:3B:00.0\n";
+        let text = "0, NVIDIA H100 80GB HBM3, 81559, 00000000:18:00.0, 3\n\
+                    1, Tesla T4, 15360, 00000000:3B:00.0, [N/A]\n";
         let gpus = parse_nvidia_smi(text).unwrap();
         assert_eq!(gpus.len(), 2);
-        assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
-        assert_eq!((gpus[0].index, gpus[0].memory), (0, 81559));
-        assert_eq!(gpus[1].pci_address, "00000000:3B:00.0");
-        assert_eq!(gpus[1].vendor, "NVIDIA");
+        assert_eq!(gpus[0].gpu.name, "NVIDIA H100 80GB HBM3");
+        assert_eq!((gpus[0].gpu.index, gpus[0].gpu.memory), (0, 81559));
+        assert_eq!(gpus[0].minor, Some(3));
+        assert_eq!(gpus[1].gpu.pci_address, "00000000:3B:00.0");
+        assert_eq!(gpus[1].gpu.vendor, "NVIDIA");
+        assert_eq!(gpus[1].minor, None);
         assert!(parse_nvidia_smi("").unwrap().is_empty());
-        assert!(parse_nvidia_smi("0, x, [N/A], 0:0").is_err());
+        assert!(parse_nvidia_smi("0, x, [N/A], 0:0, 0").is_err());
+        assert!(parse_nvidia_smi("0, x, 1, 0:0").is_err());
         assert!(parse_nvidia_smi("garbage").is_err());
     }
 }

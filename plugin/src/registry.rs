@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
+use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::Bind;
 use crate::sandbox::user::{self, UserPlan};
 use crate::state::{
@@ -471,6 +472,10 @@ pub struct SpecInput {
     pub run_as_user: Option<String>,
     /// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
     pub allow_listed_local_paths: Vec<PathBuf>,
+    /// The GPUs detected at `initialize`, with their device minors.
+    pub host_gpus: Vec<HostGpu>,
+    /// `PluginConfig.gpuDeviceDir`; `None`: `/dev`.
+    pub gpu_device_dir: Option<PathBuf>,
 }
 
 /// An output: `results/<name>` is created and the job sees it read-write at `path`.
@@ -524,6 +529,7 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         sandbox.run_as = Some(job_user(input.run_as_user.as_deref())?);
     }
     let mut env = user_env(sandbox.run_as.as_ref(), input.isolate_filesystem);
+    env.extend(count_only_gpu_env(&input));
     env.extend(input.request_env);
     for kv in &input.engine_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
@@ -553,6 +559,24 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         kill_grace_ms: DEFAULT_KILL_GRACE.as_millis() as u64,
         sandbox,
     })
+}
+
+/// `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` for a job that asked for a GPU count without
+/// an allocation list (the request's `Env` has them for a listed allocation): the GPUs
+/// [`gpu::allocated`] picks.
+fn count_only_gpu_env(input: &SpecInput) -> Vec<(String, String)> {
+    if !input.resources.gpus.is_empty() || input.resources.gpu == 0 {
+        return Vec::new();
+    }
+    let Ok(gpus) = gpu::allocated(&input.resources, &input.host_gpus) else {
+        return Vec::new();
+    };
+    let list: Vec<String> = gpus.iter().map(|g| g.gpu.index.to_string()).collect();
+    let list = list.join(",");
+    vec![
+        ("CUDA_VISIBLE_DEVICES".into(), list.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".into(), list),
+    ]
 }
 
 /// The job's root under its state directory (`<state>/executions/<id>/root`).
@@ -695,7 +719,16 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
             },
         ]));
     }
+    let device_dir = input
+        .gpu_device_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(gpu::DEFAULT_DEVICE_DIR));
+    let gpu = gpu::plan(&input.resources, &input.host_gpus, &device_dir).map_err(|why| {
+        ExecutorError::unsupported(format!("this node cannot give the job its GPUs: {why}"))
+            .with_execution(input.execution_id.clone())
+    })?;
     Ok(SandboxSpec {
+        gpu,
         cgroup_base: input.cgroup_base.clone(),
         cpu_cores: (cpu > 0.0).then_some(cpu),
         memory_bytes: (input.resources.memory > 0).then_some(input.resources.memory),

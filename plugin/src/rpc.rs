@@ -40,6 +40,8 @@ struct Session {
     config: PluginConfig,
     /// Detected once at `initialize`: what this host can enforce.
     capabilities: Capabilities,
+    /// The GPUs in `capabilities`, with the device minors jobs' nodes are found by.
+    gpus: Vec<crate::sandbox::gpu::HostGpu>,
     registry: Arc<Registry>,
 }
 
@@ -151,6 +153,7 @@ fn spec_input(
     spec: NativeEngineSpec,
     config: &PluginConfig,
     filesystem_isolation: bool,
+    host_gpus: &[crate::sandbox::gpu::HostGpu],
 ) -> SpecInput {
     let limits = &req.output_limits;
     SpecInput {
@@ -205,6 +208,8 @@ fn spec_input(
         isolate_filesystem: filesystem_isolation,
         run_as_user: config.run_as_user.clone(),
         allow_listed_local_paths: config.allow_listed_local_paths.clone(),
+        host_gpus: host_gpus.to_vec(),
+        gpu_device_dir: config.gpu_device_dir.clone(),
         ..SpecInput::default()
     }
 }
@@ -353,8 +358,8 @@ impl ExecutorApiServer for NativePlugin {
                     ExecutorError::internal(format!("cannot open the state directory: {e}"))
                 })?;
                 let detect_config = config.clone();
-                let capabilities = tokio::task::spawn_blocking(move || {
-                    crate::capabilities::detect(&detect_config)
+                let (capabilities, gpus) = tokio::task::spawn_blocking(move || {
+                    crate::capabilities::detect_with_gpus(&detect_config)
                 })
                 .await
                 .map_err(|e| ExecutorError::internal(format!("detecting capabilities: {e}")))?;
@@ -362,6 +367,7 @@ impl ExecutorApiServer for NativePlugin {
                     state_dir: state_dir.clone(),
                     config: config.clone(),
                     capabilities,
+                    gpus,
                     registry,
                 })
             })
@@ -538,6 +544,7 @@ impl NativePlugin {
                 spec,
                 &session.config,
                 session.capabilities.filesystem_isolation,
+                &session.gpus,
             ),
         )?;
         session.registry.start_spec(wire, monitor_spec).await

@@ -154,6 +154,10 @@ pub struct SandboxSpec {
     /// monitor's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<UserPlan>,
+    /// GPU device nodes for the job's `/dev` and the devices cgroup's rules; absent on a host
+    /// without GPUs for a job that asks for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::sandbox::gpu::GpuSandbox>,
 }
 
 /// The job's private filesystem: `root_dir` (made by the monitor, removed at the end) becomes

@@ -150,3 +150,219 @@ fn capabilities_bids_stats_and_limits() {
     p.call(13, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+/// A fake NVIDIA host: `nvidia-smi` is a script, the nodes are real char devices made with mknod
+/// in a temp dir (index 0, 1, 2 have minors 12, 10, 11, so index and minor differ).
+fn fake_gpu_host(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    use std::os::unix::fs::PermissionsExt;
+    let dev = dir.join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    for (name, major, minor) in [
+        ("nvidiactl", 195, 255),
+        ("nvidia-uvm", 511, 0),
+        ("nvidia10", 195, 10),
+        ("nvidia11", 195, 11),
+        ("nvidia12", 195, 12),
+    ] {
+        mknod(
+            &dev.join(name),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .unwrap();
+    }
+    let smi = dir.join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\nprintf '0, Fake GPU, 1024, 00000000:01:00.0, 12\\n\
+         1, Fake GPU, 1024, 00000000:02:00.0, 10\\n2, Fake GPU, 1024, 00000000:03:00.0, 11\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (smi, dev)
+}
+
+/// The job's v1 devices cgroup directory, from the monitor's record, once it is there.
+fn devices_dir(state: &std::path::Path, exec: &str) -> Option<std::path::PathBuf> {
+    let path = state.join("executions").join(exec).join("monitor.json");
+    let record: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    record["cgroup"]["dirs"]
+        .as_array()?
+        .iter()
+        .find(|d| {
+            d["v1Controllers"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c == "devices"))
+        })
+        .and_then(|d| d["path"].as_str())
+        .map(std::path::PathBuf::from)
+}
+
+/// Reads the running job's `devices.list`, cancels the job and returns the list and the result.
+fn devices_list_of(
+    p: &mut RawPlugin,
+    state: &std::path::Path,
+    exec: &str,
+    id: u64,
+) -> (Option<(std::path::PathBuf, String)>, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut found = None;
+    while std::time::Instant::now() < deadline {
+        let ready = state.join("executions").join(exec).join("monitor.json");
+        let job_known = std::fs::read(&ready)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| !v["job"].is_null());
+        if job_known {
+            found = devices_dir(state, exec).and_then(|d| {
+                Some((
+                    d.clone(),
+                    std::fs::read_to_string(d.join("devices.list")).ok()?,
+                ))
+            });
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The job prints before it waits: give it a moment, then stop it.
+    std::thread::sleep(Duration::from_millis(300));
+    p.call(id, "executor_cancel", json!([exec]));
+    let r = p.call(id + 1, "executor_wait", json!([exec]));
+    (found, r["result"].clone())
+}
+
+#[test]
+fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
+    if !is_root() {
+        eprintln!("skipped: needs root for mknod, mounts and cgroups");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (smi, dev) = fake_gpu_host(tmp.path());
+    let state = tmp.path().join("state");
+    let results = tmp.path().join("results");
+    let mut p = RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": state, "nvidiaSmi": smi, "gpuDeviceDir": dev,
+        }}),
+    );
+    let caps = init["result"]["capabilities"].clone();
+    assert_eq!(caps["gpus"].as_array().map(Vec::len), Some(3), "{caps}");
+    assert_eq!(caps["gpus"][1]["Index"], 1, "{caps}");
+    let control: Vec<&str> = caps["gpuDeviceControl"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let jail = caps["filesystemIsolation"] == true;
+    assert_eq!(control.contains(&"privateDev"), jail, "{caps}");
+    let v1_devices = std::path::Path::new("/sys/fs/cgroup/devices/devices.list").exists()
+        && ["v1", "hybrid"].contains(&caps["cgroupMode"].as_str().unwrap_or(""));
+    if v1_devices {
+        assert!(control.contains(&"devicesCgroup"), "{caps}");
+    }
+
+    // Bids: more GPUs than the node has is declined.
+    let gpus = |n: &str| {
+        job(
+            json!({"Entrypoint": ["true"]}),
+            json!({"Resources": {"GPU": n}}),
+        )
+    };
+    let r = p.call(1, "executor_shouldBid", json!([gpus("3")]));
+    assert_eq!(r["result"]["ShouldBid"], true, "{r}");
+    let r = p.call(2, "executor_shouldBid", json!([gpus("4")]));
+    assert_eq!(r["result"]["ShouldBid"], false, "{r}");
+    assert!(
+        r["result"]["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("4 NVIDIA GPUs (it has 3)"),
+        "{r}"
+    );
+    // ...and refused at start, naming what exists.
+    let too_many = request(
+        &results,
+        "too-many",
+        &["true"],
+        json!({"Resources": {"GPU": 4}}),
+    );
+    let r = p.call(3, "executor_start", json!([too_many]));
+    assert_eq!(r["error"]["code"], -32010, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("asks for 4 GPUs") && msg.contains("has 3"),
+        "{msg}"
+    );
+    let absent = request(
+        &results,
+        "absent",
+        &["true"],
+        json!({"Resources": {"GPU": 1, "GPUs": [{"Index": 7, "Vendor": "NVIDIA"}]}}),
+    );
+    let r = p.call(4, "executor_start", json!([absent]));
+    assert_eq!(r["error"]["code"], -32010, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("GPU 7"),
+        "{r}"
+    );
+
+    // Allocated GPU index 1 = minor 10: the job sees nvidia10 and the control nodes only.
+    let script =
+        "ls /dev | grep nvidia | tr '\\n' ' '; echo; echo $CUDA_VISIBLE_DEVICES; exec sleep 30";
+    let gpu_job = request(
+        &results,
+        "gpu",
+        &["sh", "-c", script],
+        json!({"Resources": {"GPU": 1, "GPUs": [{"Index": 1, "Name": "Fake GPU", "Vendor": "NVIDIA"}]}}),
+    );
+    let r = p.call(5, "executor_start", json!([gpu_job]));
+    assert!(r["error"].is_null(), "{r}");
+    let (list, result) = devices_list_of(&mut p, &state, "gpu", 6);
+    let stdout = result["Stdout"].as_str().unwrap_or_default();
+    if jail {
+        assert_eq!(stdout, "nvidia-uvm nvidia10 nvidiactl \n1\n", "{result}");
+    }
+    if v1_devices {
+        let (dir, list) = list.expect("the job has a devices cgroup");
+        let lines: Vec<&str> = list.lines().collect();
+        let nvidia: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("c 195:"))
+            .collect();
+        assert_eq!(nvidia, ["c 195:10 rwm", "c 195:255 rwm"], "{list}");
+        assert!(
+            lines.contains(&"b *:* rwm") && lines.contains(&"c 1:* rwm"),
+            "{list}"
+        );
+        assert!(!lines.contains(&"a *:* rwm"), "{list}");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    // A job with no GPU on a GPU host: no node in its /dev, every NVIDIA minor denied.
+    let plain = request(
+        &results,
+        "plain",
+        &["sh", "-c", "ls /dev | grep -c nvidia; exec sleep 30"],
+        json!({}),
+    );
+    let r = p.call(8, "executor_start", json!([plain]));
+    assert!(r["error"].is_null(), "{r}");
+    let (list, result) = devices_list_of(&mut p, &state, "plain", 9);
+    if jail {
+        assert_eq!(result["Stdout"], "0\n", "{result}");
+    }
+    if v1_devices {
+        let (dir, list) = list.expect("the job has a devices cgroup");
+        assert!(!list.contains("c 195:"), "{list}");
+        assert!(list.contains("c 1:* rwm"), "{list}");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    p.call(11, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+}

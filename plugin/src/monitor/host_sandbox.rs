@@ -13,6 +13,7 @@
 use crate::sandbox::cgroup::{
     self, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord, JobCgroup, Mode,
 };
+use crate::sandbox::gpu;
 use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
@@ -86,6 +87,7 @@ impl HostSandbox {
         &mut self,
         fs: &FsSandbox,
         working_dir: Option<&Path>,
+        devices: Vec<PathBuf>,
     ) -> Result<FsPlan, SandboxError> {
         let setup = |what: &str, e: io::Error| {
             SandboxError::Setup(format!("{what} {}: {e}", fs.root_dir.display()))
@@ -103,6 +105,7 @@ impl HostSandbox {
             system_ro: mounts::default_system_dirs(),
             binds: fs.binds.clone(),
             working_dir: working_dir.map(Path::to_path_buf),
+            devices,
         };
         FsPlan::new(&spec).map_err(fs_error)
     }
@@ -188,9 +191,21 @@ impl JobSandbox for HostSandbox {
                 let job = m
                     .create_replacing(&cgroup_name(&spec.execution_id), &limits)
                     .map_err(cgroup_error)?;
-                let join = job.join_handle();
-                self.cgroup = Some(job);
-                let join = join.map_err(cgroup_error)?;
+                // Kept before anything else can fail, so cleanup removes it.
+                let job = self.cgroup.insert(job);
+                if let Some(g) = s.gpu.as_ref().filter(|_| m.has_devices()) {
+                    let confine = |what: String| {
+                        SandboxError::Setup(format!(
+                            "confining the job to its allocated GPUs: {what}"
+                        ))
+                    };
+                    let proc_devices = std::fs::read_to_string("/proc/devices")
+                        .map_err(|e| confine(format!("reading /proc/devices: {e}")))?;
+                    let rules = gpu::device_allow_rules(&g.allowed_minors, &proc_devices);
+                    m.restrict_devices(job, &rules)
+                        .map_err(|e| confine(e.to_string()))?;
+                }
+                let join = job.join_handle().map_err(cgroup_error)?;
                 self.steps
                     .push(PreExecStep::new("joining the job's cgroup", move || {
                         join.join_self()
@@ -222,7 +237,9 @@ impl JobSandbox for HostSandbox {
             }
         }
         if let Some(fs) = &s.filesystem {
-            let plan = std::sync::Arc::new(self.filesystem(fs, spec.working_dir.as_deref())?);
+            let devices = s.gpu.as_ref().map(|g| g.nodes.clone()).unwrap_or_default();
+            let plan =
+                std::sync::Arc::new(self.filesystem(fs, spec.working_dir.as_deref(), devices)?);
             let described = plan.clone();
             self.steps.push(PreExecStep::detailed(
                 "setting up the job's private root",

@@ -4,6 +4,7 @@
 
 pub mod allowlist;
 pub mod cgroup;
+pub mod gpu;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;

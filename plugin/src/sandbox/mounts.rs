@@ -52,6 +52,9 @@ pub struct FsSpec {
     /// Where the job starts; `/` when absent. Inside a bind it must exist in the bind's source;
     /// anywhere else it is a private writable tmpfs, and binds below it are mounted on top.
     pub working_dir: Option<PathBuf>,
+    /// Host device nodes (absolute paths, e.g. the allocated GPUs) bound into the job's `/dev`
+    /// under their own file names, besides the harmless ones every job gets.
+    pub devices: Vec<PathBuf>,
 }
 
 impl FsSpec {
@@ -62,6 +65,7 @@ impl FsSpec {
             system_ro: default_system_dirs(),
             binds: Vec::new(),
             working_dir: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -877,7 +881,7 @@ impl FsPlan {
                         });
                     }
                 }
-                Entry::Dev => dev_steps(&mut steps, &host_target)?,
+                Entry::Dev => dev_steps(&mut steps, &host_target, &spec.devices)?,
             }
         }
 
@@ -1021,7 +1025,7 @@ fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {
 
 /// A minimal `/dev`: a tmpfs with the harmless device nodes bound from the host, `/dev/shm`, and
 /// the `/proc/self/fd` symlinks; read-only afterwards so a job cannot add nodes.
-fn dev_steps(steps: &mut Vec<Step>, dev: &Path) -> Result<(), FsError> {
+fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(), FsError> {
     let dev_c = cstring("sandbox mount", dev)?;
     steps.push(Step::Mount {
         source: Some(c"tmpfs".to_owned()),
@@ -1030,11 +1034,18 @@ fn dev_steps(steps: &mut Vec<Step>, dev: &Path) -> Result<(), FsError> {
         flags: libc::MS_NOSUID | libc::MS_NOEXEC,
         data: Some(c"mode=755,size=64k".to_owned()),
     });
-    for name in DEVICES {
-        let host = Path::new("/dev").join(name);
-        if !host.exists() {
-            continue;
-        }
+    let standard = DEVICES
+        .iter()
+        .map(|name| Path::new("/dev").join(name))
+        .filter(|host| host.exists());
+    for host in standard.chain(extra.iter().cloned()) {
+        check_clean("device node", &host)?;
+        let Some(name) = host.file_name() else {
+            return Err(FsError::NotAbsolute {
+                what: "device node",
+                path: host,
+            });
+        };
         let node = cstring("sandbox mount", &dev.join(name))?;
         steps.push(Step::Touch { path: node.clone() });
         steps.push(Step::Mount {

@@ -53,6 +53,12 @@ pub struct PluginConfig {
     /// Host paths inputs may come from (Bacalhau's `AllowListedLocalPaths`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_listed_local_paths: Vec<PathBuf>,
+    /// The `nvidia-smi` program GPUs are detected with (default: found in `PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvidia_smi: Option<PathBuf>,
+    /// Where the NVIDIA device nodes are (`nvidiactl`, `nvidia<minor>`, ...; default `/dev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_device_dir: Option<PathBuf>,
     /// Keys for other engines, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -88,6 +94,17 @@ pub enum CgroupMode {
     None,
 }
 
+/// A mechanism that confines a job to its allocated GPUs' device nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GpuDeviceControl {
+    /// A v1 `devices` cgroup per job denies every NVIDIA GPU node (char major 195) but the
+    /// allocated ones, whatever the job's filesystem.
+    DevicesCgroup,
+    /// The job's private `/dev` holds only the allocated GPUs' nodes (and the control nodes).
+    PrivateDev,
+}
+
 /// Which limits are enforced for real on this host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EnforcedLimits {
@@ -112,6 +129,9 @@ pub struct Capabilities {
     pub run_as_user: Option<String>,
     #[serde(default)]
     pub gpus: Vec<Gpu>,
+    /// What keeps a job away from the GPUs it was not allocated (empty: nothing does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_device_control: Vec<GpuDeviceControl>,
     /// Human-readable notes on anything degraded, and why.
     #[serde(default)]
     pub notes: Vec<String>,

@@ -129,6 +129,25 @@ pub enum Layout {
     None(String),
 }
 
+/// The v1 `devices` hierarchy this process belongs to, where one is mounted. Kept apart from
+/// [`V1_CONTROLLERS`]: only jobs on a host with GPUs get a devices cgroup.
+pub fn devices_mount(host: &HostView) -> Option<V1Mount> {
+    let members = parse_proc_cgroup(&host.proc_self_cgroup);
+    let m = members
+        .iter()
+        .find(|m| m.controllers.iter().any(|c| c == "devices"))?;
+    let root = &host.mount_root;
+    [root.join("devices"), root.join(m.controllers.join(","))]
+        .into_iter()
+        .find(|p| host.probe.kind(p) == FsKind::Cgroup1)
+        .map(|mount| V1Mount {
+            hierarchy_id: m.hierarchy_id,
+            controllers: m.controllers.clone(),
+            mount,
+            own: m.path.clone(),
+        })
+}
+
 pub fn detect_layout(host: &HostView) -> Layout {
     let members = parse_proc_cgroup(&host.proc_self_cgroup);
     let v2_own = members

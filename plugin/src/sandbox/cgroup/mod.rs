@@ -168,6 +168,8 @@ enum Backend {
         v1: v1::Bases,
         /// The base in the controller-less v2 tree of a hybrid host.
         unified: Option<PathBuf>,
+        /// The base in the v1 `devices` hierarchy, where this process can write one.
+        devices: Option<v1::Base>,
     },
 }
 
@@ -230,7 +232,7 @@ impl CgroupManager {
                 let base_dir = fsio::under(&mount, &base_of(&own));
                 v2::prepare(&mount, &own_dir, &base_dir).map(Backend::V2)
             }
-            detect::Layout::Legacy { v1, unified } => v1::prepare(&v1, base_of).and_then(|v1| {
+            detect::Layout::Legacy { v1, unified } => v1::prepare(&v1, &base_of).and_then(|v1| {
                 let unified = match unified {
                     Some((mount, own)) => {
                         let dir = fsio::under(&mount, &base_of(&own));
@@ -239,7 +241,19 @@ impl CgroupManager {
                     }
                     None => None,
                 };
-                Ok(Backend::Legacy { v1, unified })
+                // Optional: a host whose devices hierarchy this process cannot write still gets
+                // every limit; the capabilities say GPUs are then not confined by it.
+                let devices = detect::devices_mount(host).and_then(|m| {
+                    let dir = fsio::under(&m.mount, &base_of(&m.own));
+                    let usable = fsio::mkdir_all(&dir).is_ok()
+                        && nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
+                    usable.then_some(v1::Base { mount: m, dir })
+                });
+                Ok(Backend::Legacy {
+                    v1,
+                    unified,
+                    devices,
+                })
             }),
         };
         let backend = backend.and_then(|b| {
@@ -308,7 +322,7 @@ impl CgroupManager {
         match &self.backend {
             Backend::None(_) => Vec::new(),
             Backend::V2(b) => vec![b.dir.clone()],
-            Backend::Legacy { v1, unified } => v1
+            Backend::Legacy { v1, unified, .. } => v1
                 .list
                 .iter()
                 .map(|b| b.dir.clone())
@@ -425,7 +439,7 @@ impl CgroupManager {
                 dir: b.dir.join(name),
                 kind: DirKind::V2,
             }],
-            Backend::Legacy { v1, unified } => v1
+            Backend::Legacy { v1, unified, .. } => v1
                 .list
                 .iter()
                 .map(|b| LeafDir {
@@ -440,6 +454,57 @@ impl CgroupManager {
         }
     }
 
+    /// Whether jobs can get a v1 `devices` cgroup ([`restrict_devices`](Self::restrict_devices)).
+    pub fn has_devices(&self) -> bool {
+        matches!(
+            &self.backend,
+            Backend::Legacy {
+                devices: Some(_),
+                ..
+            }
+        )
+    }
+
+    fn devices_leaf(&self, name: &str) -> Option<LeafDir> {
+        match &self.backend {
+            Backend::Legacy {
+                devices: Some(b), ..
+            } => Some(LeafDir {
+                dir: b.dir.join(name),
+                kind: DirKind::V1(b.mount.controllers.clone()),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Adds a v1 `devices` cgroup to `job` that denies every device but those `allow` lists
+    /// (`devices.allow` entries such as `c 195:0 rwm`). Call before the job joins: the rules
+    /// hold from its first instruction. On failure the devices leaf is removed again.
+    pub fn restrict_devices(
+        &self,
+        job: &mut JobCgroup,
+        allow: &[String],
+    ) -> Result<(), CgroupError> {
+        let Some(leaf) = self.devices_leaf(&job.name) else {
+            return Err(CgroupError::Unavailable(
+                "no writable v1 devices hierarchy".to_owned(),
+            ));
+        };
+        fsio::mkdir_new(&leaf.dir)?;
+        let written = v1::write_device_rules(&leaf.dir, allow);
+        if let Err(first) = written {
+            return match fsio::rmdir_retry(&leaf.dir, RMDIR_PATIENCE) {
+                Ok(()) => Err(first),
+                Err(cleanup) => Err(CgroupError::Cleanup {
+                    first: Box::new(first),
+                    cleanup: Box::new(cleanup),
+                }),
+            };
+        }
+        job.dirs.push(leaf);
+        Ok(())
+    }
+
     /// The job cgroup `name` left by an earlier process (a monitor that died, a plugin that
     /// restarted), so it can be killed and removed; `None` when no directory of it exists.
     pub fn open_existing(&self, name: &str) -> Result<Option<JobCgroup>, CgroupError> {
@@ -450,6 +515,7 @@ impl CgroupManager {
         let dirs: Vec<LeafDir> = self
             .leaves(name)
             .into_iter()
+            .chain(self.devices_leaf(name))
             .filter(|d| d.dir.is_dir())
             .collect();
         Ok((!dirs.is_empty()).then(|| JobCgroup {

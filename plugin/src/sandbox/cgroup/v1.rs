@@ -33,7 +33,7 @@ impl Bases {
 /// is relocated.
 pub(crate) fn prepare(
     mounts: &[V1Mount],
-    base_of: impl Fn(&Path) -> PathBuf,
+    base_of: &impl Fn(&Path) -> PathBuf,
 ) -> Result<Bases, CgroupError> {
     let mut list = Vec::new();
     for m in mounts {
@@ -70,6 +70,17 @@ pub(crate) fn write_limits(
     }
     if let (Some(pids), Some(dir)) = (limits.pids, leaf_of("pids")) {
         fsio::write_value(&dir.join("pids.max"), &pids.to_string())?;
+    }
+    Ok(())
+}
+
+/// Turns the leaf's default to "deny" (which also drops what it inherited) and allows `allow`.
+/// With a default of "allow" the kernel keeps deny exceptions but `devices.list` shows only
+/// `a *:* rwm`, so a deny list could be neither read back nor checked.
+pub(crate) fn write_device_rules(leaf: &Path, allow: &[String]) -> Result<(), CgroupError> {
+    fsio::write_value(&leaf.join("devices.deny"), "a")?;
+    for rule in allow {
+        fsio::write_value(&leaf.join("devices.allow"), rule)?;
     }
     Ok(())
 }
