@@ -22,7 +22,7 @@ use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
-use crate::sandbox::mounts::Bind;
+use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::user::{self, UserPlan};
 use crate::state::{
     self, ExecDir, FsSandbox, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
@@ -517,6 +517,7 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         .map(|d| d.join("logs").join(state::LOG_FILE))
         .unwrap_or_else(|| dir.default_log());
     let id = input.execution_id.clone();
+    check_layout(&input).map_err(|e| e.with_execution(id.clone()))?;
     check_allow_list(&input).map_err(|e| e.with_execution(id.clone()))?;
     let binds = binds(&input, &results_dir).map_err(|e| e.with_execution(id.clone()))?;
     if input.isolate_filesystem {
@@ -625,6 +626,53 @@ fn user_env(user: Option<&UserPlan>, isolated: bool) -> Vec<(String, String)> {
         ("USER".into(), name.clone()),
         ("LOGNAME".into(), name),
     ]
+}
+
+/// Where inputs, outputs and the working directory go is the caller's to get right: a path with
+/// `..`, one on a directory the sandbox owns (`/`, `/proc`, `/dev`), or two mounts on one path
+/// are `InvalidParams` on the field, whatever this host can isolate.
+fn check_layout(input: &SpecInput) -> Result<(), ExecutorError> {
+    let mut problems = Vec::new();
+    let mut seen: Vec<(PathBuf, String)> = Vec::new();
+    let targets = input
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("Inputs[{i}].Volume.target"), &v.target))
+        .chain(
+            input
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("Outputs[{i}].Path"), &o.path)),
+        );
+    for (field, path) in targets {
+        if let Some(message) = mounts::layout_problem(path, true) {
+            problems.push(executor_schema::FieldProblem { field, message });
+            continue;
+        }
+        let normal: PathBuf = path.components().collect();
+        match seen.iter().find(|(p, _)| *p == normal) {
+            Some((_, other)) => problems.push(executor_schema::FieldProblem {
+                message: format!("{} is also the target of {other}", path.display()),
+                field,
+            }),
+            None => seen.push((normal, field)),
+        }
+    }
+    if let Some(w) = &input.working_dir {
+        if let Some(message) = mounts::layout_problem(w, false) {
+            problems.push(executor_schema::FieldProblem {
+                field: "EngineParams.Params.WorkingDirectory".into(),
+                message,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ExecutorError::invalid_params(problems))
+    }
 }
 
 /// `local` inputs must come from an allow-listed path (see [`crate::sandbox::allowlist`]).
@@ -818,10 +866,16 @@ fn launch(
         let _ = BufReader::new(out).read_line(&mut line);
     }
     match serde_json::from_str::<MonitorReport>(line.trim()) {
-        Ok(MonitorReport::Failed { error, code }) => {
+        Ok(MonitorReport::Failed { error, code, field }) => {
             let _ = child.wait();
             Err(match code.as_deref() {
                 Some("Unsupported") => ExecutorError::unsupported(error),
+                Some("InvalidParams") => {
+                    ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+                        field: field.unwrap_or_default(),
+                        message: error,
+                    }])
+                }
                 _ => ExecutorError::internal(error),
             })
         }

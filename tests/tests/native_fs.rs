@@ -122,3 +122,149 @@ fn jailed_job_over_stdio() {
     assert!(!data.join("g").exists());
     assert!(!state.join("executions/good/root").exists());
 }
+
+/// The field problems of an `InvalidParams` answer, as `field: message` lines.
+fn problems(msg: &Value) -> Vec<String> {
+    assert_eq!(msg["error"]["code"], -32602, "{msg}");
+    msg["error"]["data"]["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| format!("{}: {}", p["field"].as_str().unwrap_or(""), p["message"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn layout_errors_are_the_callers_invalid_params() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut p = RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    let jail = init["result"]["capabilities"]["filesystemIsolation"] == true;
+    let volume = |source: &std::path::Path, target: &str| json!({"Volume": {"type": 1, "readOnly": true, "source": source, "target": target}});
+    let request = |exec: &str, inputs: Value, outputs: Value, workdir: &str| {
+        let mut params = json!({"Entrypoint": ["true"]});
+        if !workdir.is_empty() {
+            params["WorkingDirectory"] = json!(workdir);
+        }
+        json!({
+            "ExecutionID": exec, "ResultsDir": tmp.path().join("results").join(exec),
+            "Inputs": inputs, "Outputs": outputs,
+            "EngineParams": {"Type": "native", "Params": params},
+        })
+    };
+    let cases = [
+        (
+            request(
+                "dotdot",
+                json!([volume(&data, "/data/../etc")]),
+                json!([]),
+                "",
+            ),
+            "Inputs[0].Volume.target",
+            "`..`",
+        ),
+        (
+            request("proc", json!([volume(&data, "/proc/x")]), json!([]), ""),
+            "Inputs[0].Volume.target",
+            "reserved",
+        ),
+        (
+            request(
+                "twice",
+                json!([volume(&data, "/data"), volume(&data, "/data/")]),
+                json!([]),
+                "",
+            ),
+            "Inputs[1].Volume.target",
+            "also the target of Inputs[0]",
+        ),
+        (
+            request(
+                "collide",
+                json!([volume(&data, "/data")]),
+                json!([{"Name": "out", "Path": "/data"}]),
+                "",
+            ),
+            "Outputs[0].Path",
+            "also the target of Inputs[0]",
+        ),
+        (
+            request(
+                "escape",
+                json!([]),
+                json!([{"Name": "out", "Path": "/out/../../x"}]),
+                "",
+            ),
+            "Outputs[0].Path",
+            "`..`",
+        ),
+        (
+            request("wd", json!([]), json!([]), "/work/../dev"),
+            "EngineParams.Params.WorkingDirectory",
+            "`..`",
+        ),
+    ];
+    for (i, (req, field, what)) in cases.into_iter().enumerate() {
+        let msg = p.call(1 + i as u64, "executor_start", json!([req]));
+        let found = problems(&msg);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with(field) && f.contains(what)),
+            "{field} / {what}: {found:?}"
+        );
+    }
+
+    if !jail {
+        eprintln!("skipped the rest: the layout found while mounting needs filesystem isolation");
+        return;
+    }
+    // Found only while the monitor assembles the root: still the caller's, on the right field.
+    let gone = tmp.path().join("no-such-source");
+    let msg = p.call(
+        20,
+        "executor_start",
+        json!([request(
+            "nosource",
+            json!([volume(&gone, "/in")]),
+            json!([]),
+            ""
+        )]),
+    );
+    let found = problems(&msg);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("Inputs[0].Volume.source")),
+        "{found:?}"
+    );
+    let msg = p.call(
+        21,
+        "executor_start",
+        json!([request(
+            "nested",
+            json!([
+                volume(&data, "/data"),
+                volume(&data, "/data/missing/deeper")
+            ]),
+            json!([]),
+            "",
+        )]),
+    );
+    let found = problems(&msg);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("Inputs[1].Volume.target")),
+        "{found:?}"
+    );
+}

@@ -85,10 +85,11 @@ impl HostSandbox {
     /// A fresh root directory and the plan that mounts the job's filesystem in it.
     fn filesystem(
         &mut self,
+        job: &MonitorSpec,
         fs: &FsSandbox,
-        working_dir: Option<&Path>,
         devices: Vec<PathBuf>,
     ) -> Result<FsPlan, SandboxError> {
+        let working_dir = job.working_dir.as_deref();
         let setup = |what: &str, e: io::Error| {
             SandboxError::Setup(format!("{what} {}: {e}", fs.root_dir.display()))
         };
@@ -107,21 +108,58 @@ impl HostSandbox {
             working_dir: working_dir.map(Path::to_path_buf),
             devices,
         };
-        FsPlan::new(&spec).map_err(fs_error)
+        FsPlan::new(&spec).map_err(|e| fs_error(e, job))
     }
 }
 
-/// The request's inputs, outputs or working directory cannot be laid out as asked: the job is
-/// refused with the reason. A failure of the host itself is a setup error.
-fn fs_error(e: FsError) -> SandboxError {
-    match e {
+/// The request's inputs, outputs or working directory cannot be laid out as asked: the caller's
+/// fault, refused as `InvalidParams` on the field at fault. A failure of the host itself is a
+/// setup error.
+fn fs_error(e: FsError, spec: &MonitorSpec) -> SandboxError {
+    let path = match &e {
         FsError::RootDir { .. } | FsError::Prepare { .. } | FsError::MountTable { .. } => {
-            SandboxError::Setup(format!("assembling the job's filesystem: {e}"))
+            return SandboxError::Setup(format!("assembling the job's filesystem: {e}"));
         }
-        other => {
-            SandboxError::Unsupported(format!("cannot assemble the job's filesystem: {other}"))
-        }
+        FsError::NotAbsolute { path, .. }
+        | FsError::ParentComponent { path, .. }
+        | FsError::Nul { path, .. }
+        | FsError::Source { path, .. } => path.clone(),
+        FsError::Reserved { target }
+        | FsError::DuplicateTarget { target }
+        | FsError::NestedTargetMissing { target, .. }
+        | FsError::KindMismatch { target, .. }
+        | FsError::Symlink { target, .. } => target.clone(),
+    };
+    SandboxError::InvalidParams {
+        field: layout_field(spec, &path),
+        message: format!("cannot assemble the job's filesystem: {e}"),
     }
+}
+
+/// The request field a path of the job's layout came from: the working directory, an output
+/// (its bind source is `results/<Name>`) or an input, by their order in the request.
+fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
+    if spec.working_dir.as_deref() == Some(path) {
+        return "EngineParams.Params.WorkingDirectory".into();
+    }
+    let binds = spec
+        .sandbox
+        .filesystem
+        .as_ref()
+        .map(|f| f.binds.as_slice())
+        .unwrap_or_default();
+    let is_output = |b: &&mounts::Bind| b.source.parent() == Some(spec.results_dir.as_path());
+    let (outputs, inputs): (Vec<_>, Vec<_>) = binds.iter().partition(is_output);
+    if let Some(i) = outputs.iter().position(|b| b.target == path) {
+        return format!("Outputs[{i}].Path");
+    }
+    if let Some(i) = inputs.iter().position(|b| b.target == path) {
+        return format!("Inputs[{i}].Volume.target");
+    }
+    if let Some(i) = inputs.iter().position(|b| b.source == path) {
+        return format!("Inputs[{i}].Volume.source");
+    }
+    "Inputs".into()
 }
 
 /// `results/` and `results/<Name>` for every output, before the job's root is planned (the
@@ -238,8 +276,7 @@ impl JobSandbox for HostSandbox {
         }
         if let Some(fs) = &s.filesystem {
             let devices = s.gpu.as_ref().map(|g| g.nodes.clone()).unwrap_or_default();
-            let plan =
-                std::sync::Arc::new(self.filesystem(fs, spec.working_dir.as_deref(), devices)?);
+            let plan = std::sync::Arc::new(self.filesystem(spec, fs, devices)?);
             let described = plan.clone();
             self.steps.push(PreExecStep::detailed(
                 "setting up the job's private root",

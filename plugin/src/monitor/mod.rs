@@ -55,6 +55,9 @@ pub enum MonitorReport {
         /// The `ErrorCode` name when it is not an internal error (e.g. `Unsupported`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<String>,
+        /// The request field at fault, with code `InvalidParams`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
     },
 }
 
@@ -124,6 +127,9 @@ pub enum MonitorError {
     /// The request needs something this host cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The request's `field` cannot be honoured as given (the caller's fault).
+    #[error("{field}: {message}")]
+    InvalidParams { field: String, message: String },
     #[error("{0}")]
     Sandbox(String),
 }
@@ -131,11 +137,16 @@ pub enum MonitorError {
 impl MonitorError {
     /// The report for a start error.
     pub fn report(&self) -> MonitorReport {
-        MonitorReport::Failed {
-            error: self.to_string(),
-            code: match self {
-                MonitorError::Unsupported(_) => Some("Unsupported".into()),
-                _ => None,
+        match self {
+            MonitorError::InvalidParams { field, message } => MonitorReport::Failed {
+                error: message.clone(),
+                code: Some("InvalidParams".into()),
+                field: Some(field.clone()),
+            },
+            _ => MonitorReport::Failed {
+                error: self.to_string(),
+                code: matches!(self, MonitorError::Unsupported(_)).then(|| "Unsupported".into()),
+                field: None,
             },
         }
     }
@@ -145,6 +156,9 @@ impl From<SandboxError> for MonitorError {
     fn from(e: SandboxError) -> Self {
         match e {
             SandboxError::Unsupported(m) => MonitorError::Unsupported(m),
+            SandboxError::InvalidParams { field, message } => {
+                MonitorError::InvalidParams { field, message }
+            }
             SandboxError::Setup(m) => MonitorError::Sandbox(m),
         }
     }

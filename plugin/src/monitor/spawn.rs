@@ -95,6 +95,10 @@ pub enum SandboxError {
     /// The request needs something this host cannot do (a start error `Unsupported`).
     #[error("{0}")]
     Unsupported(String),
+    /// The request cannot be laid out as given, the caller's fault (a start error
+    /// `InvalidParams` on `field`).
+    #[error("{field}: {message}")]
+    InvalidParams { field: String, message: String },
     #[error("{0}")]
     Setup(String),
 }

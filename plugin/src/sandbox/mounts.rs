@@ -179,6 +179,29 @@ pub fn supported() -> bool {
     }
 }
 
+/// What is wrong with `path` as a place in the job's root, checked before anything exists:
+/// not absolute, `..` in it, or on a directory the sandbox sets up itself (a mount `target` may
+/// not be `/` either; a working directory may).
+pub fn layout_problem(path: &Path, is_target: bool) -> Option<String> {
+    if !path.is_absolute() {
+        return Some(format!("{} must be an absolute path", path.display()));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Some(format!(
+            "{} contains `..`, which could escape where it is meant to be",
+            path.display()
+        ));
+    }
+    if (is_target && path.components().count() == 1) || RESERVED.iter().any(|r| path.starts_with(r))
+    {
+        return Some(format!(
+            "{} is reserved: /, /proc and /dev are set up by the sandbox",
+            path.display()
+        ));
+    }
+    None
+}
+
 /// One system call (or a tightly coupled pair) to run in the child.
 #[derive(Debug, Clone)]
 enum Step {
