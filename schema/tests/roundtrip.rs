@@ -450,6 +450,7 @@ fn handshake_types_are_camel_case() {
             filesystem_isolation: false,
             run_as_user: None,
             gpus: vec![],
+            gpu_device_control: vec![executor_schema::GpuDeviceControl::DevicesCgroup],
             notes: vec!["disk limits are not enforced".into()],
         },
     };
@@ -459,7 +460,7 @@ fn handshake_types_are_camel_case() {
         encode(&r)["capabilities"],
         json!({"cgroupMode": "hybrid", "limits": {"cpu": true, "memory": true, "pids": true, "disk": false},
                "networkIsolation": false, "filesystemIsolation": false, "gpus": [],
-               "notes": ["disk limits are not enforced"]})
+               "gpuDeviceControl": ["devicesCgroup"], "notes": ["disk limits are not enforced"]})
     );
     assert!(SUPPORTED_PROTOCOL_VERSIONS.contains(&PROTOCOL_VERSION));
 
