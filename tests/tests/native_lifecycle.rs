@@ -445,14 +445,24 @@ fn allocated_gpus_and_host_ports_reach_the_job_environment() {
     let mut env = Env::new();
     let r = env.run(
         "envs",
-        "echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES $BACALHAU_HOST_PORT_web $BACALHAU_PORT_web $BACALHAU_EXECUTION_ID",
+        "echo $BACALHAU_HOST_PORT_web $BACALHAU_PORT_web $BACALHAU_EXECUTION_ID",
         json!({
-            "Resources": {"GPU": 2, "GPUs": [
-                {"Index": 1, "Name": "H100", "Vendor": "NVIDIA"},
-                {"Index": 3, "Name": "H100", "Vendor": "NVIDIA"}
-            ]},
             "Network": {"Type": "Host", "Ports": [{"Name": "web", "Static": 20080}]},
         }),
     );
-    assert_eq!(r["Stdout"], "1,3 1,3 20080 20080 envs\n", "{r}");
+    assert_eq!(r["Stdout"], "20080 20080 envs\n", "{r}");
+    // GPUs the node does not have are refused, never run without them. (A job allocated GPUs
+    // this node has sees them in CUDA_VISIBLE_DEVICES: native_sandbox.rs, with fake GPUs.)
+    let req = env.request(
+        "gpus",
+        "true",
+        json!({"Resources": {"GPU": 2, "GPUs": [
+            {"Index": 1000, "Name": "H100", "Vendor": "NVIDIA"},
+            {"Index": 1001, "Name": "H100", "Vendor": "NVIDIA"}
+        ]}}),
+    );
+    let id = env.id();
+    let msg = env.plugin.call(id, "executor_start", json!([req]));
+    assert_eq!(msg["error"]["code"], -32010, "{msg}");
+    assert!(msg.to_string().contains("GPU 1000"), "{msg}");
 }

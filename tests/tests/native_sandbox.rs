@@ -313,7 +313,7 @@ fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
 
     // Allocated GPU index 1 = minor 10: the job sees nvidia10 and the control nodes only.
     let script =
-        "ls /dev | grep nvidia | tr '\\n' ' '; echo; echo $CUDA_VISIBLE_DEVICES; exec sleep 30";
+        "ls /dev | grep nvidia | tr '\\n' ' '; echo; echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES; exec sleep 30";
     let gpu_job = request(
         &results,
         "gpu",
@@ -325,7 +325,7 @@ fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
     let (list, result) = devices_list_of(&mut p, &state, "gpu", 6);
     let stdout = result["Stdout"].as_str().unwrap_or_default();
     if jail {
-        assert_eq!(stdout, "nvidia-uvm nvidia10 nvidiactl \n1\n", "{result}");
+        assert_eq!(stdout, "nvidia-uvm nvidia10 nvidiactl \n1 1\n", "{result}");
     }
     if v1_devices {
         let (dir, list) = list.expect("the job has a devices cgroup");
@@ -342,6 +342,24 @@ fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
         );
         assert!(!lines.contains(&"a *:* rwm"), "{list}");
         assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    // A count without a list: the first GPU by index (index 0 = minor 12), as docker's --gpus 1.
+    let counted = request(
+        &results,
+        "counted",
+        &[
+            "sh",
+            "-c",
+            "ls /dev | grep 'nvidia[0-9]'; echo $CUDA_VISIBLE_DEVICES",
+        ],
+        json!({"Resources": {"GPU": 1}}),
+    );
+    let r = p.call(12, "executor_run", json!([counted]));
+    if jail {
+        assert_eq!(r["result"]["Stdout"], "nvidia12\n0\n", "{r}");
+    } else {
+        assert_eq!(r["result"]["ExitCode"], 0, "{r}");
     }
 
     // A job with no GPU on a GPU host: no node in its /dev, every NVIDIA minor denied.
