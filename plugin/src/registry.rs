@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
+use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
@@ -249,7 +250,7 @@ impl Registry {
                 let fd = Arc::new(fd);
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
-                tokio::spawn(watch_monitor(exec.clone(), fd, Some(child)));
+                tokio::spawn(watch_monitor(exec.clone(), fd, child));
                 if exec.cancel_pending.load(Ordering::SeqCst) {
                     exec.signal_monitor()?;
                 }
@@ -745,7 +746,7 @@ fn launch(
     exe: &Path,
     dir: &ExecDir,
     record: &RequestRecord,
-) -> Result<(Child, OwnedFd, MonitorReport), ExecutorError> {
+) -> Result<(Option<Child>, OwnedFd, MonitorReport), ExecutorError> {
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
@@ -759,10 +760,80 @@ fn launch(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(io("locking start.lock", std::io::Error::last_os_error()));
     }
-    state::write_json_atomic(&dir.request(), record)
+    state::write_json_replace(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
     let log =
         std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    let (child, fd, report) = match launcher::installed() {
+        Some(l) => match fork_monitor(l, dir, &lock, &log) {
+            Err(LaunchError::Unavailable(e)) => {
+                // The fork server is gone (it should live as long as we do): re-executing the
+                // binary still works, only slower.
+                tracing::warn!("{e}; starting the monitor by exec");
+                exec_monitor(exe, dir, lock, log)?
+            }
+            Err(e) => return Err(io("starting the monitor", std::io::Error::other(e))),
+            Ok((fd, report)) => (None, fd, report),
+        },
+        None => exec_monitor(exe, dir, lock, log)?,
+    };
+    let line = report.unwrap_or_default();
+    match serde_json::from_str::<MonitorReport>(line.trim()) {
+        Ok(MonitorReport::Failed { error, code }) => {
+            if let Some(mut c) = child {
+                let _ = c.wait();
+            }
+            Err(match code.as_deref() {
+                Some("Unsupported") => ExecutorError::unsupported(error),
+                _ => ExecutorError::internal(error),
+            })
+        }
+        Ok(report) => Ok((child, fd, report)),
+        Err(_) => {
+            let status = match child {
+                Some(mut c) => c.wait().map(|s| s.to_string()).unwrap_or_default(),
+                None => "exited".to_string(),
+            };
+            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
+            Err(ExecutorError::internal(format!(
+                "the execution monitor exited before the job started ({status}): {}",
+                log.trim()
+            )))
+        }
+    }
+}
+
+/// The monitor's one report line, read until it closes its end.
+fn read_report(out: impl std::io::Read) -> String {
+    let mut line = String::new();
+    let _ = BufReader::new(out).read_line(&mut line);
+    line
+}
+
+/// Start the monitor through the fork server; returns its pidfd and report line.
+fn fork_monitor(
+    l: &launcher::Launcher,
+    dir: &ExecDir,
+    lock: &std::fs::File,
+    log: &std::fs::File,
+) -> Result<(OwnedFd, Option<String>), LaunchError> {
+    let (read, write) = std::io::pipe().map_err(LaunchError::Fork)?;
+    let launched = l.launch(&dir.dir, lock.as_fd(), write.as_fd(), log.as_fd())?;
+    // Ours must close, or the read below would never see the monitor close its end.
+    drop(write);
+    Ok((launched.pidfd, Some(read_report(read))))
+}
+
+type Started = (Option<Child>, OwnedFd, Option<String>);
+
+/// Start the monitor by re-executing this binary as `<exe> __monitor <dir>`.
+fn exec_monitor(
+    exe: &Path,
+    dir: &ExecDir,
+    lock: std::fs::File,
+    log: std::fs::File,
+) -> Result<Started, ExecutorError> {
+    let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     let mut child = Command::new(exe)
         .arg(MONITOR_ARG)
         .arg(&dir.dir)
@@ -780,28 +851,8 @@ fn launch(
             return Err(io("pidfd_open on the monitor", e));
         }
     };
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    match serde_json::from_str::<MonitorReport>(line.trim()) {
-        Ok(MonitorReport::Failed { error, code }) => {
-            let _ = child.wait();
-            Err(match code.as_deref() {
-                Some("Unsupported") => ExecutorError::unsupported(error),
-                _ => ExecutorError::internal(error),
-            })
-        }
-        Ok(report) => Ok((child, fd, report)),
-        Err(_) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
-            Err(ExecutorError::internal(format!(
-                "the execution monitor exited before the job started ({status}): {}",
-                log.trim()
-            )))
-        }
-    }
+    let report = child.stdout.take().map(read_report);
+    Ok((Some(child), fd, report))
 }
 
 /// Wait for the monitor to exit (pidfd readable), reap it if it is our child, and publish the

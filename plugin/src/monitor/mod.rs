@@ -7,6 +7,7 @@
 //! does not depend on the plugin staying alive.
 
 pub mod host_sandbox;
+pub mod launcher;
 pub mod pidfd;
 pub mod signals;
 pub mod spawn;
@@ -163,17 +164,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
+        let e = MonitorError::Usage;
+        eprintln!("{e}");
+        Reporter::stdout().send(&e.report());
+        return 2;
+    };
+    main_in_dir(dir)
+}
+
+/// The monitor of the execution whose state directory is `dir`, with its report channel on fd 1
+/// and its own log on fd 2; whether it was exec'd or forked by the [`launcher`]. Returns the
+/// process exit code.
+pub fn main_in_dir(dir: PathBuf) -> i32 {
     // First, so a cancel that arrives while we start up is queued, not fatal.
     if let Err(e) = signals::block() {
         eprintln!("monitor: blocking signals: {e}");
     }
     let mut reporter = Reporter::stdout();
-    let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
-        let e = MonitorError::Usage;
-        eprintln!("{e}");
-        reporter.send(&e.report());
-        return 2;
-    };
     match run(&ExecDir::at(dir), &mut HostSandbox::new(), &mut reporter) {
         Ok(()) => 0,
         Err(e) => {
@@ -232,14 +240,14 @@ pub fn run(
         log_path: spec.log_path.clone(),
         cgroup: None,
     };
-    state::write_json_atomic(&dir.monitor(), &mon)?;
+    state::write_json_replace(&dir.monitor(), &mon)?;
 
     let prepared = sandbox
         .prepare(&spec)
         .map_err(MonitorError::from)
         .and_then(|()| {
             mon.cgroup = sandbox.cgroup_record();
-            Ok(state::write_json_atomic(&dir.monitor(), &mon)?)
+            Ok(state::write_json_replace(&dir.monitor(), &mon)?)
         });
     let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
@@ -288,7 +296,7 @@ fn supervise_job(
     let outcome = match spawn::spawn_job(spec, sandbox) {
         Ok(job) => {
             mon.job = ProcId::of(job.pid).ok();
-            if let Err(e) = state::write_json_atomic(&dir.monitor(), &*mon) {
+            if let Err(e) = state::write_json_replace(&dir.monitor(), &*mon) {
                 eprintln!("monitor: recording the job pid: {e}");
             }
             reporter.send(&MonitorReport::Running { job_pid: job.pid });
