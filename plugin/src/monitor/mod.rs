@@ -50,6 +50,9 @@ pub enum MonitorReport {
     },
     /// The job could not be executed; its (failed) result follows in `result.json`.
     NotStarted { reason: String },
+    /// The result is in `result.json` (not yet flushed to disk: the monitor does that next,
+    /// then exits). Sent after `Running` or `NotStarted`.
+    Finished,
     /// Setup failed: a start error, no result will follow.
     Failed {
         error: String,
@@ -192,8 +195,9 @@ pub fn main_in_dir(dir: PathBuf) -> i32 {
     }
 }
 
-/// The report channel: fd 1, a pipe the plugin reads. Exactly one line is sent, then fd 1 is
-/// pointed at /dev/null so the plugin sees EOF and nothing can block on a full pipe later.
+/// The report channel: fd 1, a pipe the plugin reads. One line when the job started (or could
+/// not), one more when the result is written; then fd 1 is pointed at /dev/null. The lines are
+/// short and at most two, so a plugin that stopped reading can never block us.
 pub struct Reporter {
     sent: bool,
 }
@@ -203,24 +207,35 @@ impl Reporter {
         Reporter { sent: false }
     }
 
+    /// The start report; only the first one is sent.
     pub fn send(&mut self, report: &MonitorReport) {
         if self.sent {
             return;
         }
         self.sent = true;
-        let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
-        line.push(b'\n');
-        // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
-        // closing it.
-        let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        // The plugin may be gone (EPIPE; SIGPIPE is ignored by the Rust runtime): the job runs on.
-        let _ = out.write_all(&line);
+        write_line(report);
+    }
+
+    /// Tell the plugin the result is written, and close the channel.
+    pub fn finished(&mut self) {
+        self.sent = true;
+        write_line(&MonitorReport::Finished);
         if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
             use std::os::fd::AsRawFd;
             // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
             unsafe { libc::dup2(null.as_raw_fd(), 1) };
         }
     }
+}
+
+fn write_line(report: &MonitorReport) {
+    let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
+    // closing it.
+    let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    // The plugin may be gone (EPIPE; SIGPIPE is ignored): the job runs on regardless.
+    let _ = out.write_all(&line);
 }
 
 /// Run one execution to its end. Errors are setup errors (reported as start errors); everything
@@ -254,7 +269,36 @@ pub fn run(
     let oom_killed = sandbox.oom_killed();
     sandbox.cleanup();
     let (sinks, mut log, outcome) = setup_done?;
-    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)
+    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)?;
+    reporter.finished();
+    flush(dir, &spec);
+    Ok(())
+}
+
+/// Make the result durable: the results files, `result.json` and the directories holding them.
+/// Done after the plugin was told, so the disk's latency is not the job's: a plugin that crashes
+/// meanwhile still finds everything (the page cache has it); only a power loss within these
+/// milliseconds could lose a result that was already reported, as it would lose the job itself.
+/// A failure here can no longer change the reported result; it is logged.
+fn flush(dir: &ExecDir, spec: &MonitorSpec) {
+    let files = [
+        spec.results_dir.join(results::STDOUT_FILE),
+        spec.results_dir.join(results::STDERR_FILE),
+        spec.results_dir.join(results::EXIT_CODE_FILE),
+        dir.result(),
+    ];
+    for path in files.iter().chain([&spec.results_dir, &dir.dir]) {
+        let synced = File::open(path).and_then(|f| {
+            // An empty file has no data to flush (its directory entry is covered below).
+            if f.metadata()?.len() == 0 && !path.is_dir() {
+                return Ok(());
+            }
+            f.sync_all()
+        });
+        if let Err(e) = synced {
+            eprintln!("monitor: flushing {} to disk: {e}", path.display());
+        }
+    }
 }
 
 type Supervised = ([OutputSink; 2], RawLog, Result<Outcome, String>);
@@ -422,7 +466,7 @@ fn finish(
         stderr_bytes: err.total,
         notes,
     };
-    state::write_json_atomic(&dir.result(), &rec)?;
+    state::write_json_replace(&dir.result(), &rec)?;
     Ok(())
 }
 
