@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
+use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
@@ -185,7 +186,7 @@ impl Registry {
                 let fd = Arc::new(fd);
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
-                tokio::spawn(watch_monitor(exec.clone(), fd, None));
+                tokio::spawn(watch_monitor(exec.clone(), fd, None, None));
             }
             lock(&reg.execs).insert(exec.id.clone(), exec);
         }
@@ -246,11 +247,11 @@ impl Registry {
             .map_err(|e| ExecutorError::internal(format!("launching the monitor: {e}")))
             .and_then(|r| r);
         match launched {
-            Ok((child, fd, _report)) => {
+            Ok((child, fd, _first, channel)) => {
                 let fd = Arc::new(fd);
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
-                tokio::spawn(watch_monitor(exec.clone(), fd, Some(child)));
+                tokio::spawn(watch_monitor(exec.clone(), fd, child, channel));
                 if exec.cancel_pending.load(Ordering::SeqCst) {
                     exec.signal_monitor()?;
                 }
@@ -820,13 +821,13 @@ async fn janitor(reg: Weak<Registry>, period: Duration) {
     }
 }
 
-/// Start the monitor and read its one-line report. The monitor is our child until it exits;
-/// it detaches into its own session so it outlives us.
-fn launch(
-    exe: &Path,
-    dir: &ExecDir,
-    record: &RequestRecord,
-) -> Result<(Child, OwnedFd, MonitorReport), ExecutorError> {
+/// A started monitor: our child when it was exec'd, its pidfd, its start report, the rest of
+/// its report channel.
+type Launch = (Option<Child>, OwnedFd, MonitorReport, Option<ReportChannel>);
+
+/// Start the monitor (forked by the fork server, or exec'd) and read its start report. It
+/// detaches into its own session so it outlives us.
+fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, ExecutorError> {
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
@@ -840,10 +841,129 @@ fn launch(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(io("locking start.lock", std::io::Error::last_os_error()));
     }
-    state::write_json_atomic(&dir.request(), record)
+    state::write_json_replace(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
     let log =
         std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    let (child, fd, report) = match launcher::installed() {
+        Some(l) => match fork_monitor(l, dir, &lock, &log) {
+            Err(LaunchError::Unavailable(e)) => {
+                // The fork server is gone (it should live as long as we do): re-executing the
+                // binary still works, only slower.
+                tracing::warn!("{e}; starting the monitor by exec");
+                exec_monitor(exe, dir, lock, log)?
+            }
+            Err(e) => return Err(io("starting the monitor", std::io::Error::other(e))),
+            Ok((fd, report)) => (None, fd, report),
+        },
+        None => exec_monitor(exe, dir, lock, log)?,
+    };
+    let mut report = report;
+    let line = report
+        .as_mut()
+        .map(ReportChannel::first_line)
+        .unwrap_or_default();
+    match serde_json::from_str::<MonitorReport>(line.trim()) {
+        Ok(MonitorReport::Failed { error, code, field }) => {
+            if let Some(mut c) = child {
+                let _ = c.wait();
+            }
+            Err(match code.as_deref() {
+                Some("Unsupported") => ExecutorError::unsupported(error),
+                Some("InvalidParams") => {
+                    ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+                        field: field.unwrap_or_default(),
+                        message: error,
+                    }])
+                }
+                _ => ExecutorError::internal(error),
+            })
+        }
+        Ok(first) => Ok((child, fd, first, report)),
+        Err(_) => {
+            let status = match child {
+                Some(mut c) => c.wait().map(|s| s.to_string()).unwrap_or_default(),
+                None => "exited".to_string(),
+            };
+            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
+            Err(ExecutorError::internal(format!(
+                "the execution monitor exited before the job started ({status}): {}",
+                log.trim()
+            )))
+        }
+    }
+}
+
+/// The monitor's report pipe: its start report, then (while we are the plugin that started it)
+/// the news that the result is written.
+pub struct ReportChannel {
+    reader: BufReader<std::fs::File>,
+}
+
+impl ReportChannel {
+    fn new(fd: OwnedFd) -> Self {
+        ReportChannel {
+            reader: BufReader::new(std::fs::File::from(fd)),
+        }
+    }
+
+    /// The start report (blocking).
+    fn first_line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.reader.read_line(&mut line);
+        line
+    }
+
+    /// Whether the monitor says its result is written, before it closes the pipe or exits.
+    async fn finished(self) -> bool {
+        let mut buf = self.reader.buffer().to_vec();
+        let fd = OwnedFd::from(self.reader.into_inner());
+        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return false;
+        };
+        loop {
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if let Ok(MonitorReport::Finished) = serde_json::from_slice(&line) {
+                    return true;
+                }
+            }
+            if buf.len() > 64 * 1024 {
+                return false;
+            }
+            let mut chunk = [0u8; 512];
+            match tokio::io::AsyncReadExt::read(&mut rx, &mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Start the monitor through the fork server; returns its pidfd and report line.
+fn fork_monitor(
+    l: &launcher::Launcher,
+    dir: &ExecDir,
+    lock: &std::fs::File,
+    log: &std::fs::File,
+) -> Result<(OwnedFd, Option<ReportChannel>), LaunchError> {
+    let (read, write) = std::io::pipe().map_err(LaunchError::Fork)?;
+    let launched = l.launch(&dir.dir, lock.as_fd(), write.as_fd(), log.as_fd())?;
+    // Ours must close, or a read would never see the monitor close its end.
+    drop(write);
+    Ok((launched.pidfd, Some(ReportChannel::new(read.into()))))
+}
+
+type Started = (Option<Child>, OwnedFd, Option<ReportChannel>);
+
+/// Start the monitor by re-executing this binary as `<exe> __monitor <dir>`.
+fn exec_monitor(
+    exe: &Path,
+    dir: &ExecDir,
+    lock: std::fs::File,
+    log: std::fs::File,
+) -> Result<Started, ExecutorError> {
+    let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     let mut child = Command::new(exe)
         .arg(MONITOR_ARG)
         .arg(&dir.dir)
@@ -861,39 +981,56 @@ fn launch(
             return Err(io("pidfd_open on the monitor", e));
         }
     };
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    match serde_json::from_str::<MonitorReport>(line.trim()) {
-        Ok(MonitorReport::Failed { error, code, field }) => {
-            let _ = child.wait();
-            Err(match code.as_deref() {
-                Some("Unsupported") => ExecutorError::unsupported(error),
-                Some("InvalidParams") => {
-                    ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
-                        field: field.unwrap_or_default(),
-                        message: error,
-                    }])
-                }
-                _ => ExecutorError::internal(error),
-            })
-        }
-        Ok(report) => Ok((child, fd, report)),
-        Err(_) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
-            Err(ExecutorError::internal(format!(
-                "the execution monitor exited before the job started ({status}): {}",
-                log.trim()
-            )))
-        }
-    }
+    let report = child
+        .stdout
+        .take()
+        .map(|out| ReportChannel::new(OwnedFd::from(out)));
+    Ok((Some(child), fd, report))
 }
 
-/// Wait for the monitor to exit (pidfd readable), reap it if it is our child, and publish the
-/// result it wrote - or a failed result if it died without one.
-async fn watch_monitor(exec: Arc<Exec>, fd: Arc<OwnedFd>, child: Option<Child>) {
+/// Wait for the monitor's result — told on its report channel, or found when it exits (pidfd
+/// readable) — and publish it, or a failed result if it died without one. A monitor that is our
+/// child is reaped once it exits.
+async fn watch_monitor(
+    exec: Arc<Exec>,
+    fd: Arc<OwnedFd>,
+    child: Option<Child>,
+    channel: Option<ReportChannel>,
+) {
+    let exited = monitor_exit(&exec.id, &fd);
+    tokio::pin!(exited);
+    // (told the result is written, the monitor has exited)
+    let (told, gone) = match channel {
+        Some(ch) => tokio::select! {
+            _ = &mut exited => (false, true),
+            told = ch.finished() => (told, false),
+        },
+        None => (false, false),
+    };
+    if told {
+        // The monitor is still flushing to disk and will exit on its own.
+        publish(&exec, None).await;
+        exited.await;
+        if let Some(mut c) = child {
+            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+        }
+        return;
+    }
+    if !gone {
+        exited.await;
+    }
+    let status = match child {
+        Some(mut c) => tokio::task::spawn_blocking(move || c.wait().ok().map(|s| s.to_string()))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    publish(&exec, status).await;
+}
+
+/// Resolves when the monitor behind `fd` has exited.
+async fn monitor_exit(id: &str, fd: &Arc<OwnedFd>) {
     let registered = fd.try_clone().and_then(|own| {
         // SAFETY: the AsyncFd owns this duplicate and nothing else closes or replaces it.
         unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }
@@ -905,15 +1042,18 @@ async fn watch_monitor(exec: Arc<Exec>, fd: Arc<OwnedFd>, child: Option<Child>) 
         }
         Err(e) => {
             // No reactor registration: fall back to polling the process identity.
-            tracing::warn!(execution = %exec.id, "watching the monitor by pidfd failed: {e}");
-            while pidfd::send_signal(&fd, 0).unwrap_or(false) {
+            tracing::warn!(execution = %id, "watching the monitor by pidfd failed: {e}");
+            while pidfd::send_signal(fd, 0).unwrap_or(false) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+/// Load the result the monitor wrote (or bury the execution) and make it the execution's phase.
+async fn publish(exec: &Arc<Exec>, status: Option<String>) {
     let exec2 = exec.clone();
     let record = tokio::task::spawn_blocking(move || {
-        let status = child.and_then(|mut c| c.wait().ok()).map(|s| s.to_string());
         load_or_bury(&exec2.dir, &exec2.log_path, status.as_deref())
     })
     .await

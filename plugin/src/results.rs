@@ -118,15 +118,9 @@ impl OutputSink {
                 }
             },
         };
-        // An empty file has no data to make durable (and fdatasync never covered its directory
-        // entry); skipping it spares a trivial job's two empty streams two disk flushes on the
-        // start-to-result path, each up to milliseconds on a busy disk.
-        if let Some(file) = self.file.take().filter(|_| self.file_len > 0) {
-            if let Err(e) = file.sync_data() {
-                self.error
-                    .get_or_insert_with(|| format!("syncing {}: {e}", self.path.display()));
-            }
-        }
+        // Made durable later (see `monitor::flush`), after the plugin has been told: a flush
+        // can take milliseconds on a busy disk and must not delay the result.
+        self.file = None;
         StreamSummary {
             summary,
             truncated: self.total > self.return_limit,
@@ -154,8 +148,7 @@ impl OutputSink {
 pub fn write_exit_code(results_dir: &Path, exit_code: i64) -> io::Result<()> {
     let path = results_dir.join(EXIT_CODE_FILE);
     let mut f = File::create(path)?;
-    write!(f, "{exit_code}")?;
-    f.sync_data()
+    write!(f, "{exit_code}")
 }
 
 #[cfg(test)]

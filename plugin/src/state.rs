@@ -272,7 +272,24 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Sta
     write_atomic(path, &bytes).map_err(|e| StateError::io(path, e))
 }
 
+/// Like [`write_json_atomic`] but without the flushes: a reader (or a plugin restarted after a
+/// crash) still sees the old file or the new one, never a torn one, but a power loss may lose it.
+/// For records that describe live processes (`request.json`, `monitor.json`): a power loss kills
+/// those processes too, and an execution whose records are missing after a reboot is buried as
+/// failed either way, so flushing them would only add milliseconds to every start.
+pub fn write_json_replace<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    replace_file(path, &bytes, false).map_err(|e| StateError::io(path, e))
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -290,10 +307,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        // The rename itself must reach the disk too.
-        File::open(dir)?.sync_all()
+        if durable {
+            // The rename itself must reach the disk too.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

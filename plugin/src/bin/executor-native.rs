@@ -51,6 +51,14 @@ fn main() -> ExitCode {
         println!("a stray print that must not reach the host");
     }
 
+    // The monitors' fork server must be forked while this process is still single-threaded.
+    // Without it monitors are started by re-executing this binary, which works, only slower.
+    // SAFETY: no thread has been started yet (the runtime is built below).
+    match unsafe { executor_plugin::monitor::launcher::Launcher::start() } {
+        Ok(l) => executor_plugin::monitor::launcher::install(l),
+        Err(e) => tracing::warn!(error = %e, "cannot fork the monitor fork server"),
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

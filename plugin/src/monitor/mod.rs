@@ -7,6 +7,7 @@
 //! does not depend on the plugin staying alive.
 
 pub mod host_sandbox;
+pub mod launcher;
 pub mod pidfd;
 pub mod signals;
 pub mod spawn;
@@ -49,6 +50,9 @@ pub enum MonitorReport {
     },
     /// The job could not be executed; its (failed) result follows in `result.json`.
     NotStarted { reason: String },
+    /// The result is in `result.json` (not yet flushed to disk: the monitor does that next,
+    /// then exits). Sent after `Running` or `NotStarted`.
+    Finished,
     /// Setup failed: a start error, no result will follow.
     Failed {
         error: String,
@@ -177,17 +181,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
+        let e = MonitorError::Usage;
+        eprintln!("{e}");
+        Reporter::stdout().send(&e.report());
+        return 2;
+    };
+    main_in_dir(dir)
+}
+
+/// The monitor of the execution whose state directory is `dir`, with its report channel on fd 1
+/// and its own log on fd 2; whether it was exec'd or forked by the [`launcher`]. Returns the
+/// process exit code.
+pub fn main_in_dir(dir: PathBuf) -> i32 {
     // First, so a cancel that arrives while we start up is queued, not fatal.
     if let Err(e) = signals::block() {
         eprintln!("monitor: blocking signals: {e}");
     }
     let mut reporter = Reporter::stdout();
-    let Some(dir) = args.into_iter().nth(2).map(|a| PathBuf::from(a.as_ref())) else {
-        let e = MonitorError::Usage;
-        eprintln!("{e}");
-        reporter.send(&e.report());
-        return 2;
-    };
     match run(&ExecDir::at(dir), &mut HostSandbox::new(), &mut reporter) {
         Ok(()) => 0,
         Err(e) => {
@@ -198,8 +209,9 @@ where
     }
 }
 
-/// The report channel: fd 1, a pipe the plugin reads. Exactly one line is sent, then fd 1 is
-/// pointed at /dev/null so the plugin sees EOF and nothing can block on a full pipe later.
+/// The report channel: fd 1, a pipe the plugin reads. One line when the job started (or could
+/// not), one more when the result is written; then fd 1 is pointed at /dev/null. The lines are
+/// short and at most two, so a plugin that stopped reading can never block us.
 pub struct Reporter {
     sent: bool,
 }
@@ -209,24 +221,35 @@ impl Reporter {
         Reporter { sent: false }
     }
 
+    /// The start report; only the first one is sent.
     pub fn send(&mut self, report: &MonitorReport) {
         if self.sent {
             return;
         }
         self.sent = true;
-        let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
-        line.push(b'\n');
-        // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
-        // closing it.
-        let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        // The plugin may be gone (EPIPE; SIGPIPE is ignored by the Rust runtime): the job runs on.
-        let _ = out.write_all(&line);
+        write_line(report);
+    }
+
+    /// Tell the plugin the result is written, and close the channel.
+    pub fn finished(&mut self) {
+        self.sent = true;
+        write_line(&MonitorReport::Finished);
         if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
             use std::os::fd::AsRawFd;
             // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
             unsafe { libc::dup2(null.as_raw_fd(), 1) };
         }
     }
+}
+
+fn write_line(report: &MonitorReport) {
+    let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
+    // closing it.
+    let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    // The plugin may be gone (EPIPE; SIGPIPE is ignored): the job runs on regardless.
+    let _ = out.write_all(&line);
 }
 
 /// Run one execution to its end. Errors are setup errors (reported as start errors); everything
@@ -246,21 +269,50 @@ pub fn run(
         log_path: spec.log_path.clone(),
         cgroup: None,
     };
-    state::write_json_atomic(&dir.monitor(), &mon)?;
+    state::write_json_replace(&dir.monitor(), &mon)?;
 
     let prepared = sandbox
         .prepare(&spec)
         .map_err(MonitorError::from)
         .and_then(|()| {
             mon.cgroup = sandbox.cgroup_record();
-            Ok(state::write_json_atomic(&dir.monitor(), &mon)?)
+            Ok(state::write_json_replace(&dir.monitor(), &mon)?)
         });
     let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
     let oom_killed = sandbox.oom_killed();
     sandbox.cleanup();
     let (sinks, mut log, outcome) = setup_done?;
-    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)
+    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)?;
+    reporter.finished();
+    flush(dir, &spec);
+    Ok(())
+}
+
+/// Make the result durable: the results files, `result.json` and the directories holding them.
+/// Done after the plugin was told, so the disk's latency is not the job's: a plugin that crashes
+/// meanwhile still finds everything (the page cache has it); only a power loss within these
+/// milliseconds could lose a result that was already reported, as it would lose the job itself.
+/// A failure here can no longer change the reported result; it is logged.
+fn flush(dir: &ExecDir, spec: &MonitorSpec) {
+    let files = [
+        spec.results_dir.join(results::STDOUT_FILE),
+        spec.results_dir.join(results::STDERR_FILE),
+        spec.results_dir.join(results::EXIT_CODE_FILE),
+        dir.result(),
+    ];
+    for path in files.iter().chain([&spec.results_dir, &dir.dir]) {
+        let synced = File::open(path).and_then(|f| {
+            // An empty file has no data to flush (its directory entry is covered below).
+            if f.metadata()?.len() == 0 && !path.is_dir() {
+                return Ok(());
+            }
+            f.sync_all()
+        });
+        if let Err(e) = synced {
+            eprintln!("monitor: flushing {} to disk: {e}", path.display());
+        }
+    }
 }
 
 type Supervised = ([OutputSink; 2], RawLog, Result<Outcome, String>);
@@ -302,7 +354,7 @@ fn supervise_job(
     let outcome = match spawn::spawn_job(spec, sandbox) {
         Ok(job) => {
             mon.job = ProcId::of(job.pid).ok();
-            if let Err(e) = state::write_json_atomic(&dir.monitor(), &*mon) {
+            if let Err(e) = state::write_json_replace(&dir.monitor(), &*mon) {
                 eprintln!("monitor: recording the job pid: {e}");
             }
             reporter.send(&MonitorReport::Running { job_pid: job.pid });
@@ -429,7 +481,7 @@ fn finish(
         stderr_bytes: err.total,
         notes,
     };
-    state::write_json_atomic(&dir.result(), &rec)?;
+    state::write_json_replace(&dir.result(), &rec)?;
     Ok(())
 }
 

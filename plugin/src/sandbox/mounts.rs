@@ -14,7 +14,7 @@ use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::ptr;
 
@@ -549,58 +549,6 @@ fn check_existing(
     Ok(true)
 }
 
-/// Creates `rel` (and its parents) below the job's root on the host, before fork.
-fn create_in_root(
-    what: &'static str,
-    target: &Path,
-    root: &Path,
-    rel: &Path,
-    kind: Kind,
-) -> Result<(), FsError> {
-    let mut p = root.to_owned();
-    let n = rel.components().count();
-    for (i, c) in rel.components().enumerate() {
-        p.push(c);
-        let want = if i + 1 == n { kind } else { Kind::Dir };
-        match fs::symlink_metadata(&p) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(FsError::Symlink {
-                    what,
-                    target: target.to_owned(),
-                    path: p,
-                })
-            }
-            Ok(meta) if Kind::of(&meta) != want => {
-                return Err(FsError::KindMismatch {
-                    what,
-                    target: target.to_owned(),
-                    path: p,
-                    found: Kind::of(&meta).name(),
-                    expected: want.name(),
-                })
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let made = match want {
-                    Kind::Dir => fs::DirBuilder::new().mode(0o755).create(&p),
-                    Kind::File => fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o644)
-                        .open(&p)
-                        .map(drop),
-                };
-                made.map_err(|source| FsError::Prepare {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            Err(source) => return Err(FsError::Prepare { path: p, source }),
-        }
-    }
-    Ok(())
-}
-
 /// Mount points of the host below `dir` (not `dir` itself), from `/proc/self/mountinfo`.
 fn submounts(table: &str, dir: &Path) -> Vec<PathBuf> {
     table
@@ -696,26 +644,6 @@ impl FsPlan {
                 recursive: true,
             });
         }
-        for (link, text) in &link_steps {
-            match fs::read_link(link) {
-                Ok(existing) if existing == *text => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    std::os::unix::fs::symlink(text, link).map_err(|source| FsError::Prepare {
-                        path: link.clone(),
-                        source,
-                    })?;
-                }
-                Ok(_) | Err(_) => {
-                    return Err(FsError::Prepare {
-                        path: link.clone(),
-                        source: io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            "something other than the expected symlink is there",
-                        ),
-                    })
-                }
-            }
-        }
         entries.push(Entry::Tmpfs(PathBuf::from("/tmp")));
         entries.push(Entry::Proc);
         entries.push(Entry::Dev);
@@ -779,15 +707,24 @@ impl FsPlan {
                 flags: libc::MS_REC | libc::MS_PRIVATE,
                 data: None,
             },
-            // pivot_root needs the new root to be a mount point.
+            // The root is a fresh tmpfs that only this mount namespace sees: pivot_root needs a
+            // mount point, and its mount points are made by the child in memory, where making
+            // them costs nothing and leaves nothing to clean up, instead of as a dozen inodes on
+            // the state directory's disk for every execution.
             Step::Mount {
-                source: Some(cstring("root directory", &root)?),
+                source: Some(c"tmpfs".to_owned()),
                 target: cstring("root directory", &root)?,
-                fstype: None,
-                flags: libc::MS_BIND,
-                data: None,
+                fstype: Some(c"tmpfs".to_owned()),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(c"mode=755,size=64k".to_owned()),
             },
         ];
+        for (link, text) in &link_steps {
+            steps.push(Step::Symlink {
+                target: cstring("system directory", text)?,
+                link: cstring("system directory", link)?,
+            });
+        }
         for (i, entry) in entries.iter().enumerate() {
             let target = entry.target();
             let host_target = root.join(relative(target));
@@ -803,7 +740,23 @@ impl FsPlan {
                 _ => ("sandbox mount", Kind::Dir),
             };
             match outer {
-                None => create_in_root(what, target, &root, &relative(target), kind)?,
+                None => {
+                    let rel = relative(target);
+                    let mut p = root.clone();
+                    let n = rel.components().count();
+                    for (j, c) in rel.components().enumerate() {
+                        p.push(c);
+                        let pc = cstring(what, &p)?;
+                        if j + 1 == n && kind == Kind::File {
+                            steps.push(Step::Touch { path: pc });
+                        } else {
+                            steps.push(Step::Mkdir {
+                                path: pc,
+                                mode: 0o755,
+                            });
+                        }
+                    }
+                }
                 Some(Entry::Tmpfs(tmpfs)) => {
                     let rel = relative(target.strip_prefix(tmpfs).unwrap_or(target));
                     let mut p = root.join(relative(tmpfs));

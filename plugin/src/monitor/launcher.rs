@@ -1,0 +1,367 @@
+//! A fork server for execution monitors.
+//!
+//! Re-executing the plugin binary for every execution costs an `execve`, the dynamic loader and
+//! the Rust runtime's start-up — most of a trivial job's start latency — and leaves each monitor
+//! with the resident pages of a large binary. Instead, the plugin forks this small server while
+//! it is still single-threaded (before the async runtime exists); the server forks one monitor
+//! per request, which runs [`super::main_in_dir`] with no `exec` at all. A fork of a small,
+//! single-threaded process is cheap, and the monitor only maps in the pages it touches.
+//!
+//! Protocol over a `SOCK_SEQPACKET` pair: the plugin sends the execution directory with the
+//! monitor's stdin, stdout and stderr as `SCM_RIGHTS`; the server answers the monitor's pid (or
+//! an errno) with a pidfd for it. The server reaps its children; the plugin watches them by
+//! pidfd. When the plugin goes away the server sees end-of-file and exits; monitors live on,
+//! as they do when they were exec'd.
+
+use std::ffi::OsStr;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+/// Longest execution directory path accepted (PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+static INSTALLED: OnceLock<Launcher> = OnceLock::new();
+
+/// Make `launcher` the one this process uses; a second call is ignored.
+pub fn install(launcher: Launcher) {
+    let _ = INSTALLED.set(launcher);
+}
+
+/// The installed launcher, if the plugin started one.
+pub fn installed() -> Option<&'static Launcher> {
+    INSTALLED.get()
+}
+
+/// The plugin's end of the fork server.
+pub struct Launcher {
+    /// One request/answer pair at a time: the answer must match its request.
+    sock: Mutex<OwnedFd>,
+    pid: i32,
+}
+
+/// A monitor the server started.
+pub struct Launched {
+    pub pid: i32,
+    /// Names the monitor for good (it is not our child, so its pid alone could be reused).
+    pub pidfd: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The server could not fork the monitor (the errno of its fork or pidfd_open).
+    #[error("forking the execution monitor: {0}")]
+    Fork(io::Error),
+    /// The server is gone: it never got the request, so no monitor was started.
+    #[error("the monitor fork server is gone: {0}")]
+    Unavailable(io::Error),
+    /// The server got the request but its answer was lost or garbled: a monitor may exist.
+    #[error("the monitor fork server did not answer: {0}")]
+    Server(io::Error),
+}
+
+impl Launcher {
+    /// Fork the server.
+    ///
+    /// # Safety
+    /// The process must be single-threaded: the child runs on after `fork` and allocates.
+    pub unsafe fn start() -> io::Result<Launcher> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        // SAFETY: single-threaded per this function's contract.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                drop(ours);
+                serve(theirs)
+            }
+            pid => {
+                drop(theirs);
+                Ok(Launcher {
+                    sock: Mutex::new(ours),
+                    pid,
+                })
+            }
+        }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Start a monitor for the execution directory `dir` with the given standard descriptors.
+    pub fn launch(
+        &self,
+        dir: &Path,
+        stdin: BorrowedFd<'_>,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<Launched, LaunchError> {
+        let path = dir.as_os_str().as_bytes();
+        if path.is_empty() || path.len() > MAX_PATH || path.contains(&0) {
+            return Err(LaunchError::Fork(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unusable execution directory {}", dir.display()),
+            )));
+        }
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(path)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| LaunchError::Unavailable(e.into()))?;
+        let (answer, fds) = recv(sock.as_raw_fd(), 8).map_err(LaunchError::Server)?;
+        drop(sock);
+        let mut fds = fds.into_iter();
+        if answer.len() != 8 {
+            return Err(LaunchError::Server(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the fork server closed its socket",
+            )));
+        }
+        let pid = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
+        let errno = i32::from_ne_bytes([answer[4], answer[5], answer[6], answer[7]]);
+        if errno != 0 {
+            return Err(LaunchError::Fork(io::Error::from_raw_os_error(errno)));
+        }
+        let pidfd = fds.next().ok_or_else(|| {
+            LaunchError::Server(io::Error::other("the fork server sent no pidfd"))
+        })?;
+        Ok(Launched { pid, pidfd })
+    }
+}
+
+/// Receive one message of at most `max` bytes and the descriptors that came with it (owned, and
+/// close-on-exec). An empty message means end-of-file.
+fn recv(sock: RawFd, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; max];
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let (len, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors for us.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a truncated fork-server message",
+            ));
+        }
+        (msg.bytes, fds)
+    };
+    buf.truncate(len);
+    Ok((buf, fds))
+}
+
+/// The server's loop. Never returns.
+fn serve(sock: OwnedFd) -> ! {
+    // Hold none of the plugin's descriptors — above all not the host's pipes, whose end-of-file
+    // tells the host the plugin is gone.
+    // SAFETY: plain syscalls on descriptors of this (now single-threaded) process.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    let sock = keep_only(sock);
+    let sigchld = match sigchld_fd() {
+        Ok(fd) => fd,
+        // SAFETY: leaving without running the plugin's destructors.
+        Err(_) => unsafe { libc::_exit(1) },
+    };
+    loop {
+        let mut pfd = [
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd entries.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+        if pfd[1].revents != 0 {
+            drain(sigchld.as_raw_fd());
+            reap();
+        }
+        if pfd[0].revents != 0 {
+            let (path, fds) = match recv(sock.as_raw_fd(), MAX_PATH + 1) {
+                Ok((path, _)) if path.is_empty() => break,
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let (pid, errno, pidfd) = match <[OwnedFd; 3]>::try_from(fds) {
+                Ok(stdio) => fork_monitor(Path::new(OsStr::from_bytes(&path)), stdio, &sock),
+                Err(_) => (0, libc::EINVAL, None),
+            };
+            let mut answer = [0u8; 8];
+            answer[..4].copy_from_slice(&pid.to_ne_bytes());
+            answer[4..].copy_from_slice(&errno.to_ne_bytes());
+            let raw: Vec<RawFd> = pidfd.iter().map(|f| f.as_raw_fd()).collect();
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+            let sent = sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[IoSlice::new(&answer)],
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            if sent.is_err() {
+                break;
+            }
+            reap();
+        }
+    }
+    // SAFETY: leaving without running the plugin's destructors (its runtime is not ours).
+    unsafe { libc::_exit(0) }
+}
+
+/// Fork one monitor. Returns (pid, 0, pidfd) or (0, errno, None).
+fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, Option<OwnedFd>) {
+    let dir: PathBuf = dir.to_path_buf();
+    // SAFETY: this server is single-threaded.
+    match unsafe { libc::fork() } {
+        -1 => (0, errno(), None),
+        0 => {
+            // SAFETY: the child owns copies of every descriptor; the standard ones are replaced
+            // by the monitor's, and the monitor closes everything above 2 itself.
+            unsafe {
+                for (target, fd) in stdio.iter().enumerate() {
+                    libc::dup2(fd.as_raw_fd(), target as i32);
+                }
+                libc::close(sock.as_raw_fd());
+                let empty = {
+                    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                    libc::sigemptyset(set.as_mut_ptr());
+                    set.assume_init()
+                };
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            }
+            let code = super::main_in_dir(dir);
+            // SAFETY: the monitor's work is done and flushed; nothing of the plugin's may run.
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            drop(stdio);
+            // Not reaped before this: the pid still names our child.
+            match super::pidfd::open(pid) {
+                Ok(fd) => (pid, 0, Some(fd)),
+                Err(e) => {
+                    // SAFETY: our child; it must not run unwatched.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    (0, e.raw_os_error().unwrap_or(libc::EIO), None)
+                }
+            }
+        }
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Move the socket to fd 3 and close everything else above the standard descriptors.
+fn keep_only(sock: OwnedFd) -> OwnedFd {
+    let raw = sock.as_raw_fd();
+    // SAFETY: dup2 to a fixed number, then closing every other inherited descriptor; nothing in
+    // this process uses them (the plugin's runtime does not exist here).
+    unsafe {
+        let fd = if raw == 3 {
+            std::mem::forget(sock);
+            3
+        } else {
+            let fd = libc::dup2(raw, 3);
+            drop(sock);
+            if fd < 0 {
+                libc::_exit(1);
+            }
+            fd
+        };
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            for other in 4..1024 {
+                libc::close(other);
+            }
+        }
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// SIGCHLD as a descriptor, so the loop reaps exited monitors as soon as they exit.
+fn sigchld_fd() -> io::Result<OwnedFd> {
+    // SAFETY: a valid sigset; blocking SIGCHLD so the signalfd receives it.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGCHLD);
+        let set = set.assume_init();
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 128 * 8];
+    // SAFETY: reading into a local buffer from a non-blocking descriptor.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+fn reap() {
+    let mut status = 0;
+    // SAFETY: reaping our own children without blocking.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+}
