@@ -22,6 +22,7 @@ use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
 use crate::sandbox::mounts::Bind;
+use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
 use crate::sandbox::user::{self, UserPlan};
 use crate::state::{
     self, ExecDir, FsSandbox, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
@@ -42,6 +43,11 @@ pub struct RegistryConfig {
     pub max_retained: usize,
     /// Between the graceful SIGTERM and the kill of the whole tree on cancel or deadline.
     pub kill_grace: Duration,
+    /// Where running executions get a uid of their own from (see [`job_uid_range`]); `None`:
+    /// jobs run as the user `build_spec` resolves.
+    pub job_uids: Option<UidRange>,
+    /// The host-wide locks that mark job uids taken ([`uids::DEFAULT_LOCK_DIR`]).
+    pub job_uid_lock_dir: PathBuf,
 }
 
 impl RegistryConfig {
@@ -52,6 +58,8 @@ impl RegistryConfig {
             retention: DEFAULT_RETENTION,
             max_retained: DEFAULT_MAX_RETAINED,
             kill_grace: DEFAULT_KILL_GRACE,
+            job_uids: None,
+            job_uid_lock_dir: PathBuf::from(uids::DEFAULT_LOCK_DIR),
         }
     }
 }
@@ -102,6 +110,8 @@ struct Exec {
     monitor: Mutex<Option<Arc<OwnedFd>>>,
     /// Cancel arrived before the monitor reported: signal it once it has.
     cancel_pending: AtomicBool,
+    /// The plugin's hold on the job's own uid, dropped once the job is known to be gone.
+    uid_lease: Mutex<Option<UidLease>>,
 }
 
 impl Exec {
@@ -115,6 +125,7 @@ impl Exec {
             phase: watch::Sender::new(Phase::Starting),
             monitor: Mutex::new(None),
             cancel_pending: AtomicBool::new(false),
+            uid_lease: Mutex::new(None),
         }
     }
 
@@ -148,6 +159,8 @@ impl Exec {
 
 pub struct Registry {
     config: RegistryConfig,
+    /// Per-execution uids, when jobs get one.
+    uids: Option<Arc<Mutex<UidPool>>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     shutting_down: AtomicBool,
     janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -166,7 +179,11 @@ impl Registry {
             path: root.clone(),
             source: e,
         })?;
+        let uids = config
+            .job_uids
+            .map(|r| Arc::new(Mutex::new(UidPool::new(r, &config.job_uid_lock_dir))));
         let reg = Arc::new(Registry {
+            uids,
             config,
             execs: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -200,12 +217,37 @@ impl Registry {
         &self.config
     }
 
+    /// A uid of its own for the next execution, when jobs get one (`job_uids` configured); it
+    /// stays taken until the lease is dropped or, passed to [`Registry::start_spec_as`], the
+    /// execution has ended.
+    pub async fn lease_job_uid(&self) -> Result<Option<UidLease>, ExecutorError> {
+        let Some(pool) = self.uids.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || lock(&pool).allocate())
+            .await
+            .map_err(|e| ExecutorError::internal(format!("allocating a job uid: {e}")))?
+            .map(Some)
+            .map_err(|e| ExecutorError::internal(e.to_string()))
+    }
+
     /// Launch a monitor for a resolved spec. `request` is the wire request, kept for inspection.
     /// Returns once the job is running (or its failure to execute is known).
     pub async fn start_spec(
         &self,
         request: serde_json::Value,
+        spec: MonitorSpec,
+    ) -> Result<(), ExecutorError> {
+        self.start_spec_as(request, spec, None).await
+    }
+
+    /// [`Registry::start_spec`] for a spec whose job runs as the uid `uid_lease` holds (from
+    /// [`Registry::lease_job_uid`]); the registry releases it when the execution has ended.
+    pub async fn start_spec_as(
+        &self,
+        request: serde_json::Value,
         mut spec: MonitorSpec,
+        uid_lease: Option<UidLease>,
     ) -> Result<(), ExecutorError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecutorError::unsupported("the plugin is shutting down"));
@@ -229,6 +271,7 @@ impl Registry {
                 spec.log_path.clone(),
                 state::now_ms(),
             ));
+            *lock(&exec.uid_lease) = uid_lease;
             execs.insert(id.clone(), exec.clone());
             exec
         };
@@ -469,6 +512,9 @@ pub struct SpecInput {
     /// `PluginConfig.runAsUser`: who jobs run as when the plugin is root (default
     /// [`UserPlan::default_unprivileged`]). Ignored when the plugin is not root.
     pub run_as_user: Option<String>,
+    /// A uid allocated to this execution alone ([`UserPlan::per_execution`]); when the plugin
+    /// is root it wins over `run_as_user`.
+    pub job_user: Option<UserPlan>,
     /// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
     pub allow_listed_local_paths: Vec<PathBuf>,
 }
@@ -521,7 +567,10 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         });
     }
     if user::running_as_root() {
-        sandbox.run_as = Some(job_user(input.run_as_user.as_deref())?);
+        sandbox.run_as = Some(match input.job_user.clone() {
+            Some(own) => own,
+            None => job_user(input.run_as_user.as_deref())?,
+        });
     }
     let mut env = user_env(sandbox.run_as.as_ref(), input.isolate_filesystem);
     env.extend(input.request_env);
@@ -557,6 +606,30 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
 
 /// The job's root under its state directory (`<state>/executions/<id>/root`).
 pub const JOB_ROOT_DIR: &str = "root";
+
+/// The range each running execution gets a uid of its own from: when the plugin is root and no
+/// single `runAsUser` is configured (that mode, kept for hosts that need a known user, runs
+/// every job as the same uid, so jobs can see and signal each other).
+pub fn job_uid_range(
+    config: &executor_schema::PluginConfig,
+) -> Result<Option<UidRange>, ExecutorError> {
+    let explicit = config
+        .run_as_user
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    if !user::running_as_root() || explicit {
+        return Ok(None);
+    }
+    match config.job_uid_range {
+        None => Ok(Some(uids::DEFAULT_RANGE)),
+        Some(r) => UidRange::new(r.min, r.max).map(Some).map_err(|e| {
+            ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+                field: "config.jobUidRange".into(),
+                message: e.to_string(),
+            }])
+        }),
+    }
+}
 
 /// The user jobs switch to when the plugin is root. Root itself is refused: without a pid or
 /// user namespace a root job could reach the host through `/proc/1/root` and undo every mount.
@@ -827,7 +900,10 @@ async fn watch_monitor(exec: Arc<Exec>, fd: Arc<OwnedFd>, child: Option<Child>) 
     let exec2 = exec.clone();
     let record = tokio::task::spawn_blocking(move || {
         let status = child.and_then(|mut c| c.wait().ok()).map(|s| s.to_string());
-        load_or_bury(&exec2.dir, &exec2.log_path, status.as_deref())
+        let record = load_or_bury(&exec2.dir, &exec2.log_path, status.as_deref());
+        // Only now is nothing of the job left running as its uid.
+        lock(&exec2.uid_lease).take();
+        record
     })
     .await
     .unwrap_or_else(|e| failed_record(&format!("execution monitor watcher failed: {e}")));
@@ -958,6 +1034,21 @@ fn starting_monitor(dir: &ExecDir) -> Option<OwnedFd> {
     }
 }
 
+/// A running execution found after a restart keeps its own uid taken (its monitor holds it
+/// too; this covers the monitor dying before the plugin has killed what is left of the job).
+fn hold_job_uid(exec: &Exec, spec: &MonitorSpec) {
+    let Some(user) = &spec.sandbox.run_as else {
+        return;
+    };
+    let Some(path) = &user.uid_lock else {
+        return;
+    };
+    match UidLease::hold(user.uid, path) {
+        Ok(lease) => *lock(&exec.uid_lease) = Some(lease),
+        Err(e) => tracing::warn!(execution = %exec.id, "holding the job's uid {}: {e}", user.uid),
+    }
+}
+
 /// Rebuild executions from the state root: finished ones with their result, running ones with a
 /// pidfd on their (verified) monitor, dead ones buried.
 fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
@@ -1004,7 +1095,10 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
             .and_then(|m| pidfd::open_verified(&m.monitor))
             .or_else(|| starting_monitor(&dir));
         match live {
-            Some(fd) => out.push((exec, Some(fd))),
+            Some(fd) => {
+                hold_job_uid(&exec, &req.monitor);
+                out.push((exec, Some(fd)))
+            }
             None => {
                 let r = load_or_bury(&dir, &exec.log_path, None);
                 exec.phase.send_replace(Phase::Finished(Arc::new(r)));

@@ -7,4 +7,5 @@ pub mod cgroup;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;
+pub mod uids;
 pub mod user;
