@@ -1127,6 +1127,41 @@ mod tests {
     }
 
     #[test]
+    fn a_running_execution_found_at_restart_keeps_its_uid_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let range = UidRange::new(100, 101).unwrap();
+        let allocated = UidPool::new(range, tmp.path().join("locks"))
+            .allocate_where(|_| true)
+            .unwrap();
+        // The record a plugin wrote for it, as a restarted plugin reads it back.
+        let mut spec = build_spec(
+            tmp.path(),
+            SpecInput {
+                execution_id: "e".into(),
+                ..SpecInput::default()
+            },
+        )
+        .unwrap();
+        spec.sandbox.run_as = Some(UserPlan::per_execution(
+            allocated.uid(),
+            allocated.path().to_owned(),
+        ));
+        let record: MonitorSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        let exec = Exec::new("e", "j", ExecDir::at(tmp.path()), "/log".into(), 0);
+        hold_job_uid(&exec, &record);
+        // The plugin that allocated it is gone; a new one must pass the id over...
+        drop(allocated);
+        let mut pool = UidPool::new(range, tmp.path().join("locks"));
+        let next = pool.allocate_where(|_| true).unwrap();
+        assert_eq!(next.uid(), 101);
+        drop(next);
+        // ...until the execution has ended.
+        lock(&exec.uid_lease).take();
+        assert!(pool.allocate_where(|_| true).is_ok_and(|l| l.uid() == 100));
+    }
+
+    #[test]
     fn paths_follow_results_dir_then_execution_dir() {
         let root = Path::new("/state");
         let base = SpecInput {

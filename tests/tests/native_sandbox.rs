@@ -174,10 +174,10 @@ fn isolated_env(test: &str) -> Option<Env> {
     Some(env)
 }
 
-/// A job that records who it is in its scratch output, says it is ready, and ends normally
-/// once the test creates `go` there (at most 60 s).
+/// A job that records who it is in its scratch output, tries its working directory and `/tmp`,
+/// says it is ready, and ends normally once the test creates `go` there (at most 60 s).
 const WAITER: &str = r#"S="$1"; id -u > "$S/uid"; id -G > "$S/groups"; echo "$HOME $USER" > "$S/env"
-echo secret-output > "$S/out.txt"; touch "$S/ready"
+echo secret-output > "$S/out.txt"; touch ./w /tmp/t && echo yes > "$S/writable"; touch "$S/ready"
 i=0; while [ ! -e "$S/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 echo "A ended normally""#;
 
@@ -185,6 +185,7 @@ fn start_waiter(env: &mut Env, exec: &str, extra: Value) -> u32 {
     let mut req = env.request(exec, WAITER, extra);
     let scratch = env.scratch(exec);
     req["EngineParams"]["Params"]["Parameters"] = json!(["waiter", scratch]);
+    req["EngineParams"]["Params"]["WorkingDirectory"] = json!("/job-work");
     let msg = env.call("executor_start", json!([req]));
     assert_eq!(msg["result"], Value::Null, "start {exec}: {msg}");
     wait_until(Duration::from_secs(30), "the job to be ready", || {
@@ -225,6 +226,10 @@ fn concurrent_jobs_get_uids_of_their_own_and_cannot_reach_each_other() {
     assert_eq!(
         std::fs::read_to_string(a_scratch.join("env")).unwrap(),
         format!("/tmp {a_uid}\n")
+    );
+    assert!(
+        a_scratch.join("writable").exists(),
+        "the working directory or /tmp is not writable"
     );
 
     // Job B looks for A from every side, then kills everything it may signal.

@@ -156,6 +156,7 @@ fn open_lock(path: &Path) -> io::Result<File> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(path)
 }
