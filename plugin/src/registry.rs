@@ -984,6 +984,7 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
             }
         }
     }
+    hand_outputs_back(dir);
     let reason = format!(
         "execution monitor exited unexpectedly{} without writing a result; see {}",
         status.map(|s| format!(" ({s})")).unwrap_or_default(),
@@ -999,6 +1000,32 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
         }
     }
     record
+}
+
+/// The monitor that would have given a per-execution uid's outputs back to root died: do it
+/// here, once nothing of the job runs, before the uid can go to another job.
+fn hand_outputs_back(dir: &ExecDir) {
+    let Ok(req) = state::read_json::<RequestRecord>(&dir.request()) else {
+        return;
+    };
+    let spec = &req.monitor;
+    if !spec
+        .sandbox
+        .run_as
+        .as_ref()
+        .is_some_and(UserPlan::is_per_execution)
+    {
+        return;
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    for name in &spec.output_names {
+        let out = spec.results_dir.join(name);
+        match user::chown_tree(&out, uid.as_raw(), gid.as_raw()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("handing {} back: {e}", out.display()),
+        }
+    }
 }
 
 /// A monitor that holds the start lock but has not written `monitor.json` yet (a plugin died

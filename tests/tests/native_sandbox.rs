@@ -381,3 +381,30 @@ fn job_uid_ranges_are_configurable_and_checked() {
     p.call(6, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+#[test]
+fn outputs_of_a_job_whose_monitor_died_go_back_to_root() {
+    let Some(mut env) = isolated_env("outputs_of_a_job_whose_monitor_died") else {
+        return;
+    };
+    let uid = start_waiter(&mut env, "orphan", json!({}));
+    let scratch = env.scratch("orphan");
+    assert_eq!(std::fs::metadata(&scratch).unwrap().uid(), uid);
+    let monitor = env.monitor_pid("orphan").expect("monitor pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let r = env.wait("orphan");
+    assert!(
+        r["ErrorMsg"]
+            .as_str()
+            .unwrap()
+            .contains("execution monitor exited unexpectedly"),
+        "{r}"
+    );
+    for f in [scratch.clone(), scratch.join("out.txt")] {
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 0, "{}", f.display());
+    }
+}
