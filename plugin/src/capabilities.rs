@@ -91,12 +91,26 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
         );
     }
     if user::running_as_root() {
-        match crate::registry::job_user(config.run_as_user.as_deref()) {
-            Ok(u) => caps.run_as_user = Some(u.describe()),
-            Err(e) => caps.notes.push(format!(
-                "jobs are refused: they must run as an unprivileged user and {}",
-                e.message
-            )),
+        match crate::registry::job_uid_range(config) {
+            Ok(Some(range)) => {
+                caps.run_as_user = Some(format!("a uid of its own per execution ({range})"))
+            }
+            Ok(None) => match crate::registry::job_user(config.run_as_user.as_deref()) {
+                Ok(u) => {
+                    caps.notes.push(format!(
+                        "every job runs as the one configured user {}: running jobs can see, \
+                         trace and signal each other's processes; leave runAsUser unset to give \
+                         each execution a uid of its own",
+                        u.describe()
+                    ));
+                    caps.run_as_user = Some(u.describe());
+                }
+                Err(e) => caps.notes.push(format!(
+                    "jobs are refused: they must run as an unprivileged user and {}",
+                    e.message
+                )),
+            },
+            Err(e) => caps.notes.push(format!("jobs are refused: {}", e.message)),
         }
     } else if let Some(user) = &config.run_as_user {
         caps.notes.push(format!(

@@ -24,6 +24,7 @@ use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::{self, Bind};
+use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
 use crate::sandbox::user::{self, UserPlan};
 use crate::state::{
     self, ExecDir, FsSandbox, MonitorRecord, MonitorSpec, RequestRecord, ResultRecord, SandboxSpec,
@@ -44,6 +45,11 @@ pub struct RegistryConfig {
     pub max_retained: usize,
     /// Between the graceful SIGTERM and the kill of the whole tree on cancel or deadline.
     pub kill_grace: Duration,
+    /// Where running executions get a uid of their own from (see [`job_uid_range`]); `None`:
+    /// jobs run as the user `build_spec` resolves.
+    pub job_uids: Option<UidRange>,
+    /// The host-wide locks that mark job uids taken ([`uids::DEFAULT_LOCK_DIR`]).
+    pub job_uid_lock_dir: PathBuf,
 }
 
 impl RegistryConfig {
@@ -54,6 +60,8 @@ impl RegistryConfig {
             retention: DEFAULT_RETENTION,
             max_retained: DEFAULT_MAX_RETAINED,
             kill_grace: DEFAULT_KILL_GRACE,
+            job_uids: None,
+            job_uid_lock_dir: PathBuf::from(uids::DEFAULT_LOCK_DIR),
         }
     }
 }
@@ -104,6 +112,8 @@ struct Exec {
     monitor: Mutex<Option<Arc<OwnedFd>>>,
     /// Cancel arrived before the monitor reported: signal it once it has.
     cancel_pending: AtomicBool,
+    /// The plugin's hold on the job's own uid, dropped once the job is known to be gone.
+    uid_lease: Mutex<Option<UidLease>>,
 }
 
 impl Exec {
@@ -117,6 +127,7 @@ impl Exec {
             phase: watch::Sender::new(Phase::Starting),
             monitor: Mutex::new(None),
             cancel_pending: AtomicBool::new(false),
+            uid_lease: Mutex::new(None),
         }
     }
 
@@ -150,6 +161,8 @@ impl Exec {
 
 pub struct Registry {
     config: RegistryConfig,
+    /// Per-execution uids, when jobs get one.
+    uids: Option<Arc<Mutex<UidPool>>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     shutting_down: AtomicBool,
     janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -168,7 +181,11 @@ impl Registry {
             path: root.clone(),
             source: e,
         })?;
+        let uids = config
+            .job_uids
+            .map(|r| Arc::new(Mutex::new(UidPool::new(r, &config.job_uid_lock_dir))));
         let reg = Arc::new(Registry {
+            uids,
             config,
             execs: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -202,12 +219,37 @@ impl Registry {
         &self.config
     }
 
+    /// A uid of its own for the next execution, when jobs get one (`job_uids` configured); it
+    /// stays taken until the lease is dropped or, passed to [`Registry::start_spec_as`], the
+    /// execution has ended.
+    pub async fn lease_job_uid(&self) -> Result<Option<UidLease>, ExecutorError> {
+        let Some(pool) = self.uids.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || lock(&pool).allocate())
+            .await
+            .map_err(|e| ExecutorError::internal(format!("allocating a job uid: {e}")))?
+            .map(Some)
+            .map_err(|e| ExecutorError::internal(e.to_string()))
+    }
+
     /// Launch a monitor for a resolved spec. `request` is the wire request, kept for inspection.
     /// Returns once the job is running (or its failure to execute is known).
     pub async fn start_spec(
         &self,
         request: serde_json::Value,
+        spec: MonitorSpec,
+    ) -> Result<(), ExecutorError> {
+        self.start_spec_as(request, spec, None).await
+    }
+
+    /// [`Registry::start_spec`] for a spec whose job runs as the uid `uid_lease` holds (from
+    /// [`Registry::lease_job_uid`]); the registry releases it when the execution has ended.
+    pub async fn start_spec_as(
+        &self,
+        request: serde_json::Value,
         mut spec: MonitorSpec,
+        uid_lease: Option<UidLease>,
     ) -> Result<(), ExecutorError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecutorError::unsupported("the plugin is shutting down"));
@@ -231,6 +273,7 @@ impl Registry {
                 spec.log_path.clone(),
                 state::now_ms(),
             ));
+            *lock(&exec.uid_lease) = uid_lease;
             execs.insert(id.clone(), exec.clone());
             exec
         };
@@ -471,6 +514,9 @@ pub struct SpecInput {
     /// `PluginConfig.runAsUser`: who jobs run as when the plugin is root (default
     /// [`UserPlan::default_unprivileged`]). Ignored when the plugin is not root.
     pub run_as_user: Option<String>,
+    /// A uid allocated to this execution alone ([`UserPlan::per_execution`]); when the plugin
+    /// is root it wins over `run_as_user`.
+    pub job_user: Option<UserPlan>,
     /// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
     pub allow_listed_local_paths: Vec<PathBuf>,
     /// The GPUs detected at `initialize`, with their device minors.
@@ -528,7 +574,10 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         });
     }
     if user::running_as_root() {
-        sandbox.run_as = Some(job_user(input.run_as_user.as_deref())?);
+        sandbox.run_as = Some(match input.job_user.clone() {
+            Some(own) => own,
+            None => job_user(input.run_as_user.as_deref())?,
+        });
     }
     let mut env = user_env(sandbox.run_as.as_ref(), input.isolate_filesystem);
     env.extend(count_only_gpu_env(&input));
@@ -583,6 +632,30 @@ fn count_only_gpu_env(input: &SpecInput) -> Vec<(String, String)> {
 
 /// The job's root under its state directory (`<state>/executions/<id>/root`).
 pub const JOB_ROOT_DIR: &str = "root";
+
+/// The range each running execution gets a uid of its own from: when the plugin is root and no
+/// single `runAsUser` is configured (that mode, kept for hosts that need a known user, runs
+/// every job as the same uid, so jobs can see and signal each other).
+pub fn job_uid_range(
+    config: &executor_schema::PluginConfig,
+) -> Result<Option<UidRange>, ExecutorError> {
+    let explicit = config
+        .run_as_user
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    if !user::running_as_root() || explicit {
+        return Ok(None);
+    }
+    match config.job_uid_range {
+        None => Ok(Some(uids::DEFAULT_RANGE)),
+        Some(r) => UidRange::new(r.min, r.max).map(Some).map_err(|e| {
+            ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+                field: "config.jobUidRange".into(),
+                message: e.to_string(),
+            }])
+        }),
+    }
+}
 
 /// The user jobs switch to when the plugin is root. Root itself is refused: without a pid or
 /// user namespace a root job could reach the host through `/proc/1/root` and undo every mount.
@@ -1014,19 +1087,24 @@ async fn watch_monitor(
         if let Some(mut c) = child {
             let _ = tokio::task::spawn_blocking(move || c.wait()).await;
         }
-        return;
+    } else {
+        if !gone {
+            exited.await;
+        }
+        let status = match child {
+            Some(mut c) => {
+                tokio::task::spawn_blocking(move || c.wait().ok().map(|s| s.to_string()))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        publish(&exec, status).await;
     }
-    if !gone {
-        exited.await;
-    }
-    let status = match child {
-        Some(mut c) => tokio::task::spawn_blocking(move || c.wait().ok().map(|s| s.to_string()))
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
-    publish(&exec, status).await;
+    // Only now is nothing of the job left running as its uid (load_or_bury kills what a dead
+    // monitor left behind).
+    lock(&exec.uid_lease).take();
 }
 
 /// Resolves when the monitor behind `fd` has exited.
@@ -1135,6 +1213,7 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
             }
         }
     }
+    hand_outputs_back(dir);
     let reason = format!(
         "execution monitor exited unexpectedly{} without writing a result; see {}",
         status.map(|s| format!(" ({s})")).unwrap_or_default(),
@@ -1150,6 +1229,32 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
         }
     }
     record
+}
+
+/// The monitor that would have given a per-execution uid's outputs back to root died: do it
+/// here, once nothing of the job runs, before the uid can go to another job.
+fn hand_outputs_back(dir: &ExecDir) {
+    let Ok(req) = state::read_json::<RequestRecord>(&dir.request()) else {
+        return;
+    };
+    let spec = &req.monitor;
+    if !spec
+        .sandbox
+        .run_as
+        .as_ref()
+        .is_some_and(UserPlan::is_per_execution)
+    {
+        return;
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    for name in &spec.output_names {
+        let out = spec.results_dir.join(name);
+        match user::chown_tree(&out, uid.as_raw(), gid.as_raw()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("handing {} back: {e}", out.display()),
+        }
+    }
 }
 
 /// A monitor that holds the start lock but has not written `monitor.json` yet (a plugin died
@@ -1182,6 +1287,21 @@ fn starting_monitor(dir: &ExecDir) -> Option<OwnedFd> {
             return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A running execution found after a restart keeps its own uid taken (its monitor holds it
+/// too; this covers the monitor dying before the plugin has killed what is left of the job).
+fn hold_job_uid(exec: &Exec, spec: &MonitorSpec) {
+    let Some(user) = &spec.sandbox.run_as else {
+        return;
+    };
+    let Some(path) = &user.uid_lock else {
+        return;
+    };
+    match UidLease::hold(user.uid, path) {
+        Ok(lease) => *lock(&exec.uid_lease) = Some(lease),
+        Err(e) => tracing::warn!(execution = %exec.id, "holding the job's uid {}: {e}", user.uid),
     }
 }
 
@@ -1231,7 +1351,10 @@ fn scan(root: &Path) -> Vec<(Exec, Option<OwnedFd>)> {
             .and_then(|m| pidfd::open_verified(&m.monitor))
             .or_else(|| starting_monitor(&dir));
         match live {
-            Some(fd) => out.push((exec, Some(fd))),
+            Some(fd) => {
+                hold_job_uid(&exec, &req.monitor);
+                out.push((exec, Some(fd)))
+            }
             None => {
                 let r = load_or_bury(&dir, &exec.log_path, None);
                 exec.phase.send_replace(Phase::Finished(Arc::new(r)));
@@ -1257,6 +1380,41 @@ mod tests {
             );
         }
         assert!(check_execution_id("e-7f3a_1.b").is_ok());
+    }
+
+    #[test]
+    fn a_running_execution_found_at_restart_keeps_its_uid_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let range = UidRange::new(100, 101).unwrap();
+        let allocated = UidPool::new(range, tmp.path().join("locks"))
+            .allocate_where(|_| true)
+            .unwrap();
+        // The record a plugin wrote for it, as a restarted plugin reads it back.
+        let mut spec = build_spec(
+            tmp.path(),
+            SpecInput {
+                execution_id: "e".into(),
+                ..SpecInput::default()
+            },
+        )
+        .unwrap();
+        spec.sandbox.run_as = Some(UserPlan::per_execution(
+            allocated.uid(),
+            allocated.path().to_owned(),
+        ));
+        let record: MonitorSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        let exec = Exec::new("e", "j", ExecDir::at(tmp.path()), "/log".into(), 0);
+        hold_job_uid(&exec, &record);
+        // The plugin that allocated it is gone; a new one must pass the id over...
+        drop(allocated);
+        let mut pool = UidPool::new(range, tmp.path().join("locks"));
+        let next = pool.allocate_where(|_| true).unwrap();
+        assert_eq!(next.uid(), 101);
+        drop(next);
+        // ...until the execution has ended.
+        lock(&exec.uid_lease).take();
+        assert!(pool.allocate_where(|_| true).is_ok_and(|l| l.uid() == 100));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::registry::{
     build_spec, InputSpec, OutputSpec, Phase, Registry, RegistryConfig, SpecInput,
 };
 use crate::sandbox::allowlist;
+use crate::sandbox::user::UserPlan;
 use crate::state::{Limits, ResultRecord};
 
 pub const ENGINE: &str = "native";
@@ -108,6 +109,7 @@ fn registry_config(
     if let Some(max) = config.max_retained {
         rc.max_retained = max;
     }
+    rc.job_uids = crate::registry::job_uid_range(config)?;
     Ok(rc)
 }
 
@@ -537,17 +539,22 @@ impl NativePlugin {
         })?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
-        let monitor_spec = build_spec(
-            &session.state_dir,
-            spec_input(
-                &request,
-                spec,
-                &session.config,
-                session.capabilities.filesystem_isolation,
-                &session.gpus,
-            ),
-        )?;
-        session.registry.start_spec(wire, monitor_spec).await
+        let uid_lease = session.registry.lease_job_uid().await?;
+        let mut input = spec_input(
+            &request,
+            spec,
+            &session.config,
+            session.capabilities.filesystem_isolation,
+            &session.gpus,
+        );
+        input.job_user = uid_lease
+            .as_ref()
+            .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));
+        let monitor_spec = build_spec(&session.state_dir, input)?;
+        session
+            .registry
+            .start_spec_as(wire, monitor_spec, uid_lease)
+            .await
     }
 
     async fn wait_result(&self, execution_id: &str) -> Result<RunCommandResult, ExecutorError> {

@@ -384,3 +384,262 @@ fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
     p.call(11, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+
+// ---- Per-execution uids: one job cannot reach another --------------------------------------
+
+use executor_tests::harness::{wait_until, Env};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Root and a private root per job (hidepid `/proc`), or `None` with the reason printed.
+fn isolated_env(test: &str) -> Option<Env> {
+    if !is_root() {
+        eprintln!("skipping {test}: needs root to switch users");
+        return None;
+    }
+    let env = Env::new();
+    if env.capabilities["filesystemIsolation"] != true {
+        eprintln!(
+            "skipping {test}: no filesystem isolation here: {}",
+            env.capabilities
+        );
+        return None;
+    }
+    Some(env)
+}
+
+/// A job that records who it is in its scratch output, tries its working directory and `/tmp`,
+/// says it is ready, and ends normally once the test creates `go` there (at most 60 s).
+const WAITER: &str = r#"S="$1"; id -u > "$S/uid"; id -G > "$S/groups"; echo "$HOME $USER" > "$S/env"
+echo secret-output > "$S/out.txt"; touch ./w /tmp/t && echo yes > "$S/writable"; touch "$S/ready"
+i=0; while [ ! -e "$S/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+echo "A ended normally""#;
+
+fn start_waiter(env: &mut Env, exec: &str, extra: Value) -> u32 {
+    let mut req = env.request(exec, WAITER, extra);
+    let scratch = env.scratch(exec);
+    req["EngineParams"]["Params"]["Parameters"] = json!(["waiter", scratch]);
+    req["EngineParams"]["Params"]["WorkingDirectory"] = json!("/job-work");
+    let msg = env.call("executor_start", json!([req]));
+    assert_eq!(msg["result"], Value::Null, "start {exec}: {msg}");
+    wait_until(Duration::from_secs(30), "the job to be ready", || {
+        scratch.join("ready").exists()
+    });
+    read_id(&scratch.join("uid"))
+}
+
+fn read_id(file: &Path) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn concurrent_jobs_get_uids_of_their_own_and_cannot_reach_each_other() {
+    let Some(mut env) = isolated_env("concurrent_jobs_get_uids_of_their_own") else {
+        return;
+    };
+    let caps = &env.capabilities;
+    assert_eq!(
+        caps["runAsUser"], "a uid of its own per execution (70000-79999)",
+        "{caps}"
+    );
+    let a_uid = start_waiter(&mut env, "uid-a", json!({"Env": {"A_SECRET": "hunter2"}}));
+    let a_pid = env.job_pid("uid-a").expect("job A's pid");
+    let a_scratch = env.scratch("uid-a");
+    assert!((70_000..=79_999).contains(&a_uid), "{a_uid}");
+    // No supplementary groups beyond its own gid (= uid); HOME and USER as for any unknown uid.
+    assert_eq!(
+        std::fs::read_to_string(a_scratch.join("groups"))
+            .unwrap()
+            .trim(),
+        a_uid.to_string()
+    );
+    assert_eq!(
+        std::fs::read_to_string(a_scratch.join("env")).unwrap(),
+        format!("/tmp {a_uid}\n")
+    );
+    assert!(
+        a_scratch.join("writable").exists(),
+        "the working directory or /tmp is not writable"
+    );
+
+    // Job B looks for A from every side, then kills everything it may signal.
+    let probe = format!(
+        r#"id -u; ls /proc | grep -qx {a_pid} && echo "sees A in /proc"
+cat /proc/{a_pid}/environ 2>/dev/null | tr '\0' '\n' | grep A_SECRET && echo "read A's environ"
+ls /proc/{a_pid}/root/ >/dev/null 2>&1 && echo "reached A's root"
+ls /proc/{a_pid}/cwd/ >/dev/null 2>&1 && echo "reached A's cwd"
+for p in /proc/[0-9]*; do [ -r "$p/environ" ] && grep -q A_SECRET "$p/environ" 2>/dev/null && echo "found A's secret in $p"; done
+kill -9 -1; echo "B done""#
+    );
+    let b = env.run("uid-b", &probe, json!({}));
+    assert_eq!(b["ExitCode"], 0, "{b}");
+    assert_eq!(b["ErrorMsg"], "", "{b}");
+    let out = b["Stdout"].as_str().unwrap();
+    let mut lines = out.lines();
+    let b_uid: u32 = lines.next().unwrap().parse().unwrap();
+    assert!((70_000..=79_999).contains(&b_uid), "{out}");
+    assert_ne!(a_uid, b_uid, "two running jobs share a uid");
+    assert_eq!(lines.collect::<Vec<_>>(), ["B done"], "{out}");
+
+    // A survived B's `kill -9 -1` and ends to a normal result.
+    std::fs::write(a_scratch.join("go"), "").unwrap();
+    let a = env.wait("uid-a");
+    assert_eq!(
+        (&a["ExitCode"], &a["ErrorMsg"], &a["Stdout"]),
+        (&json!(0), &json!(""), &json!("A ended normally\n")),
+        "{a}"
+    );
+    // Its output landed, readable, and is root's again: a later job given A's uid cannot
+    // alter it.
+    let out_file = a_scratch.join("out.txt");
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"secret-output\n");
+    assert_eq!(std::fs::metadata(&out_file).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(&a_scratch).unwrap().uid(), 0);
+    assert_eq!(env.file("uid-a", "exitCode"), b"0");
+}
+
+#[test]
+fn a_restarted_plugin_does_not_hand_out_a_running_jobs_uid() {
+    let Some(mut env) = isolated_env("a_restarted_plugin_does_not_hand_out") else {
+        return;
+    };
+    let a_uid = start_waiter(&mut env, "keep-a", json!({}));
+    env.replace_plugin();
+    // The new plugin starts allocating from the bottom of the range again: it must skip A's.
+    let b_uid = start_waiter(&mut env, "keep-b", json!({}));
+    assert_ne!(a_uid, b_uid);
+    for exec in ["keep-a", "keep-b"] {
+        std::fs::write(env.scratch(exec).join("go"), "").unwrap();
+        let r = env.wait(exec);
+        assert_eq!(
+            (&r["ExitCode"], &r["ErrorMsg"]),
+            (&json!(0), &json!("")),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn a_configured_run_as_user_is_shared_by_every_job_and_says_so() {
+    if !is_root() {
+        eprintln!("skipping a_configured_run_as_user: needs root to switch users");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let mut p = RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": state.path(), "runAsUser": "4242:4343"}}),
+    );
+    let caps = &init["result"]["capabilities"];
+    assert_eq!(caps["runAsUser"], "4242:4343", "{caps}");
+    let notes = caps["notes"].to_string();
+    assert!(
+        notes.contains("every job runs as the one configured user 4242:4343"),
+        "{caps}"
+    );
+    for (n, exec) in ["shared-1", "shared-2"].iter().enumerate() {
+        let mut req = request(
+            results.path(),
+            exec,
+            &["sh", "-c", r#"id -u; id -G; echo x > "$0/o/f""#],
+            json!({"Outputs": [{"Name": "o", "Path": results.path().join(exec).join("o")}]}),
+        );
+        req["EngineParams"]["Params"]["Parameters"] = json!([results.path().join(exec)]);
+        let r = p.call(1 + n as u64, "executor_run", json!([req]));
+        assert_eq!(r["result"]["Stdout"], "4242\n4343\n", "{r}");
+        let o = results.path().join(exec).join("o");
+        assert_eq!(std::fs::read(o.join("f")).unwrap(), b"x\n");
+        // Unchanged from before per-execution uids: the output stays the job user's.
+        assert_eq!(std::fs::metadata(&o).unwrap().uid(), 4242);
+    }
+    p.call(9, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn job_uid_ranges_are_configurable_and_checked() {
+    if !is_root() {
+        eprintln!("skipping job_uid_ranges: the range only applies to a root plugin");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let init = |range: Value| {
+        let mut p = RawPlugin::spawn();
+        let msg = p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": {"stateDir": state.path(), "jobUidRange": range}}),
+        );
+        (p, msg)
+    };
+    let (_p, bad) = init(json!({"min": 0, "max": 10}));
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.jobUidRange"),
+        "{bad}"
+    );
+    // One id: the second concurrent job is refused with the reason, and gets it once the
+    // first has ended.
+    let (mut p, ok) = init(json!({"min": 79_990, "max": 79_990}));
+    assert_eq!(
+        ok["result"]["capabilities"]["runAsUser"], "a uid of its own per execution (79990-79990)",
+        "{ok}"
+    );
+    let results = tempfile::tempdir().unwrap();
+    let hold = request(results.path(), "one", &["sleep", "30"], json!({}));
+    assert_eq!(
+        p.call(1, "executor_start", json!([hold]))["result"],
+        Value::Null
+    );
+    let second = request(results.path(), "two", &["id", "-u"], json!({}));
+    let refused = p.call(2, "executor_run", json!([second.clone()]));
+    let msg = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("no free job uid") && msg.contains("79990-79990"),
+        "{refused}"
+    );
+    p.call(3, "executor_cancel", json!(["one"]));
+    p.call(4, "executor_wait", json!(["one"]));
+    let r = p.call(5, "executor_run", json!([second]));
+    assert_eq!(r["result"]["Stdout"], "79990\n", "{r}");
+    p.call(6, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn outputs_of_a_job_whose_monitor_died_go_back_to_root() {
+    let Some(mut env) = isolated_env("outputs_of_a_job_whose_monitor_died") else {
+        return;
+    };
+    let uid = start_waiter(&mut env, "orphan", json!({}));
+    let scratch = env.scratch("orphan");
+    assert_eq!(std::fs::metadata(&scratch).unwrap().uid(), uid);
+    let monitor = env.monitor_pid("orphan").expect("monitor pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let r = env.wait("orphan");
+    assert!(
+        r["ErrorMsg"]
+            .as_str()
+            .unwrap()
+            .contains("execution monitor exited unexpectedly"),
+        "{r}"
+    );
+    for f in [scratch.clone(), scratch.join("out.txt")] {
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 0, "{}", f.display());
+    }
+}

@@ -17,6 +17,7 @@ use crate::sandbox::gpu;
 use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
+use crate::sandbox::uids::UidLease;
 use crate::sandbox::user::chown_tree;
 use crate::state::{FsSandbox, MonitorSpec};
 
@@ -31,6 +32,9 @@ pub struct HostSandbox {
     steps: Vec<PreExecStep>,
     /// The job's root directory, removed at cleanup.
     root_dir: Option<PathBuf>,
+    /// The job's own uid, held while anything of the job may run, and the outputs given to it
+    /// (handed back to root at cleanup, so a later job given the same uid cannot alter them).
+    own_uid: Option<(UidLease, Vec<PathBuf>)>,
 }
 
 impl HostSandbox {
@@ -263,6 +267,17 @@ impl JobSandbox for HostSandbox {
             create_outputs(spec)?;
         }
         if let Some(user) = &s.run_as {
+            if let Some(path) = &user.uid_lock {
+                let lease = UidLease::hold(user.uid, path).map_err(|e| {
+                    SandboxError::Setup(format!("holding the job's uid {}: {e}", user.uid))
+                })?;
+                let outputs = spec
+                    .output_names
+                    .iter()
+                    .map(|n| spec.results_dir.join(n))
+                    .collect();
+                self.own_uid = Some((lease, outputs));
+            }
             for name in &spec.output_names {
                 let dir = spec.results_dir.join(name);
                 chown_tree(&dir, user.uid, user.gid).map_err(|e| {
@@ -354,6 +369,16 @@ impl JobSandbox for HostSandbox {
             let removed = cg.kill_all().and_then(|()| cg.remove());
             if let Err(e) = removed {
                 eprintln!("monitor: removing the job's cgroup: {e}");
+            }
+        }
+        if let Some((_lease, outputs)) = self.own_uid.take() {
+            let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+            for dir in outputs {
+                match chown_tree(&dir, uid.as_raw(), gid.as_raw()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => eprintln!("monitor: handing {} back: {e}", dir.display()),
+                }
             }
         }
     }

@@ -8,4 +8,5 @@ pub mod gpu;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;
+pub mod uids;
 pub mod user;

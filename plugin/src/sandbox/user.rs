@@ -43,6 +43,11 @@ pub struct UserPlan {
     /// The user's home directory when the user database has one (for `HOME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<PathBuf>,
+    /// Set for a uid handed to this execution alone (see [`crate::sandbox::uids`]): the lock
+    /// file the monitor holds for its whole life so the id is not handed out again. Absent in
+    /// records written before per-execution uids, and for a configured `runAsUser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_lock: Option<PathBuf>,
 }
 
 fn lookup_user_by_name(name: &str) -> Result<Option<User>, UserError> {
@@ -87,6 +92,7 @@ impl UserPlan {
                     gid: uid,
                     name: None,
                     home: None,
+                    uid_lock: None,
                 },
                 Err(source) => {
                     return Err(UserError::Lookup {
@@ -117,6 +123,7 @@ impl UserPlan {
                 gid: NOBODY_ID,
                 name: None,
                 home: None,
+                uid_lock: None,
             }),
         }
     }
@@ -127,7 +134,25 @@ impl UserPlan {
             gid: u.gid.as_raw(),
             name: Some(u.name.clone()),
             home: Some(u.dir.clone()),
+            uid_lock: None,
         }
+    }
+
+    /// An id allocated to one execution: gid = uid, no name and no home in the user database
+    /// (the job's environment gets the number as `USER`, as for any unknown uid).
+    pub fn per_execution(uid: u32, uid_lock: PathBuf) -> UserPlan {
+        UserPlan {
+            uid,
+            gid: uid,
+            name: None,
+            home: None,
+            uid_lock: Some(uid_lock),
+        }
+    }
+
+    /// The uid belongs to this execution alone.
+    pub fn is_per_execution(&self) -> bool {
+        self.uid_lock.is_some()
     }
 
     pub fn is_root(&self) -> bool {
@@ -142,13 +167,13 @@ impl UserPlan {
         }
     }
 
-    /// Drops supplementary groups, then the gid, then the uid (real, effective and saved), so
-    /// the process cannot switch back. Async-signal-safe: meant for `CommandExt::pre_exec`, as
-    /// the last privileged step (after mounts and cgroup joins).
+    /// Clears the supplementary groups, then sets the gid, then the uid (real, effective and
+    /// saved), so the process cannot switch back. Async-signal-safe: meant for
+    /// `CommandExt::pre_exec`, as the last privileged step (after mounts and cgroup joins).
     pub fn apply(&self) -> io::Result<()> {
         let gid: libc::gid_t = self.gid;
-        // SAFETY: one gid from a live local.
-        if unsafe { libc::setgroups(1, &gid) } != 0 {
+        // SAFETY: an empty list; the pointer is not read.
+        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: plain system calls with integer arguments.

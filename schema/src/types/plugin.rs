@@ -41,9 +41,14 @@ pub struct PluginConfig {
     /// Cgroup under which executions get their own cgroups (a delegated subtree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_base: Option<PathBuf>,
-    /// User that jobs run as when the plugin runs as root.
+    /// One user that every job runs as when the plugin runs as root. Unset: each running
+    /// execution gets a uid (and gid) of its own from `jobUidRange`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<String>,
+    /// The uids (and equal gids) handed to running executions one each when the plugin runs as
+    /// root and no `runAsUser` is set; default 70000-79999.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_uid_range: Option<IdRange>,
     /// `pids.max` for jobs that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_pids_max: Option<u64>,
@@ -62,6 +67,13 @@ pub struct PluginConfig {
     /// Keys for other engines, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An inclusive range of numeric ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IdRange {
+    pub min: u32,
+    pub max: u32,
 }
 
 /// `initialize` params (by name; by position: `[protocolVersions, host, config]`).
