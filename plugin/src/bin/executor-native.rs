@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use executor_plugin::rpc::{self, NativePlugin};
+use executor_plugin::outlet;
 use executor_plugin::server::{self, Exit, ServerConfig};
 use executor_plugin::stdio;
 use executor_schema::api::ExecutorApiServer;
@@ -64,9 +65,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let input = stdio::ProtocolInput::from_fd(input)?;
         let output = stdio::ProtocolOutput::from_fd(output)?;
-        let methods = NativePlugin::new().into_rpc();
-        server::serve(methods.into(), input, output, ServerConfig::default())
-            .await
+        let (outlet, bulk) = outlet::outlet(server::BULK_BUDGET);
+        let methods = NativePlugin::new().with_outlet(outlet).into_rpc();
+        server::serve_with_outlet(
+            methods.into(),
+            input,
+            output,
+            ServerConfig::default(),
+            Some(bulk),
+        )
+        .await
             .map_err(std::io::Error::other)
     });
     // Pending calls (a `wait` on a running job) are abandoned: executions live on in their
