@@ -53,6 +53,25 @@ impl Default for ServerConfig {
     }
 }
 
+/// Pipe capacity asked for on the protocol output. With the default 64 KiB a single log
+/// notification nearly fills the pipe, so plugin and host take turns sleeping and waking for
+/// every one; 1 MiB (the unprivileged maximum by default) lets both run.
+pub const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
+/// Asks for a larger kernel buffer on `fd` if it is a pipe; anything else, or a refusal (a
+/// lower `fs.pipe-max-size`), leaves it as it was, which only costs speed.
+pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a descriptor we borrow; it changes no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+    if rc < 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "kept the default pipe size on the protocol output"
+        );
+    }
+}
+
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {

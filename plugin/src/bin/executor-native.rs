@@ -1,6 +1,7 @@
 //! `executor-native`: the executor plugin for engine `native`. Started by a host with the
 //! cookie in its environment, it serves JSON-RPC on stdin/stdout.
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use executor_plugin::rpc::{self, NativePlugin};
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    server::widen_pipe(output.as_fd(), server::OUTPUT_PIPE_SIZE);
     let result = runtime.block_on(async move {
         let input = stdio::ProtocolInput::from_fd(input)?;
         let output = stdio::ProtocolOutput::from_fd(output)?;
