@@ -321,9 +321,13 @@ impl Registry {
     /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: AlreadyComplete.
     pub async fn stats(&self, execution_id: &str) -> Result<ExecutionStats, ExecutorError> {
         let exec = self.get(execution_id)?;
-        if exec.finished().is_some() {
-            // The sentinel "execution already complete": usage is only measured while it runs.
-            return Err(ExecutorError::already_complete(execution_id));
+        if let Some(rec) = exec.finished() {
+            // What the monitor read from the cgroup at the end; without it (no cgroup, or a
+            // record of an older plugin) the sentinel "execution already complete".
+            return match &rec.usage {
+                Some(u) => Ok(final_stats(execution_id, u)),
+                None => Err(ExecutorError::already_complete(execution_id)),
+            };
         }
         let dir = exec.dir.clone();
         let id = execution_id.to_string();
@@ -863,6 +867,19 @@ fn read_stats(dir: &ExecDir, id: &str) -> Result<ExecutionStats, ExecutorError> 
     Ok(out)
 }
 
+/// A finished execution's stats: its totals at the end, nothing current.
+fn final_stats(id: &str, u: &state::FinalUsage) -> ExecutionStats {
+    ExecutionStats {
+        execution_id: id.to_string(),
+        memory_current_bytes: None,
+        memory_peak_bytes: u.memory_peak_bytes,
+        cpu_seconds: u.cpu_usec.map(|us| us as f64 / 1e6),
+        pids: u.pids,
+        throttled_periods: u.throttled_periods,
+        throttled_seconds: u.throttled_usec.map(|us| us as f64 / 1e6),
+    }
+}
+
 fn failed_record(reason: &str) -> ResultRecord {
     ResultRecord {
         result: RunCommandResult::failed(reason),
@@ -870,6 +887,7 @@ fn failed_record(reason: &str) -> ResultRecord {
         stdout_bytes: 0,
         stderr_bytes: 0,
         notes: Default::default(),
+        usage: None,
     }
 }
 
