@@ -52,7 +52,10 @@ async fn a_host_that_does_not_read_holds_senders_at_the_byte_budget() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let queued = outlet.queued_bytes();
     let sent_while_blocked = sent.load(Ordering::SeqCst);
-    assert!(queued <= BUDGET, "{queued} bytes queued over a {BUDGET} budget");
+    assert!(
+        queued <= BUDGET,
+        "{queued} bytes queued over a {BUDGET} budget"
+    );
     // What the budget holds, plus the line the writer is stuck writing into the pipe.
     assert!(
         sent_while_blocked <= BUDGET / LINE + 1,
@@ -80,7 +83,11 @@ async fn a_host_that_does_not_read_holds_senders_at_the_byte_budget() {
             continue;
         }
         let want = bulk_line(next_bulk);
-        assert_eq!(line.as_bytes(), &want[..want.len() - 1], "bulk line {next_bulk}");
+        assert_eq!(
+            line.as_bytes(),
+            &want[..want.len() - 1],
+            "bulk line {next_bulk}"
+        );
         next_bulk += 1;
     }
     producer.await.unwrap();

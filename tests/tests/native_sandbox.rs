@@ -127,8 +127,15 @@ fn capabilities_bids_stats_and_limits() {
     assert_eq!(r["result"]["ErrorMsg"], "execution already cancelled");
     // After the end: the totals the monitor read before removing the cgroup.
     let after = p.call(11, "executor_stats", json!(["holder"]));
-    assert!(after["result"]["memoryPeakBytes"].as_u64().unwrap() > 0, "{after}");
-    assert_eq!(after["result"]["memoryCurrentBytes"], Value::Null, "{after}");
+    assert!(
+        after["result"]["memoryPeakBytes"].as_u64().unwrap() > 0,
+        "{after}"
+    );
+    assert_eq!(
+        after["result"]["memoryCurrentBytes"],
+        Value::Null,
+        "{after}"
+    );
 
     // An enforced memory limit, reported as Bacalhau does, with the files still written.
     let oom = request(

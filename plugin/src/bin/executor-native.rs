@@ -4,8 +4,8 @@
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use executor_plugin::rpc::{self, NativePlugin};
 use executor_plugin::outlet;
+use executor_plugin::rpc::{self, NativePlugin};
 use executor_plugin::server::{self, Exit, ServerConfig};
 use executor_plugin::stdio;
 use executor_schema::api::ExecutorApiServer;
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             Some(bulk),
         )
         .await
-            .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other)
     });
     // Pending calls (a `wait` on a running job) are abandoned: executions live on in their
     // monitors and a new plugin re-attaches to them.
