@@ -318,7 +318,8 @@ impl Registry {
     }
 
     /// Live usage of a running execution, from its cgroup. Fields this host cannot measure (no
-    /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: AlreadyComplete.
+    /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: the totals the
+    /// monitor recorded at the end, or AlreadyComplete when it recorded none.
     pub async fn stats(&self, execution_id: &str) -> Result<ExecutionStats, ExecutorError> {
         let exec = self.get(execution_id)?;
         if let Some(rec) = exec.finished() {
