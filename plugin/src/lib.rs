@@ -2,6 +2,7 @@ pub mod bid;
 pub mod capabilities;
 pub mod logstore;
 pub mod monitor;
+pub mod outlet;
 pub mod registry;
 pub mod results;
 pub mod rpc;

@@ -363,12 +363,17 @@ impl Registry {
     }
 
     /// Live usage of a running execution, from its cgroup. Fields this host cannot measure (no
-    /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: AlreadyComplete.
+    /// cgroup, no such controller) are `None`. Unknown id: NotFound; finished: the totals the
+    /// monitor recorded at the end, or AlreadyComplete when it recorded none.
     pub async fn stats(&self, execution_id: &str) -> Result<ExecutionStats, ExecutorError> {
         let exec = self.get(execution_id)?;
-        if exec.finished().is_some() {
-            // The sentinel "execution already complete": usage is only measured while it runs.
-            return Err(ExecutorError::already_complete(execution_id));
+        if let Some(rec) = exec.finished() {
+            // What the monitor read from the cgroup at the end; without it (no cgroup, or a
+            // record of an older plugin) the sentinel "execution already complete".
+            return match &rec.usage {
+                Some(u) => Ok(final_stats(execution_id, u)),
+                None => Err(ExecutorError::already_complete(execution_id)),
+            };
         }
         let dir = exec.dir.clone();
         let id = execution_id.to_string();
@@ -1168,6 +1173,19 @@ fn read_stats(dir: &ExecDir, id: &str) -> Result<ExecutionStats, ExecutorError> 
     Ok(out)
 }
 
+/// A finished execution's stats: its totals at the end, nothing current.
+fn final_stats(id: &str, u: &state::FinalUsage) -> ExecutionStats {
+    ExecutionStats {
+        execution_id: id.to_string(),
+        memory_current_bytes: None,
+        memory_peak_bytes: u.memory_peak_bytes,
+        cpu_seconds: u.cpu_usec.map(|us| us as f64 / 1e6),
+        pids: u.pids,
+        throttled_periods: u.throttled_periods,
+        throttled_seconds: u.throttled_usec.map(|us| us as f64 / 1e6),
+    }
+}
+
 fn failed_record(reason: &str) -> ResultRecord {
     ResultRecord {
         result: RunCommandResult::failed(reason),
@@ -1175,6 +1193,7 @@ fn failed_record(reason: &str) -> ResultRecord {
         stdout_bytes: 0,
         stderr_bytes: 0,
         notes: Default::default(),
+        usage: None,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
+use executor_schema::framing::MAX_MESSAGE_SIZE;
 use executor_schema::native::NativeEngineSpec;
 use executor_schema::validate::validate_run_request;
 use executor_schema::{
@@ -23,6 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::logstore::{self, FollowOptions, LogItem};
 use crate::monitor::CANCELLED_MSG;
+use crate::outlet::Outlet;
 use crate::registry::{
     build_spec, InputSpec, OutputSpec, Phase, Registry, RegistryConfig, SpecInput,
 };
@@ -48,6 +50,8 @@ struct Session {
 
 pub struct NativePlugin {
     session: OnceCell<Session>,
+    /// Where log notifications go, byte-bounded; without one they take jsonrpsee's sink.
+    outlet: Option<Outlet>,
 }
 
 impl Default for NativePlugin {
@@ -60,7 +64,14 @@ impl NativePlugin {
     pub fn new() -> Self {
         NativePlugin {
             session: OnceCell::new(),
+            outlet: None,
         }
+    }
+
+    /// Sends log notifications through `outlet` (see `server::serve_with_outlet`).
+    pub fn with_outlet(mut self, outlet: Outlet) -> Self {
+        self.outlet = Some(outlet);
+        self
     }
 
     fn session(&self) -> Result<&Session, ExecutorError> {
@@ -477,6 +488,13 @@ impl ExecutorApiServer for NativePlugin {
         };
         let stream = logstore::follow(source.path, opts);
         futures::pin_mut!(stream);
+        let prefix = match &self.outlet {
+            Some(_) => Some(logstore::notification::line_prefix(
+                sink.method_name(),
+                sink.subscription_id(),
+            )?),
+            None => None,
+        };
         loop {
             let item = tokio::select! {
                 _ = sink.closed() => return Ok(()),
@@ -485,12 +503,32 @@ impl ExecutorApiServer for NativePlugin {
             match item {
                 Some(Ok(item)) => {
                     let end = matches!(item, LogItem::End { .. });
-                    let msg = SubscriptionMessage::new(
-                        sink.method_name(),
-                        sink.subscription_id(),
-                        &log_event(&item),
-                    )?;
-                    sink.send(msg).await?;
+                    match (&self.outlet, &prefix) {
+                        (Some(outlet), Some(prefix)) => {
+                            let line = logstore::notification::encode_line(prefix, &item);
+                            if line.len() > MAX_MESSAGE_SIZE {
+                                return Err(format!(
+                                    "a log frame at offset {} is too large to send ({} bytes \
+                                     encoded, the limit is {MAX_MESSAGE_SIZE})",
+                                    item_offset(&item),
+                                    line.len()
+                                )
+                                .into());
+                            }
+                            tokio::select! {
+                                _ = sink.closed() => return Ok(()),
+                                sent = outlet.send(line) => sent?,
+                            }
+                        }
+                        _ => {
+                            let msg = SubscriptionMessage::new(
+                                sink.method_name(),
+                                sink.subscription_id(),
+                                &log_event(&item),
+                            )?;
+                            sink.send(msg).await?;
+                        }
+                    }
                     if end {
                         return Ok(());
                     }
@@ -501,6 +539,13 @@ impl ExecutorApiServer for NativePlugin {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+fn item_offset(item: &LogItem) -> u64 {
+    match item {
+        LogItem::Frame(f) => f.offset,
+        LogItem::End { offset } => *offset,
     }
 }
 

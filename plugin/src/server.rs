@@ -3,7 +3,8 @@
 //! jsonrpsee ships no stdio server, so this assembles one from jsonrpsee-core's public parts, as
 //! reth's IPC server does: one reader that frames lines and spawns a task per request, and one
 //! writer task that owns the output and drains a single channel, so responses and subscription
-//! notifications can never interleave inside a line.
+//! notifications can never interleave inside a line. Bulk lines (log notifications) reach the
+//! writer through a second lane bounded in bytes (`outlet`).
 
 use std::sync::Arc;
 
@@ -16,9 +17,15 @@ use jsonrpsee::{
     SubscriptionState,
 };
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::outlet::{BulkLine, OutletQueue};
+
+/// Bytes of bulk lines (log notifications) the plugin holds for a host that reads slowly: a few
+/// dozen typical events, enough to keep the pipe full.
+pub const BULK_BUDGET: usize = 2 << 20;
 
 /// Method whose successful answer ends the connection once that answer is written.
 pub const SHUTDOWN_METHOD: &str = "shutdown";
@@ -27,8 +34,8 @@ pub const SHUTDOWN_METHOD: &str = "shutdown";
 pub struct ServerConfig {
     pub max_message_size: usize,
     pub max_subscriptions: u32,
-    /// Messages queued for the writer before senders wait. A log event carries up to 64 KiB of
-    /// data (~87 KiB as JSON), so this bounds what a host that reads slowly makes us hold.
+    /// Messages queued for the writer before senders wait. Responses are small and one per
+    /// request; log data, which can be large, goes through the byte-bounded outlet instead.
     pub message_buffer: usize,
     /// Methods served before the next line is read, so a host may pipeline calls after them
     /// (`initialize`); everything else runs concurrently.
@@ -43,6 +50,25 @@ impl Default for ServerConfig {
             message_buffer: 32,
             barrier_methods: vec!["initialize"],
         }
+    }
+}
+
+/// Pipe capacity asked for on the protocol output. With the default 64 KiB a single log
+/// notification nearly fills the pipe, so plugin and host take turns sleeping and waking for
+/// every one; 1 MiB (the unprivileged maximum by default) lets both run.
+pub const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
+/// Asks for a larger kernel buffer on `fd` if it is a pipe; anything else, or a refusal (a
+/// lower `fs.pipe-max-size`), leaves it as it was, which only costs speed.
+pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a descriptor we borrow; it changes no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+    if rc < 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "kept the default pipe size on the protocol output"
+        );
     }
 }
 
@@ -84,12 +110,28 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    serve_with_outlet(methods, input, output, config, None).await
+}
+
+/// `serve`, also writing the bulk lines sent through the outlet whose queue is `bulk`.
+pub async fn serve_with_outlet<R, W>(
+    methods: Methods,
+    input: R,
+    output: W,
+    config: ServerConfig,
+    bulk: Option<OutletQueue>,
+) -> Result<Exit, ServerError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     serve_with_stop(
         methods,
         input,
         output,
         config,
+        bulk,
         StopHandle(Arc::new(stop_tx)),
         stop_rx,
     )
@@ -101,6 +143,7 @@ async fn serve_with_stop<R, W>(
     input: R,
     output: W,
     config: ServerConfig,
+    bulk: Option<OutletQueue>,
     stop: StopHandle,
     mut stop_rx: watch::Receiver<bool>,
 ) -> Result<Exit, ServerError>
@@ -111,6 +154,7 @@ where
     let (tx, rx) = mpsc::channel::<Box<RawValue>>(config.message_buffer);
     let writer = tokio::spawn(write_loop(
         rx,
+        bulk,
         FramedWrite::new(output, NdjsonCodec::new(config.max_message_size)),
         stop_rx.clone(),
     ));
@@ -173,6 +217,7 @@ where
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Box<RawValue>>,
+    mut bulk: Option<OutletQueue>,
     mut out: FramedWrite<W, NdjsonCodec>,
     mut stop_rx: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
@@ -182,6 +227,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             msg = rx.recv() => match msg {
                 Some(msg) => feed(&mut out, msg).await?,
                 None => break,
+            },
+            line = next_bulk(&mut bulk), if bulk.is_some() => match line {
+                Some(line) => {
+                    // A subscription's `accept` answer is queued on the main lane before its
+                    // first notification is sent here; take everything queued there first so
+                    // an answer is never overtaken by its own notifications.
+                    while let Ok(msg) = rx.try_recv() {
+                        feed(&mut out, msg).await?;
+                    }
+                    write_bulk(&mut out, line).await?;
+                }
+                None => bulk = None,
             },
             _ = stopped(&mut stop_rx) => {
                 // Everything queued before the stop (the shutdown answer among it) goes out.
@@ -198,6 +255,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         flush(&mut out).await?;
     }
     flush(&mut out).await
+}
+
+async fn next_bulk(bulk: &mut Option<OutletQueue>) -> Option<BulkLine> {
+    match bulk {
+        Some(q) => q.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a complete line after what is buffered, straight from the sender's buffer. Its share
+/// of the byte budget is returned when `line` is dropped, once written.
+async fn write_bulk<W: AsyncWrite + Unpin>(
+    out: &mut FramedWrite<W, NdjsonCodec>,
+    line: BulkLine,
+) -> Result<(), ServerError> {
+    flush(out).await?;
+    out.get_mut()
+        .write_all(&line.bytes)
+        .await
+        .map_err(|e| ServerError::Write(e.to_string()))
 }
 
 async fn flush<W: AsyncWrite + Unpin>(

@@ -253,6 +253,22 @@ pub struct ResultRecord {
     /// Free-form facts for diagnosis (e.g. what was killed).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, String>,
+    /// The job's usage at its end; absent without a cgroup and in records of older plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<FinalUsage>,
+}
+
+/// What the job's cgroup counted, read just before the cgroup was removed: a job too short to be
+/// sampled while it ran still reports its peak memory and CPU time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalUsage {
+    pub memory_peak_bytes: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    /// Processes still in the cgroup at the end (0: nothing was left behind).
+    pub pids: Option<u64>,
+    pub throttled_periods: Option<u64>,
+    pub throttled_usec: Option<u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -390,6 +406,7 @@ mod tests {
             stdout_bytes: 1,
             stderr_bytes: 2,
             notes: BTreeMap::new(),
+            usage: None,
         };
         write_json_atomic(&path, &rec).unwrap();
         write_json_atomic(&path, &rec).unwrap();

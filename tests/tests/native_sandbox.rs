@@ -126,7 +126,16 @@ fn capabilities_bids_stats_and_limits() {
     let r = p.call(10, "executor_wait", json!(["holder"]));
     assert_eq!(r["result"]["ErrorMsg"], "execution already cancelled");
     let after = p.call(11, "executor_stats", json!(["holder"]));
-    assert_eq!(after["error"]["code"], -32002, "{after}");
+    // After the end: the totals the monitor read before removing the cgroup.
+    assert!(
+        after["result"]["memoryPeakBytes"].as_u64().unwrap() > 0,
+        "{after}"
+    );
+    assert_eq!(
+        after["result"]["memoryCurrentBytes"],
+        Value::Null,
+        "{after}"
+    );
 
     // An enforced memory limit, reported as Bacalhau does, with the files still written.
     let oom = request(
@@ -385,7 +394,6 @@ fn gpu_nodes_in_the_jail_and_a_devices_cgroup_for_the_rest() {
     p.wait_exit(Duration::from_secs(10));
 }
 
-
 // ---- Per-execution uids: one job cannot reach another --------------------------------------
 
 use executor_tests::harness::{wait_until, Env};
@@ -642,4 +650,52 @@ fn outputs_of_a_job_whose_monitor_died_go_back_to_root() {
     for f in [scratch.clone(), scratch.join("out.txt")] {
         assert_eq!(std::fs::metadata(&f).unwrap().uid(), 0, "{}", f.display());
     }
+}
+
+#[test]
+fn a_short_job_reports_its_final_usage_after_the_end() {
+    if !is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let mut p = RawPlugin::spawn();
+    p.initialize(state.path());
+    // Over in a moment, far too short to be sampled while running: `tail` holds all 48 MiB of
+    // a file without newlines, and burns some CPU reading them.
+    let req = request(
+        results.path(),
+        "short",
+        &["sh", "-c", "head -c 50331648 /dev/zero | tail > /dev/null"],
+        json!({}),
+    );
+    let r = p.call(1, "executor_run", json!([req]));
+    assert_eq!(r["result"]["ExitCode"], 0, "{r}");
+    let stats = p.call(2, "executor_stats", json!(["short"]));
+    let s = &stats["result"];
+    let peak = s["memoryPeakBytes"].as_u64().unwrap_or(0);
+    assert!(
+        (48 << 20..1 << 30).contains(&peak),
+        "peak memory {peak} for a job that held 48 MiB: {stats}"
+    );
+    let cpu = s["cpuSeconds"].as_f64().unwrap_or(-1.0);
+    assert!(cpu > 0.0 && cpu < 60.0, "cpu {cpu}: {stats}");
+    assert_eq!(s["pids"], 0, "nothing left in the cgroup: {stats}");
+    assert_eq!(s["memoryCurrentBytes"], Value::Null, "{stats}");
+    assert_eq!(s["executionId"], "short", "{stats}");
+    // Old records without usage still load, and answer as before.
+    let rec_path = state.path().join("executions/short/result.json");
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    assert!(rec["usage"].is_object(), "{rec}");
+    rec.as_object_mut().unwrap().remove("usage");
+    std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    p.call(3, "shutdown", json!([]));
+    let mut p = RawPlugin::spawn();
+    p.initialize(state.path());
+    let old = p.call(4, "executor_stats", json!(["short"]));
+    assert_eq!(old["error"]["code"], -32002, "{old}");
+    let w = p.call(5, "executor_wait", json!(["short"]));
+    assert_eq!(w["result"]["ExitCode"], 0, "{w}");
+    p.call(6, "shutdown", json!([]));
 }

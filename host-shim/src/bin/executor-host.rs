@@ -430,7 +430,7 @@ struct Usage {
     cpu_seconds: Option<f64>,
 }
 
-/// Sample live usage until the execution ends (usage is only measurable while it runs).
+/// Sample live usage while the execution runs.
 fn sample_usage(
     plugin: PluginExecutor,
     id: String,
@@ -494,7 +494,14 @@ async fn run(host: &Host, args: &RunArgs) -> Result<u8, Failure> {
     };
     let wall = began.elapsed();
     sampler.abort();
-    let usage = usage.lock().map(|u| *u).unwrap_or_default();
+    let mut usage = usage.lock().map(|u| *u).unwrap_or_default();
+    // The totals the monitor read from the cgroup at the end: the only figures of a job too
+    // short to be sampled, and the exact CPU time of any job. Older plugins answer
+    // AlreadyComplete here, which leaves the samples.
+    if let Ok(s) = plugin.stats(&id).await {
+        usage.peak_memory = usage.peak_memory.max(s.memory_peak_bytes);
+        usage.cpu_seconds = s.cpu_seconds.or(usage.cpu_seconds);
+    }
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -1,8 +1,10 @@
 //! `executor-native`: the executor plugin for engine `native`. Started by a host with the
 //! cookie in its environment, it serves JSON-RPC on stdin/stdout.
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
+use executor_plugin::outlet;
 use executor_plugin::rpc::{self, NativePlugin};
 use executor_plugin::server::{self, Exit, ServerConfig};
 use executor_plugin::stdio;
@@ -69,13 +71,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    server::widen_pipe(output.as_fd(), server::OUTPUT_PIPE_SIZE);
     let result = runtime.block_on(async move {
         let input = stdio::ProtocolInput::from_fd(input)?;
         let output = stdio::ProtocolOutput::from_fd(output)?;
-        let methods = NativePlugin::new().into_rpc();
-        server::serve(methods.into(), input, output, ServerConfig::default())
-            .await
-            .map_err(std::io::Error::other)
+        let (outlet, bulk) = outlet::outlet(server::BULK_BUDGET);
+        let methods = NativePlugin::new().with_outlet(outlet).into_rpc();
+        server::serve_with_outlet(
+            methods.into(),
+            input,
+            output,
+            ServerConfig::default(),
+            Some(bulk),
+        )
+        .await
+        .map_err(std::io::Error::other)
     });
     // Pending calls (a `wait` on a running job) are abandoned: executions live on in their
     // monitors and a new plugin re-attaches to them.

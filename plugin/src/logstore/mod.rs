@@ -3,6 +3,7 @@
 
 pub mod follow;
 pub mod format;
+pub mod notification;
 pub mod reader;
 pub mod timestamp;
 pub mod writer;

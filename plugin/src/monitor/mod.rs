@@ -281,9 +281,10 @@ pub fn run(
     let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
     let oom_killed = sandbox.oom_killed();
+    let usage = final_usage(&mon);
     sandbox.cleanup();
     let (sinks, mut log, outcome) = setup_done?;
-    finish(dir, &spec, sinks, &mut log, outcome, oom_killed)?;
+    finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)?;
     reporter.finished();
     flush(dir, &spec);
     Ok(())
@@ -311,6 +312,24 @@ fn flush(dir: &ExecDir, spec: &MonitorSpec) {
         });
         if let Err(e) = synced {
             eprintln!("monitor: flushing {} to disk: {e}", path.display());
+        }
+    }
+}
+
+/// The job's totals from its cgroup, which cleanup is about to remove (none without a cgroup).
+fn final_usage(mon: &MonitorRecord) -> Option<state::FinalUsage> {
+    let cg = crate::sandbox::cgroup::JobCgroup::from_record(mon.cgroup.as_ref()?).ok()?;
+    match cg.stats() {
+        Ok(s) => Some(state::FinalUsage {
+            memory_peak_bytes: s.memory_peak,
+            cpu_usec: s.cpu_usage_usec,
+            pids: s.pids_current,
+            throttled_periods: s.nr_throttled,
+            throttled_usec: s.throttled_usec,
+        }),
+        Err(e) => {
+            eprintln!("monitor: reading the job's final usage: {e}");
+            None
         }
     }
 }
@@ -439,6 +458,7 @@ fn finish(
     log: &mut dyn JobLog,
     outcome: Result<Outcome, String>,
     oom_killed: bool,
+    usage: Option<state::FinalUsage>,
 ) -> Result<(), MonitorError> {
     let [out, err] = sinks;
     let (out, err) = (out.finish(), err.finish());
@@ -480,6 +500,7 @@ fn finish(
         stdout_bytes: out.total,
         stderr_bytes: err.total,
         notes,
+        usage,
     };
     state::write_json_replace(&dir.result(), &rec)?;
     Ok(())
