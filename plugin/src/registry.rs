@@ -1086,8 +1086,10 @@ async fn watch_monitor(
         None => (false, false),
     };
     if told {
-        // The monitor is still flushing to disk and will exit on its own.
+        // The monitor is still flushing to disk and will exit on its own; it has killed the
+        // job's tree and let go of the job's uid before saying so.
         publish(&exec, None).await;
+        lock(&exec.uid_lease).take();
         exited.await;
         if let Some(mut c) = child {
             let _ = tokio::task::spawn_blocking(move || c.wait()).await;
@@ -1106,10 +1108,10 @@ async fn watch_monitor(
             None => None,
         };
         publish(&exec, status).await;
+        // Only now is nothing of the job left running as its uid (load_or_bury kills what a
+        // dead monitor left behind).
+        lock(&exec.uid_lease).take();
     }
-    // Only now is nothing of the job left running as its uid (load_or_bury kills what a dead
-    // monitor left behind).
-    lock(&exec.uid_lease).take();
 }
 
 /// Resolves when the monitor behind `fd` has exited.

@@ -256,22 +256,23 @@ fn kill_all_reaches_a_setsid_grandchild() {
         &job,
         "setsid sh -c 'trap \"\" TERM HUP; sleep 300' & sleep 300",
     );
-    wait_until("three processes", Duration::from_secs(10), || {
-        job.pids().unwrap().len() >= 3
-    });
-    let pids = job.pids().unwrap();
-    let escaped: Vec<i32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| {
-            nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(p))).ok()
-                != nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(child.id() as i32))).ok()
-        })
-        .collect();
-    assert!(
-        !escaped.is_empty(),
-        "a process left the job's session: {pids:?}"
+    let escaped = || -> Vec<i32> {
+        let main_sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(child.id() as i32)));
+        job.pids()
+            .unwrap()
+            .into_iter()
+            .filter(|&p| {
+                nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(p))).ok() != main_sid.ok()
+            })
+            .collect()
+    };
+    // Three processes exist before the grandchild has called setsid: wait for that too.
+    wait_until(
+        "a process to leave the job's session",
+        Duration::from_secs(10),
+        || job.pids().unwrap().len() >= 3 && !escaped().is_empty(),
     );
+    let pids = job.pids().unwrap();
     finish(job, child);
     for pid in pids {
         wait_until("the grandchild to die", Duration::from_secs(5), || {

@@ -134,16 +134,49 @@ impl Env {
         record_pid(&self.exec_dir(exec), "job")
     }
 
-    /// Every process whose command line mentions this state root (monitors) - to check that
-    /// nothing is left behind at the end of a test.
+    /// Monitors of this state root still running - to check that nothing is left behind at
+    /// the end of a test: those their `monitor.json` names (monitors forked by the plugin's
+    /// fork server carry the plugin's command line), and any process whose command line
+    /// mentions the state root (monitors started as `executor-native __monitor <dir>`).
     pub fn monitors_alive(&self) -> Vec<i32> {
-        processes_mentioning(&self.state.path().to_string_lossy())
+        let mut pids = recorded_monitors(self.state.path());
+        for pid in processes_mentioning(&self.state.path().to_string_lossy()) {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 }
 
 fn record_pid(dir: &Path, key: &str) -> Option<i32> {
     let rec: Value = serde_json::from_slice(&std::fs::read(dir.join("monitor.json")).ok()?).ok()?;
     rec[key]["pid"].as_i64().map(|p| p as i32)
+}
+
+/// Live monitors named by the `monitor.json` records under `state_root` (pid and start time
+/// must both match, so a reused pid is not mistaken for a monitor).
+pub fn recorded_monitors(state_root: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(state_root.join("executions")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let rec: Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("monitor.json")).ok()?).ok()?;
+            let pid = rec["monitor"]["pid"].as_i64()? as i32;
+            let start = rec["monitor"]["startTime"].as_u64()?;
+            (alive(pid) && start_time(pid) == Some(start)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Live (non-zombie) processes whose argv contains `needle`.

@@ -194,6 +194,9 @@ where
 /// and its own log on fd 2; whether it was exec'd or forked by the [`launcher`]. Returns the
 /// process exit code.
 pub fn main_in_dir(dir: PathBuf) -> i32 {
+    // A forked monitor carries the plugin's command line: its name tells them apart in `ps`.
+    // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"exec-monitor".as_ptr(), 0, 0, 0) };
     // First, so a cancel that arrives while we start up is queued, not fatal.
     if let Err(e) = signals::block() {
         eprintln!("monitor: blocking signals: {e}");

@@ -342,32 +342,28 @@ impl Harness {
         request_in(self.work.path(), id, argv, limits)
     }
 
-    /// Monitors of this harness still alive (matched by the state directory in their argv).
+    /// Monitors of this harness still alive, with their execution ids: those named by the
+    /// `monitor.json` records in the state directory (pid and start time must match).
     fn monitors(&self) -> Vec<(i32, String)> {
-        let needle = self.state.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return found;
+        let Ok(entries) = std::fs::read_dir(self.state.path().join("executions")) else {
+            return Vec::new();
         };
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.get(1).map(String::as_str) == Some("__monitor")
-                && args.get(2).is_some_and(|d| d.starts_with(&needle))
-            {
-                let exec = args[2].rsplit('/').next().unwrap_or_default().to_string();
-                found.push((pid, exec));
-            }
-        }
-        found
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let rec: Value =
+                    serde_json::from_slice(&std::fs::read(e.path().join("monitor.json")).ok()?)
+                        .ok()?;
+                let pid = rec["monitor"]["pid"].as_i64()? as i32;
+                let start = rec["monitor"]["startTime"].as_u64()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let live = fields.first().is_some_and(|s| *s != "Z")
+                    && fields.get(19).and_then(|t| t.parse::<u64>().ok()) == Some(start);
+                live.then(|| (pid, e.file_name().to_string_lossy().into_owned()))
+            })
+            .collect()
     }
 
     /// Shut the plugin down, cancelling what runs, and kill any monitor of ours left behind.
