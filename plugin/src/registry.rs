@@ -574,7 +574,7 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
     let binds = binds(&input, &results_dir).map_err(|e| e.with_execution(id.clone()))?;
     if input.isolate_filesystem {
         sandbox.filesystem = Some(FsSandbox {
-            root_dir: dir.dir.join(JOB_ROOT_DIR),
+            root_dir: state_root.join(JOB_ROOT_DIR),
             binds,
         });
     }
@@ -636,7 +636,10 @@ fn count_only_gpu_env(input: &SpecInput) -> Vec<(String, String)> {
 }
 
 /// The job's root under its state directory (`<state>/executions/<id>/root`).
-pub const JOB_ROOT_DIR: &str = "root";
+/// Under the state root: the mount point of every job's root. Each job mounts a tmpfs of its
+/// own there in its own mount namespace, so one empty directory serves them all (no directory
+/// to make and remove per execution).
+pub const JOB_ROOT_DIR: &str = ".job-root";
 
 /// The range each running execution gets a uid of its own from: when the plugin is root and no
 /// single `runAsUser` is configured (that mode, kept for hosts that need a known user, runs

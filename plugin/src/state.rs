@@ -160,8 +160,8 @@ pub struct SandboxSpec {
     pub gpu: Option<crate::sandbox::gpu::GpuSandbox>,
 }
 
-/// The job's private filesystem: `root_dir` (made by the monitor, removed at the end) becomes
-/// its `/`, with the host's system directories read-only and `binds` at their targets.
+/// The job's private filesystem: a tmpfs mounted on `root_dir` (an empty directory shared by
+/// every job) in the job's own mount namespace becomes its `/`, with the host's system directories read-only and `binds` at their targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FsSandbox {

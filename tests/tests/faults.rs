@@ -621,3 +621,47 @@ fn host_stdin_closed_with_calls_pending() {
     );
     assert_no_monitors(&env);
 }
+
+/// The plugin's children: its monitors' fork server (and nothing else while no job starts).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_monitor_fork_server_goes_with_a_killed_plugin_and_its_monitors_stay() {
+    let _serial = serial();
+    let mut env = Env::new();
+    env.start("fs-1", "sleep 0.8; echo done", json!({}));
+    let plugin = env.plugin.child.id() as i32;
+    let servers = children_of(plugin);
+    assert_eq!(servers.len(), 1, "one fork server: {servers:?}");
+    let monitor = env.monitor_pid("fs-1").expect("monitor pid");
+    assert!(
+        !servers.contains(&monitor),
+        "monitors are the fork server's children, not the plugin's"
+    );
+    env.replace_plugin();
+    // The server sees its socket close and exits; the monitor it forked runs on.
+    wait_until(Duration::from_secs(5), "the fork server to exit", || {
+        !alive(servers[0])
+    });
+    assert!(alive(monitor), "the monitor died with the plugin");
+    let r = env.wait("fs-1");
+    assert_eq!(
+        (&r["ExitCode"], &r["Stdout"]),
+        (&json!(0), &json!("done\n")),
+        "{r}"
+    );
+    assert_no_monitors(&env);
+}

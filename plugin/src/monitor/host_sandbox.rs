@@ -31,7 +31,6 @@ pub struct HostSandbox {
     cgroup: Option<JobCgroup>,
     steps: Vec<PreExecStep>,
     /// The job's root directory, removed at cleanup.
-    root_dir: Option<PathBuf>,
     /// The job's own uid, held while anything of the job may run, and the outputs given to it
     /// (handed back to root at cleanup, so a later job given the same uid cannot alter them).
     own_uid: Option<(UidLease, Vec<PathBuf>)>,
@@ -97,14 +96,13 @@ impl HostSandbox {
         let setup = |what: &str, e: io::Error| {
             SandboxError::Setup(format!("{what} {}: {e}", fs.root_dir.display()))
         };
-        // A leftover of a monitor that died holds only empty mount points.
-        match std::fs::remove_dir_all(&fs.root_dir) {
+        // Shared by every job (each mounts its own tmpfs on it, in its own mount namespace),
+        // so it is made once and never removed.
+        match std::fs::create_dir(&fs.root_dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(setup("removing the stale job root", e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && fs.root_dir.is_dir() => {}
+            Err(e) => return Err(setup("creating the job root", e)),
         }
-        std::fs::create_dir(&fs.root_dir).map_err(|e| setup("creating the job root", e))?;
-        self.root_dir = Some(fs.root_dir.clone());
         let spec = FsSpec {
             root_dir: fs.root_dir.clone(),
             system_ro: mounts::default_system_dirs(),
@@ -356,15 +354,6 @@ impl JobSandbox for HostSandbox {
 
     fn cleanup(&mut self) {
         self.steps.clear();
-        if let Some(root) = self.root_dir.take() {
-            // The mounts lived in the job's own mount namespace, gone with its last process:
-            // what is left here are the empty mount points made before the fork.
-            if let Err(e) = std::fs::remove_dir_all(&root) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    eprintln!("monitor: removing the job's root {}: {e}", root.display());
-                }
-            }
-        }
         if let Some(cg) = self.cgroup.take() {
             let removed = cg.kill_all().and_then(|()| cg.remove());
             if let Err(e) = removed {
