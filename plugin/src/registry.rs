@@ -345,6 +345,19 @@ impl Registry {
         }
     }
 
+    /// Job uids: (how many the range has, how many this plugin's executions hold now); `None`
+    /// when jobs do not get a uid of their own.
+    pub fn job_uid_room(&self) -> Option<(u64, u64)> {
+        let pool = self.uids.as_ref()?;
+        let range = lock(pool).range();
+        let total = u64::from(range.max() - range.min()) + 1;
+        let held = lock(&self.execs)
+            .values()
+            .filter(|e| lock(&e.uid_lease).is_some())
+            .count() as u64;
+        Some((total, held))
+    }
+
     pub fn infos(&self) -> Vec<ExecInfo> {
         let mut v: Vec<ExecInfo> = lock(&self.execs)
             .values()

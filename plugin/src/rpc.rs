@@ -433,7 +433,22 @@ impl ExecutorApiServer for NativePlugin {
         let gpus = self.capabilities().gpus.len() as u64;
         let capacity = crate::bid::Capacity::of_host(&session.state_dir, gpus);
         let held = self.held_resources();
-        Ok(crate::bid::usage(&usage, capacity, &held))
+        let mut answer = crate::bid::usage(&usage, capacity, &held);
+        // Every job needs a uid of its own: with all of them held, a start would fail now but
+        // succeed once an execution ends.
+        if let Some((total, taken)) = session.registry.job_uid_room() {
+            if answer.should_bid && taken >= total {
+                answer = BidStrategyResponse::new(
+                    false,
+                    format!(
+                        "have a free job uid now: running executions hold all {total} of \
+                         jobUidRange; one frees when an execution ends"
+                    ),
+                );
+                answer.should_wait = true;
+            }
+        }
+        Ok(answer)
     }
 
     async fn start(&self, request: RunCommandRequest) -> RpcResult<()> {

@@ -610,6 +610,24 @@ fn job_uid_ranges_are_configurable_and_checked() {
         p.call(1, "executor_start", json!([hold]))["result"],
         Value::Null
     );
+    // The bid says so before a start would fail: wait for the uid.
+    let bid = p.call(
+        20,
+        "executor_shouldBidBasedOnUsage",
+        json!({"request": {"Job": {"ID": "j"}}, "usage": {"CPU": 0.1}}),
+    );
+    assert_eq!(
+        (&bid["result"]["ShouldBid"], &bid["result"]["ShouldWait"]),
+        (&json!(false), &json!(true)),
+        "{bid}"
+    );
+    assert!(
+        bid["result"]["Reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("job uid"),
+        "{bid}"
+    );
     let second = request(results.path(), "two", &["id", "-u"], json!({}));
     let refused = p.call(2, "executor_run", json!([second.clone()]));
     let msg = refused["error"]["message"].as_str().unwrap_or_default();
@@ -619,6 +637,12 @@ fn job_uid_ranges_are_configurable_and_checked() {
     );
     p.call(3, "executor_cancel", json!(["one"]));
     p.call(4, "executor_wait", json!(["one"]));
+    let bid = p.call(
+        21,
+        "executor_shouldBidBasedOnUsage",
+        json!({"request": {"Job": {"ID": "j"}}, "usage": {"CPU": 0.1}}),
+    );
+    assert_eq!(bid["result"]["ShouldBid"], true, "{bid}");
     let r = p.call(5, "executor_run", json!([second]));
     assert_eq!(r["result"]["Stdout"], "79990\n", "{r}");
     p.call(6, "shutdown", json!([]));
