@@ -20,7 +20,9 @@ pub enum ProviderError {
     NoMatchingKey { key: String, keys: Vec<String> },
     #[error("key is not installed: {key}")]
     NotInstalled { key: String },
-    #[error("key is disabled: {key}")]
+    /// Bacalhau's exact text: its `ConfiguredProvider` prints the key's Go type (`%T` of a
+    /// string), so callers matching on it keep working.
+    #[error("string is disabled: {key}")]
     Disabled { key: String },
     /// `is_installed` itself failed; not cached.
     #[error("checking whether {key} is installed: {source}")]

@@ -125,7 +125,7 @@ async fn disabled_engines_are_refused_and_not_listed() {
     provider.add("docker", fake(true)).await;
     let err = provider.get("Wasm").await.err().unwrap();
     assert!(matches!(err, ProviderError::Disabled { .. }), "{err}");
-    assert_eq!(err.to_string(), "key is disabled: wasm");
+    assert_eq!(err.to_string(), "string is disabled: wasm");
     assert_eq!(provider.keys().await, vec!["docker"]);
     let err = provider.get("x").await.err().unwrap();
     assert_eq!(
