@@ -392,7 +392,11 @@ impl CgroupManager {
             mode: self.mode(),
             dirs: Vec::new(),
         };
-        let planned = self.leaves(name);
+        let planned: Vec<LeafDir> = self
+            .leaves(name)
+            .into_iter()
+            .filter(|leaf| self.joins(leaf, &resolved))
+            .collect();
         let result = (|| {
             for leaf in planned {
                 fsio::mkdir_new(&leaf.dir)?;
@@ -430,6 +434,32 @@ impl CgroupManager {
             old.remove()?;
         }
         self.create(name, limits)
+    }
+
+    /// Whether a job gets a directory in `leaf`'s hierarchy. All of them, except on a hybrid
+    /// host whose v2 tree has `cgroup.kill`: there the v2 tree kills the job and accounts its
+    /// CPU (`cpu.stat`), so a v1 hierarchy holding only `freezer` or `cpuacct` adds nothing, and
+    /// `cpu` only matters for a CPU limit. Each hierarchy joined is one more directory made and
+    /// removed and one more v1 migration (which can wait for an RCU grace period) per job.
+    fn joins(&self, leaf: &LeafDir, limits: &ResolvedLimits) -> bool {
+        let Backend::Legacy {
+            unified: Some(unified),
+            ..
+        } = &self.backend
+        else {
+            return true;
+        };
+        if !unified.join("cgroup.kill").exists() {
+            return true;
+        }
+        match &leaf.kind {
+            DirKind::V2 => true,
+            DirKind::V1(controllers) => controllers.iter().any(|c| match c.as_str() {
+                "freezer" | "cpuacct" => false,
+                "cpu" => limits.cpu_quota_us.is_some(),
+                _ => true,
+            }),
+        }
     }
 
     fn leaves(&self, name: &str) -> Vec<LeafDir> {
