@@ -242,6 +242,29 @@ fn quick_restarts() -> Supervision {
 }
 
 #[tokio::test]
+async fn run_survives_a_killed_plugin() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let exec = native_executor_with(state.path(), quick_restarts());
+    let script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done; exit 7";
+    let runner = {
+        let exec = exec.clone();
+        let req = sh_request(work.path(), "r9", script);
+        tokio::spawn(async move { exec.run(req, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_pid = exec.pid().await.expect("plugin running");
+    kill9(first_pid);
+    let r = within("run across a restart", runner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.exit_code, 7, "{r:?}");
+    assert_eq!(r.stdout, "line1\nline2\nline3\nline4\nline5\n");
+    assert_ne!(exec.pid().await.expect("a new plugin serves"), first_pid);
+}
+
+#[tokio::test]
 async fn wait_survives_a_killed_plugin() {
     let state = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
