@@ -5,9 +5,10 @@
 //! skipped. When the plugin's stdout closes, the error names the exit status and the plugin's
 //! last stderr lines, and jsonrpsee fails every pending call with it.
 //!
-//! Log notifications are nearly all of the bytes a plugin writes, and jsonrpsee parses each of
-//! them twice more anyway, so a line that starts exactly like the plugin's own `executor_logs`
-//! notification is handed on without the check (see `is_log_notification`).
+//! Log notifications are nearly all of the bytes a plugin writes: a line that starts exactly
+//! like the plugin's own `executor_logs` notification skips the check (see
+//! `is_log_notification`) and goes to its log stream directly when one is routed
+//! (`log_routes`), else to jsonrpsee, which parses it fully anyway.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,8 @@ use jsonrpsee::core::client::{ReceivedMessage, TransportReceiverT, TransportSend
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::log_routes::{LogRouter, LOG_NOTIFICATION_PREFIX};
 
 /// How a plugin process ended, as far as the host knows.
 pub type ExitWatch = watch::Receiver<Option<String>>;
@@ -74,6 +77,7 @@ pub struct Receiver<R> {
     frames: FramedRead<R, NdjsonCodec>,
     exit: ExitWatch,
     stderr: StderrTail,
+    router: LogRouter,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
@@ -86,7 +90,15 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
-    pub fn new(plugin: impl Into<String>, input: R, exit: ExitWatch, stderr: StderrTail) -> Self {
+    /// Log notifications of subscriptions routed through `router` go there instead of to
+    /// jsonrpsee.
+    pub fn new(
+        plugin: impl Into<String>,
+        input: R,
+        exit: ExitWatch,
+        stderr: StderrTail,
+        router: LogRouter,
+    ) -> Self {
         Receiver {
             plugin: plugin.into(),
             // Log notifications are tens of KiB and the plugin's pipe holds 1 MiB: reading it
@@ -95,6 +107,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
             frames: FramedRead::with_capacity(input, NdjsonCodec::default(), READ_CAPACITY),
             exit,
             stderr,
+            router,
         }
     }
 
@@ -150,11 +163,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> TransportSenderT for Sender<W> {
 /// Initial read buffer of the receiver: the size of the plugin's protocol pipe.
 const READ_CAPACITY: usize = 1 << 20;
 
-/// How every `executor_logs` notification line starts: jsonrpsee's field order, as the plugin
-/// assembles it (`plugin/src/logstore/notification.rs` holds it byte-identical to jsonrpsee).
-const LOG_NOTIFICATION_PREFIX: &[u8] =
-    br#"{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":"#;
-
 /// A log notification from the plugin itself. Only the plugin's notification writer produces
 /// this exact start, and the object must also be closed on the same line; such a line skips
 /// the full JSON check because jsonrpsee parses it fully right after (if it were broken after
@@ -180,9 +188,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> TransportReceiverT for Receiver<R> {
             match self.frames.next().await {
                 Some(Ok(Frame::Line(line))) => {
                     if is_log_notification(&line) {
-                        // As bytes: jsonrpsee parses with `from_slice`, which checks UTF-8 in
-                        // the strings it reads, so a separate pass over the line is not needed.
-                        return Ok(ReceivedMessage::Bytes(line));
+                        match self.router.deliver(line) {
+                            Ok(()) => continue,
+                            // As bytes: jsonrpsee parses with `from_slice`, which checks UTF-8
+                            // in the strings it reads, so a separate pass is not needed.
+                            Err(line) => return Ok(ReceivedMessage::Bytes(line)),
+                        }
                     }
                     if looks_like_json_message(&line) {
                         match String::from_utf8(line) {
