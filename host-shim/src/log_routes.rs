@@ -35,7 +35,10 @@ pub struct LogRouter {
     next_token: Arc<AtomicU64>,
 }
 
-type Routes = HashMap<Vec<u8>, (u64, mpsc::Sender<LogEvent>)>;
+/// A route without a sender has closed for falling behind: its lines are dropped until its
+/// reader is gone, because handing them to jsonrpsee instead would put them ahead of the
+/// routed ones still queued.
+type Routes = HashMap<Vec<u8>, (u64, Option<mpsc::Sender<LogEvent>>)>;
 
 /// The receiving end of one route; removed from the router when dropped. It closes early when
 /// its reader fell `capacity` events behind (like a lagging jsonrpsee subscription).
@@ -68,7 +71,10 @@ impl LogRouter {
     fn route_id(&self, key: Vec<u8>) -> Option<LogRoute> {
         let (tx, rx) = mpsc::channel(self.capacity);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.routes.lock().ok()?.insert(key.clone(), (token, tx));
+        self.routes
+            .lock()
+            .ok()?
+            .insert(key.clone(), (token, Some(tx)));
         Some(LogRoute {
             rx,
             key,
@@ -88,8 +94,11 @@ impl LogRouter {
             Ok(routes) => routes.get(key).cloned(),
             Err(_) => None,
         };
-        let Some((token, tx)) = route else {
+        let Some((token, sender)) = route else {
             return Err(line);
+        };
+        let Some(tx) = sender else {
+            return Ok(());
         };
         let Ok(event) = serde_json::from_slice::<LogEvent>(event) else {
             return Err(line);
@@ -99,8 +108,8 @@ impl LogRouter {
             // Closing the route tells it to resume from its last position. Closed: it is
             // going away anyway.
             if let Ok(mut routes) = self.routes.lock() {
-                if routes.get(key).is_some_and(|(t, _)| *t == token) {
-                    routes.remove(key);
+                if let Some(entry) = routes.get_mut(key).filter(|(t, _)| *t == token) {
+                    entry.1 = None;
                 }
             }
         }
@@ -207,8 +216,11 @@ mod tests {
         assert_eq!(route.try_recv(), Some(LogEvent::End { offset: 3 }));
         assert_eq!(route.try_recv(), None);
         assert!(route.rx.is_closed());
-        // No longer routed: jsonrpsee gets it (and drops it, its subscription being gone).
-        assert!(router.deliver(end(5)).is_err());
+        // Dropped until the reader is gone (it resumes from its position), then jsonrpsee's.
+        assert!(router.deliver(end(5)).is_ok());
+        assert_eq!(route.try_recv(), None);
+        drop(route);
+        assert!(router.deliver(end(6)).is_err());
     }
 
     #[test]

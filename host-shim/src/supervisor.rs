@@ -479,6 +479,15 @@ impl Inner {
                             .await;
                         return;
                     }
+                    Fetched::Jsonrpsee(None)
+                        if matches!(
+                            subscription.close_reason(),
+                            Some(SubscriptionCloseReason::Lagged)
+                        ) =>
+                    {
+                        // Routed events may lie past what jsonrpsee dropped: resume instead.
+                        break false;
+                    }
                     Fetched::Jsonrpsee(None) => {
                         // Routed events came before whatever ended the subscription.
                         while let Some(ev) = route.as_mut().and_then(LogRoute::try_recv) {
