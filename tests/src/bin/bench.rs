@@ -5,11 +5,11 @@
 //! cargo run --release -p executor-tests --bin bench [-- --quick] [-- --json]
 //! ```
 //!
-//! Every figure is printed with the baseline it is judged against and the ratio. Latency and
-//! throughput go through the host shim's `Executor` trait (`PluginExecutor`: host -> plugin ->
-//! monitor -> job), as Bacalhau would call it; the other sections use the typed
-//! `ExecutorApiClient` over a `PluginProcess`, to measure the plugin without the host's
-//! resume machinery.
+//! Every figure is printed with the baseline it is judged against and the ratio. Latency,
+//! throughput and log follow go through the host shim's `Executor` trait (`PluginExecutor`:
+//! host -> plugin -> monitor -> job), as Bacalhau would call it (the log as stdcopy frames);
+//! the other sections use the typed `ExecutorApiClient` over a `PluginProcess`, to measure the
+//! plugin without the host's resume machinery.
 
 use std::collections::BTreeMap;
 use std::io::Read;
