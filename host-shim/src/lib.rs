@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod error;
 pub mod executor;
 pub mod human;
+pub mod log_routes;
 pub mod logs;
 pub mod pin;
 pub mod process;

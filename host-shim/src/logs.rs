@@ -3,6 +3,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::Bytes;
 use executor_schema::{LogEvent, LogStream as StreamKind};
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -87,16 +89,20 @@ pub type StdcopyReader = StreamReader<BoxStream<'static, std::io::Result<Bytes>>
 
 /// One stdcopy frame for a data event (empty for `End`).
 pub fn stdcopy_frame(event: &LogEvent) -> Bytes {
-    let LogEvent::Data { stream, .. } = event else {
+    let LogEvent::Data { stream, data, .. } = event else {
         return Bytes::new();
     };
-    let data = event.data_bytes();
-    let mut frame = Vec::with_capacity(STDCOPY_HEADER + data.len());
+    // Decoded straight behind the header: the frame is the only buffer the bytes pass through.
+    let mut frame = Vec::with_capacity(STDCOPY_HEADER + data.len() / 4 * 3 + 3);
     frame.push(stream.as_u8());
-    frame.extend_from_slice(&[0, 0, 0]);
+    frame.extend_from_slice(&[0; STDCOPY_HEADER - 1]);
+    if STANDARD.decode_vec(data, &mut frame).is_err() {
+        // As `LogEvent::data_bytes`: undecodable data counts as empty.
+        frame.truncate(STDCOPY_HEADER);
+    }
     // A chunk is at most one pipe read of the monitor, far below 4 GiB.
-    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&data);
+    let size = (frame.len() - STDCOPY_HEADER) as u32;
+    frame[4..STDCOPY_HEADER].copy_from_slice(&size.to_be_bytes());
     Bytes::from(frame)
 }
 
@@ -174,6 +180,27 @@ mod tests {
         let (out, err) = demux_stdcopy(&bytes).unwrap();
         assert_eq!(out, b"out\n\x00\xff");
         assert_eq!(err, b"err\n");
+    }
+
+    #[test]
+    fn a_frame_carries_the_decoded_bytes_and_their_size() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+        for data in [&b""[..], b"a", b"ab", b"abc", &big] {
+            let frame = stdcopy_frame(&ev(StreamKind::Stderr, data, 0));
+            assert_eq!(frame[0], 2);
+            assert_eq!(&frame[1..4], &[0, 0, 0]);
+            assert_eq!(&frame[4..8], &(data.len() as u32).to_be_bytes());
+            assert_eq!(&frame[8..], data);
+        }
+        let bad = LogEvent::Data {
+            stream: StreamKind::Stdout,
+            timestamp: "t".into(),
+            data: "not base64!".into(),
+            offset: 0,
+            next: 1,
+        };
+        assert_eq!(&stdcopy_frame(&bad)[..], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(stdcopy_frame(&LogEvent::End { offset: 0 }).is_empty());
     }
 
     #[test]

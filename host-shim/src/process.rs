@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStderr, Command};
 use tokio::sync::{oneshot, watch};
 
+use crate::log_routes::LogRouter;
 use crate::transport::{Receiver, Sender, StderrTail};
 
 pub const COOKIE_KEY: &str = "EXECUTOR_PLUGIN_COOKIE";
@@ -63,6 +64,7 @@ pub struct PluginProcess {
     exit: watch::Receiver<Option<String>>,
     stderr: StderrTail,
     kill: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    logs: LogRouter,
 }
 
 impl PluginProcess {
@@ -115,12 +117,19 @@ impl PluginProcess {
             exit_tx.send_replace(Some(status));
         });
 
+        let logs = LogRouter::new(opts.subscription_buffer);
         let client = ClientBuilder::default()
             .request_timeout(NO_TIMEOUT)
             .max_buffer_capacity_per_subscription(opts.subscription_buffer)
             .build_with_tokio(
                 Sender::new(name.clone(), stdin),
-                Receiver::new(name.clone(), stdout, exit_rx.clone(), tail.clone()),
+                Receiver::new(
+                    name.clone(),
+                    stdout,
+                    exit_rx.clone(),
+                    tail.clone(),
+                    logs.clone(),
+                ),
             );
         Ok(PluginProcess {
             client,
@@ -129,6 +138,7 @@ impl PluginProcess {
             exit: exit_rx,
             stderr: tail,
             kill: std::sync::Mutex::new(Some(kill_tx)),
+            logs,
         })
     }
 
@@ -155,6 +165,16 @@ impl PluginProcess {
         let mut exit = self.exit.clone();
         let _ = tokio::time::timeout(limit, exit.wait_for(Option::is_some)).await;
         self.exit_status()
+    }
+
+    /// Have the transport deliver the events of a log subscription made on this process's
+    /// client to the returned route, past jsonrpsee; see `log_routes` for how a reader keeps
+    /// them in order with what jsonrpsee already holds.
+    pub fn route_logs<T>(
+        &self,
+        sub: &jsonrpsee::core::client::Subscription<T>,
+    ) -> Option<crate::log_routes::LogRoute> {
+        self.logs.route(sub)
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {

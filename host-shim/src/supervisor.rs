@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::error::{classify, CallFailure, HostError};
 use crate::executor::{apply_deadline, Executor};
+use crate::log_routes::LogRoute;
 use crate::logs::LogStream;
 use crate::pin::OpenBinary;
 use crate::process::{PluginProcess, SpawnOptions};
@@ -424,14 +425,14 @@ impl Inner {
         self: Arc<Self>,
         request: LogStreamRequest,
         tx: mpsc::Sender<Result<LogEvent, HostError>>,
-        first: jsonrpsee::core::client::Subscription<LogEvent>,
+        first: LogSubscription,
         first_generation: u64,
     ) {
         let mut position = request.position;
         let mut sub = Some((first, first_generation));
         let mut fruitless = 0u32;
         loop {
-            let (mut subscription, generation) = match sub.take() {
+            let ((mut subscription, mut route), generation) = match sub.take() {
                 Some(s) => s,
                 None => match self.subscribe(&request, position).await {
                     Ok(s) => s,
@@ -442,22 +443,33 @@ impl Inner {
                 },
             };
             let mut progressed = false;
-            while let Some(item) = subscription.next().await {
-                match item {
-                    Ok(ev) => {
-                        progressed = true;
-                        let end = match &ev {
-                            LogEvent::Data { next, .. } => {
-                                position = Some(*next);
-                                false
-                            }
-                            LogEvent::End { .. } => true,
-                        };
-                        if tx.send(Ok(ev)).await.is_err() || end {
+            // Hands one event on; `false` once the stream is over for good.
+            let mut deliver = |ev: LogEvent, position: &mut Option<u64>| {
+                progressed = true;
+                let end = match &ev {
+                    LogEvent::Data { next, .. } => {
+                        *position = Some(*next);
+                        false
+                    }
+                    LogEvent::End { .. } => true,
+                };
+                let tx = tx.clone();
+                async move { tx.send(Ok(ev)).await.is_ok() && !end }
+            };
+            let route_lagged = loop {
+                // jsonrpsee's buffer first: it holds whatever came before the route existed.
+                let fetched = tokio::select! {
+                    biased;
+                    item = subscription.next() => Fetched::Jsonrpsee(item),
+                    ev = recv_route(&mut route) => Fetched::Routed(ev),
+                };
+                match fetched {
+                    Fetched::Jsonrpsee(Some(Ok(ev))) | Fetched::Routed(Some(ev)) => {
+                        if !deliver(ev, &mut position).await {
                             return;
                         }
                     }
-                    Err(e) => {
+                    Fetched::Jsonrpsee(Some(Err(e))) => {
                         let _ = tx
                             .send(Err(HostError::Protocol {
                                 engine: self.spec.engine.clone(),
@@ -467,9 +479,30 @@ impl Inner {
                             .await;
                         return;
                     }
+                    Fetched::Jsonrpsee(None)
+                        if matches!(
+                            subscription.close_reason(),
+                            Some(SubscriptionCloseReason::Lagged)
+                        ) =>
+                    {
+                        // Routed events may lie past what jsonrpsee dropped: resume instead.
+                        break false;
+                    }
+                    Fetched::Jsonrpsee(None) => {
+                        // Routed events came before whatever ended the subscription.
+                        while let Some(ev) = route.as_mut().and_then(LogRoute::try_recv) {
+                            if !deliver(ev, &mut position).await {
+                                return;
+                            }
+                        }
+                        break false;
+                    }
+                    Fetched::Routed(None) => break true,
                 }
-            }
+            };
             let reason = subscription.close_reason();
+            // Unsubscribes before a new subscription is made.
+            drop((subscription, route));
             let conn_alive = {
                 let state = self.state.lock().await;
                 state
@@ -478,6 +511,9 @@ impl Inner {
                     .is_some_and(|c| c.generation == generation && c.alive())
             };
             match reason {
+                _ if route_lagged => {
+                    tracing::debug!(engine = %self.spec.engine, "log route lagged; resuming");
+                }
                 Some(SubscriptionCloseReason::Lagged) => {
                     tracing::debug!(engine = %self.spec.engine, "log subscription lagged; resuming");
                 }
@@ -508,7 +544,7 @@ impl Inner {
         &self,
         request: &LogStreamRequest,
         position: Option<u64>,
-    ) -> Result<(jsonrpsee::core::client::Subscription<LogEvent>, u64), HostError> {
+    ) -> Result<(LogSubscription, u64), HostError> {
         let mut req = request.clone();
         // Once anything was delivered, resume exactly after it (a tail request included).
         if position.is_some() {
@@ -521,10 +557,34 @@ impl Inner {
             .call("executor_subscribeLogs", Retry::UntilUnhealthy, move |c| {
                 let req = req.clone();
                 generation_ref.store(c.generation, Ordering::SeqCst);
-                async move { ExecutorApiClient::subscribe_logs(&c.process.client, req).await }
+                async move {
+                    let sub = ExecutorApiClient::subscribe_logs(&c.process.client, req).await?;
+                    // At once: until the route exists, jsonrpsee receives the events.
+                    let route = c.process.route_logs(&sub);
+                    Ok((sub, route))
+                }
             })
             .await?;
         Ok((sub, generation.load(Ordering::SeqCst)))
+    }
+}
+
+/// A log subscription and, when the transport could route it, its direct route.
+type LogSubscription = (
+    jsonrpsee::core::client::Subscription<LogEvent>,
+    Option<LogRoute>,
+);
+
+enum Fetched {
+    Jsonrpsee(Option<Result<LogEvent, serde_json::Error>>),
+    Routed(Option<LogEvent>),
+}
+
+/// The next routed event; never ready without a route.
+async fn recv_route(route: &mut Option<LogRoute>) -> Option<LogEvent> {
+    match route {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }
 

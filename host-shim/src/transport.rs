@@ -4,6 +4,11 @@
 //! the client (jsonrpsee treats an unparsable message as fatal), so such lines are logged and
 //! skipped. When the plugin's stdout closes, the error names the exit status and the plugin's
 //! last stderr lines, and jsonrpsee fails every pending call with it.
+//!
+//! Log notifications are nearly all of the bytes a plugin writes: a line that starts exactly
+//! like the plugin's own `executor_logs` notification skips the check (see
+//! `is_log_notification`) and goes to its log stream directly when one is routed
+//! (`log_routes`), else to jsonrpsee, which parses it fully anyway.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,6 +20,8 @@ use jsonrpsee::core::client::{ReceivedMessage, TransportReceiverT, TransportSend
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::log_routes::{LogRouter, LOG_NOTIFICATION_PREFIX};
 
 /// How a plugin process ended, as far as the host knows.
 pub type ExitWatch = watch::Receiver<Option<String>>;
@@ -70,6 +77,7 @@ pub struct Receiver<R> {
     frames: FramedRead<R, NdjsonCodec>,
     exit: ExitWatch,
     stderr: StderrTail,
+    router: LogRouter,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
@@ -82,12 +90,24 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
-    pub fn new(plugin: impl Into<String>, input: R, exit: ExitWatch, stderr: StderrTail) -> Self {
+    /// Log notifications of subscriptions routed through `router` go there instead of to
+    /// jsonrpsee.
+    pub fn new(
+        plugin: impl Into<String>,
+        input: R,
+        exit: ExitWatch,
+        stderr: StderrTail,
+        router: LogRouter,
+    ) -> Self {
         Receiver {
             plugin: plugin.into(),
-            frames: FramedRead::new(input, NdjsonCodec::default()),
+            // Log notifications are tens of KiB and the plugin's pipe holds 1 MiB: reading it
+            // in large pieces means one wakeup and one read for many lines instead of several
+            // reads for each.
+            frames: FramedRead::with_capacity(input, NdjsonCodec::default(), READ_CAPACITY),
             exit,
             stderr,
+            router,
         }
     }
 
@@ -140,6 +160,18 @@ impl<W: AsyncWrite + Unpin + Send + 'static> TransportSenderT for Sender<W> {
     }
 }
 
+/// Initial read buffer of the receiver: the size of the plugin's protocol pipe.
+const READ_CAPACITY: usize = 1 << 20;
+
+/// A log notification from the plugin itself. Only the plugin's notification writer produces
+/// this exact start, and the object must also be closed on the same line; such a line skips
+/// the full JSON check because jsonrpsee parses it fully right after (if it were broken after
+/// all, jsonrpsee would end the connection and the supervisor would restart the plugin, as for
+/// any other protocol failure). Stray output, even JSON-looking, does not start like this.
+fn is_log_notification(line: &[u8]) -> bool {
+    line.starts_with(LOG_NOTIFICATION_PREFIX) && line.ends_with(b"}")
+}
+
 /// Whether a line can be a JSON-RPC message at all (object or batch array).
 fn looks_like_json_message(line: &[u8]) -> bool {
     matches!(
@@ -155,6 +187,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> TransportReceiverT for Receiver<R> {
         loop {
             match self.frames.next().await {
                 Some(Ok(Frame::Line(line))) => {
+                    if is_log_notification(&line) {
+                        match self.router.deliver(line) {
+                            Ok(()) => continue,
+                            // As bytes: jsonrpsee parses with `from_slice`, which checks UTF-8
+                            // in the strings it reads, so a separate pass is not needed.
+                            Err(line) => return Ok(ReceivedMessage::Bytes(line)),
+                        }
+                    }
                     if looks_like_json_message(&line) {
                         match String::from_utf8(line) {
                             Ok(text)

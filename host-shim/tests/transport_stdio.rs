@@ -90,3 +90,84 @@ async fn the_real_plugin_answers_the_typed_client() {
         .unwrap();
     assert_eq!(status, "exit status: 0");
 }
+
+/// Answers `executor_subscribeLogs` with subscription `s1`, then prints `lines`.
+fn fake_log_plugin(lines: &[&str]) -> SpawnOptions {
+    let mut script =
+        String::from("read -r req\necho '{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"s1\"}'\n");
+    for l in lines {
+        script.push_str(&format!("echo '{l}'\n"));
+    }
+    // Stays up (until the host closes stdin) so that the end of the output is not the reason.
+    script.push_str("cat >/dev/null\n");
+    fake_plugin(&script)
+}
+
+const DATA: &str = r#"{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":"s1","result":{"type":"data","stream":"stdout","timestamp":"t","data":"aGk=","offset":0,"next":2}}}"#;
+const END: &str = r#"{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":"s1","result":{"type":"end","offset":2}}}"#;
+
+#[tokio::test]
+async fn log_notifications_get_through_and_json_looking_garbage_is_still_skipped() {
+    use executor_schema::api::ExecutorApiClient;
+    use executor_schema::{LogEvent, LogStreamRequest};
+    let plugin = PluginProcess::spawn(fake_log_plugin(&[
+        r#"{"oops": }"#,
+        DATA,
+        r#"{"jsonrpc":"2.0","method":"executor_logs"} trailing"#,
+        "not json between events",
+        END,
+    ]))
+    .await
+    .unwrap();
+    let mut sub = plugin
+        .client
+        .subscribe_logs(LogStreamRequest::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("events in time")
+    {
+        got.push(ev.expect("a decodable event"));
+        if matches!(got.last(), Some(LogEvent::End { .. })) {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].data_bytes(), b"hi");
+    assert_eq!(got[1], LogEvent::End { offset: 2 });
+    assert!(
+        plugin.client.is_connected(),
+        "garbage lines did not end the client"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_line_in_the_log_notification_shape_ends_the_client_instead_of_hanging() {
+    use executor_schema::api::ExecutorApiClient;
+    use executor_schema::LogStreamRequest;
+    // Only the plugin's notification writer produces this start, so such a line is not checked
+    // before jsonrpsee parses it; a broken one is a protocol failure, like a broken answer.
+    let broken =
+        r#"{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":"s1","result":{]}}}"#;
+    let plugin = PluginProcess::spawn(fake_log_plugin(&[DATA, broken, END]))
+        .await
+        .unwrap();
+    let mut sub = plugin
+        .client
+        .subscribe_logs(LogStreamRequest::default())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("first event in time");
+    assert_eq!(first.unwrap().unwrap().data_bytes(), b"hi");
+    let next = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the subscription ends instead of hanging");
+    assert!(next.is_none(), "no event after the broken line: {next:?}");
+    tokio::time::timeout(Duration::from_secs(10), plugin.client.on_disconnect())
+        .await
+        .expect("the client ends");
+}

@@ -436,3 +436,45 @@ async fn shutdown_stops_the_plugin_and_leaves_jobs_running() {
         .unwrap();
     assert_eq!(r.stdout, "survived\n");
 }
+
+/// Thousands of events, read only after they have all been sent: more than the host buffers
+/// for one reader, so its direct route closes and the stream resumes from its position; the
+/// handover from what jsonrpsee received before the route existed is in there too.
+#[tokio::test]
+async fn a_log_read_late_and_in_full_keeps_order_without_loss_or_repeat() {
+    let env = Env::new();
+    // One byte per write: the monitor reads far more often than a shell loop lets it.
+    let script =
+        "i=1; while [ $i -le 16000 ]; do echo line$i; i=$((i+1)); done | dd bs=1 status=none";
+    env.exec.start(env.req("many", script), None).await.unwrap();
+    let mut stream = env
+        .exec
+        .get_log_stream(LogStreamRequest {
+            execution_id: "many".into(),
+            follow: true,
+            position: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    within("wait", env.exec.wait("many")).await.unwrap();
+    // Let the plugin send everything while nobody reads.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut out, mut expected_offset, mut events) = (Vec::new(), 0, 0);
+    while let Some(ev) = within("events", stream.next()).await {
+        match ev.unwrap() {
+            ev @ LogEvent::Data { offset, next, .. } => {
+                assert_eq!(offset, expected_offset, "contiguous after {events} events");
+                expected_offset = next;
+                events += 1;
+                out.extend(ev.data_bytes());
+            }
+            LogEvent::End { .. } => break,
+        }
+    }
+    let want: Vec<u8> = (1..=16000)
+        .flat_map(|i| format!("line{i}\n").into_bytes())
+        .collect();
+    assert!(out == want, "{} bytes in {events} events", out.len());
+    eprintln!("{events} events");
+}
