@@ -947,6 +947,18 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
                 tracing::warn!("{e}; starting the monitor by exec");
                 exec_monitor(exe, dir, lock, log)?
             }
+            Err(LaunchError::Server(e)) => {
+                // The server got the request but its answer was lost (the plugin out of
+                // descriptors for the pidfd, the server dying): a monitor may be running. Find
+                // it as a restarted plugin would: it holds the start lock until it has
+                // recorded itself. Ours must go first, or the lock would look held by us.
+                drop((lock, log));
+                tracing::warn!(execution = %dir.dir.display(), "{e}; looking for its monitor");
+                return match starting_monitor(dir) {
+                    Some(fd) => Ok((None, fd, MonitorReport::Running { job_pid: 0 }, None)),
+                    None => Err(io("starting the monitor", std::io::Error::other(e))),
+                };
+            }
             Err(e) => return Err(io("starting the monitor", std::io::Error::other(e))),
             Ok((fd, report)) => (None, fd, report),
         },

@@ -665,3 +665,33 @@ fn the_monitor_fork_server_goes_with_a_killed_plugin_and_its_monitors_stay() {
     );
     assert_no_monitors(&env);
 }
+
+#[test]
+fn a_monitor_whose_launch_answer_was_lost_is_found_and_its_result_comes_back() {
+    let _serial = serial();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut p = executor_tests::RawPlugin::spawn_with(|c| {
+        c.env("EXECUTOR_PLUGIN_SELFTEST_LOSE_LAUNCH_ANSWER", "1");
+    });
+    p.initialize(state.path());
+    let req = json!({
+        "ExecutionID": "lost-1",
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", "sleep 0.3; echo found; exit 4"]}},
+        "ResultsDir": work.path().join("lost-1"),
+    });
+    // The plugin was not told the monitor's pid, but the monitor runs: start succeeds...
+    let started = p.call(1, "executor_start", json!([req]));
+    assert_eq!(started["result"], Value::Null, "{started}");
+    // ...and the result comes back once, complete.
+    let r = p.call(2, "executor_wait", json!(["lost-1"]));
+    assert_eq!(
+        (&r["result"]["ExitCode"], &r["result"]["Stdout"]),
+        (&json!(4), &json!("found\n")),
+        "{r}"
+    );
+    // The id is taken: a second start cannot run the job twice.
+    let again = p.call(3, "executor_start", json!([req]));
+    assert_eq!(again["error"]["code"], -32002, "{again}");
+    p.call(4, "shutdown", json!([]));
+}

@@ -25,6 +25,10 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 
+/// Set in the plugin's environment, every launch loses the server's answer after the monitor
+/// was forked: the self-test of the plugin finding a monitor it was not told about.
+pub const SELFTEST_LOSE_ANSWER: &str = "EXECUTOR_PLUGIN_SELFTEST_LOSE_LAUNCH_ANSWER";
+
 /// Longest execution directory path accepted (PATH_MAX).
 const MAX_PATH: usize = 4096;
 
@@ -120,16 +124,27 @@ impl Launcher {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(
+        if let Err(e) = sendmsg::<()>(
             sock.as_raw_fd(),
             &[IoSlice::new(path)],
             &cmsg,
             MsgFlags::MSG_NOSIGNAL,
             None,
-        )
-        .map_err(|e| LaunchError::Unavailable(e.into()))?;
+        ) {
+            // Gone: reap it (it is our child), so it does not stay a zombie.
+            // SAFETY: waiting on our own child without blocking.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            return Err(LaunchError::Unavailable(e.into()));
+        }
         let (answer, fds) = recv(sock.as_raw_fd(), 8).map_err(LaunchError::Server)?;
         drop(sock);
+        if std::env::var_os(SELFTEST_LOSE_ANSWER).is_some() {
+            // Self-test: the answer (and the pidfd with it) lost, as when this process is out
+            // of descriptors; the monitor was forked all the same.
+            return Err(LaunchError::Server(io::Error::other(
+                "answer lost (self-test)",
+            )));
+        }
         let mut fds = fds.into_iter();
         if answer.len() != 8 {
             return Err(LaunchError::Server(io::Error::new(
@@ -265,10 +280,35 @@ fn serve(sock: OwnedFd) -> ! {
 /// Fork one monitor. Returns (pid, 0, pidfd) or (0, errno, None).
 fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, Option<OwnedFd>) {
     let dir: PathBuf = dir.to_path_buf();
+    // The child waits at this gate until we hold its pidfd: if we cannot get one, it must not
+    // have created a cgroup or started a job by the time it is killed.
+    let mut gate = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return (0, errno(), None);
+    }
+    // SAFETY: fresh descriptors, each owned once.
+    let (gate_r, gate_w) =
+        unsafe { (OwnedFd::from_raw_fd(gate[0]), OwnedFd::from_raw_fd(gate[1])) };
     // SAFETY: this server is single-threaded.
     match unsafe { libc::fork() } {
         -1 => (0, errno(), None),
         0 => {
+            drop(gate_w);
+            let mut go = [0u8; 1];
+            // SAFETY: reading one byte into a local buffer.
+            let n = loop {
+                let n = unsafe { libc::read(gate_r.as_raw_fd(), go.as_mut_ptr().cast(), 1) };
+                if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    break n;
+                }
+            };
+            if n != 1 {
+                // The server could not watch us: do nothing.
+                // SAFETY: leaving at once.
+                unsafe { libc::_exit(1) };
+            }
+            drop(gate_r);
             // SAFETY: the child owns copies of every descriptor; the standard ones are replaced
             // by the monitor's, and the monitor closes everything above 2 itself.
             unsafe {
@@ -289,11 +329,17 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
         }
         pid => {
             drop(stdio);
+            drop(gate_r);
             // Not reaped before this: the pid still names our child.
             match super::pidfd::open(pid) {
-                Ok(fd) => (pid, 0, Some(fd)),
+                Ok(fd) => {
+                    // SAFETY: writing one byte from a local buffer; the gate closes after.
+                    unsafe { libc::write(gate_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+                    (pid, 0, Some(fd))
+                }
                 Err(e) => {
-                    // SAFETY: our child; it must not run unwatched.
+                    // Still at the gate: it leaves when the gate closes; the kill makes sure.
+                    // SAFETY: our child.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     (0, e.raw_os_error().unwrap_or(libc::EIO), None)
                 }
