@@ -37,7 +37,8 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub state_root: PathBuf,
-    /// The `executor-native` binary, re-executed as `<exe> __monitor <dir>`.
+    /// The `executor-native` binary, re-executed as `<exe> __monitor <dir>` when there is no
+    /// fork server ([`launcher`]) to fork monitors from.
     pub monitor_exe: PathBuf,
     /// How long a finished execution stays queryable.
     pub retention: Duration,

@@ -1,4 +1,5 @@
-//! The execution monitor: `executor-native __monitor <exec-state-dir>`.
+//! The execution monitor: a fork of the plugin's fork server ([`launcher`]), or, without one,
+//! `executor-native __monitor <exec-state-dir>`.
 //!
 //! One small process per execution, with no async runtime. It detaches into its own session,
 //! becomes a child subreaper, spawns the job, drains its pipes into the log and the results files,
@@ -33,7 +34,7 @@ use host_sandbox::HostSandbox;
 use spawn::{JobSandbox, SandboxError, SpawnError};
 use supervise::{Outcome, Stop, Supervisor};
 
-/// argv[1] that selects monitor mode in `executor-native`.
+/// `argv[1]` that selects monitor mode in `executor-native`.
 pub const MONITOR_ARG: &str = "__monitor";
 
 pub const CANCELLED_MSG: &str = "execution already cancelled";
