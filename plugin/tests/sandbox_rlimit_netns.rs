@@ -112,7 +112,17 @@ fn no_new_privs_stops_setuid_from_granting_root() {
         unsafe {
             cmd.pre_exec(move || plan.apply());
         }
-        let out = cmd.output().unwrap();
+        // Just written: another test's fork may briefly hold it open for writing (ETXTBSY).
+        let mut tries = 0;
+        let out = loop {
+            match cmd.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let without = euid_as_nobody(false);
