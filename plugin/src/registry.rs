@@ -291,7 +291,7 @@ impl Registry {
             .map_err(|e| ExecutorError::internal(format!("launching the monitor: {e}")))
             .and_then(|r| r);
         match launched {
-            Ok((child, fd, _first, channel)) => {
+            Ok((child, fd, channel)) => {
                 let fd = Arc::new(fd);
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
@@ -916,9 +916,9 @@ async fn janitor(reg: Weak<Registry>, period: Duration) {
     }
 }
 
-/// A started monitor: our child when it was exec'd, its pidfd, its start report, the rest of
-/// its report channel.
-type Launch = (Option<Child>, OwnedFd, MonitorReport, Option<ReportChannel>);
+/// A started monitor: our child when it was exec'd, its pidfd, and its report channel (past the
+/// start report; none when the monitor was found without one).
+type Launch = (Option<Child>, OwnedFd, Option<ReportChannel>);
 
 /// Start the monitor (forked by the fork server, or exec'd) and read its start report. It
 /// detaches into its own session so it outlives us.
@@ -940,7 +940,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
     let log =
         std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
-    let (child, fd, report) = match launcher::installed() {
+    let (child, fd, mut channel) = match launcher::installed() {
         Some(l) => match fork_monitor(l, dir, &lock, &log) {
             Err(LaunchError::Unavailable(e)) => {
                 // The fork server is gone (it should live as long as we do): re-executing the
@@ -956,17 +956,16 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
                 drop((lock, log));
                 tracing::warn!(execution = %dir.dir.display(), "{e}; looking for its monitor");
                 return match starting_monitor(dir) {
-                    Some(fd) => Ok((None, fd, MonitorReport::Running { job_pid: 0 }, None)),
+                    Some(fd) => Ok((None, fd, None)),
                     None => Err(io("starting the monitor", std::io::Error::other(e))),
                 };
             }
             Err(e) => return Err(io("starting the monitor", std::io::Error::other(e))),
-            Ok((fd, report)) => (None, fd, report),
+            Ok((fd, channel)) => (None, fd, channel),
         },
         None => exec_monitor(exe, dir, lock, log)?,
     };
-    let mut report = report;
-    let line = report
+    let line = channel
         .as_mut()
         .map(ReportChannel::first_line)
         .unwrap_or_default();
@@ -986,7 +985,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
                 _ => ExecutorError::internal(error),
             })
         }
-        Ok(first) => Ok((child, fd, first, report)),
+        Ok(_) => Ok((child, fd, channel)),
         Err(_) => {
             let status = match child {
                 Some(mut c) => c.wait().map(|s| s.to_string()).unwrap_or_default(),
@@ -1047,7 +1046,7 @@ impl ReportChannel {
     }
 }
 
-/// Start the monitor through the fork server; returns its pidfd and report line.
+/// Start the monitor through the fork server; returns its pidfd and report channel.
 fn fork_monitor(
     l: &launcher::Launcher,
     dir: &ExecDir,

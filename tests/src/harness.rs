@@ -139,7 +139,10 @@ impl Env {
     /// fork server carry the plugin's command line), and any process whose command line
     /// mentions the state root (monitors started as `executor-native __monitor <dir>`).
     pub fn monitors_alive(&self) -> Vec<i32> {
-        let mut pids = recorded_monitors(self.state.path());
+        let mut pids: Vec<i32> = recorded_monitors(self.state.path())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
         for pid in processes_mentioning(&self.state.path().to_string_lossy()) {
             if !pids.contains(&pid) {
                 pids.push(pid);
@@ -154,9 +157,9 @@ fn record_pid(dir: &Path, key: &str) -> Option<i32> {
     rec[key]["pid"].as_i64().map(|p| p as i32)
 }
 
-/// Live monitors named by the `monitor.json` records under `state_root` (pid and start time
-/// must both match, so a reused pid is not mistaken for a monitor).
-pub fn recorded_monitors(state_root: &Path) -> Vec<i32> {
+/// Live monitors named by the `monitor.json` records under `state_root`, with their execution
+/// ids (pid and start time must both match, so a reused pid is not mistaken for a monitor).
+pub fn recorded_monitors(state_root: &Path) -> Vec<(i32, String)> {
     let Ok(entries) = std::fs::read_dir(state_root.join("executions")) else {
         return Vec::new();
     };
@@ -167,7 +170,8 @@ pub fn recorded_monitors(state_root: &Path) -> Vec<i32> {
                 serde_json::from_slice(&std::fs::read(e.path().join("monitor.json")).ok()?).ok()?;
             let pid = rec["monitor"]["pid"].as_i64()? as i32;
             let start = rec["monitor"]["startTime"].as_u64()?;
-            (alive(pid) && start_time(pid) == Some(start)).then_some(pid)
+            (alive(pid) && start_time(pid) == Some(start))
+                .then(|| (pid, e.file_name().to_string_lossy().into_owned()))
         })
         .collect()
 }

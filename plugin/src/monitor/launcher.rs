@@ -101,11 +101,6 @@ impl Launcher {
         }
     }
 
-    /// The server's pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Start a monitor for the execution directory `dir` with the given standard descriptors.
     pub fn launch(
         &self,

@@ -309,7 +309,8 @@ fn flush(dir: &ExecDir, spec: &MonitorSpec) {
     for path in files.iter().chain([&spec.results_dir, &dir.dir]) {
         let synced = File::open(path).and_then(|f| {
             // An empty file has no data to flush (its directory entry is covered below).
-            if f.metadata()?.len() == 0 && !path.is_dir() {
+            let meta = f.metadata()?;
+            if meta.is_file() && meta.len() == 0 {
                 return Ok(());
             }
             f.sync_all()

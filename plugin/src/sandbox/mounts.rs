@@ -729,8 +729,8 @@ impl FsPlan {
             let target = entry.target();
             let host_target = root.join(relative(target));
             let host_c = cstring("bind target", &host_target)?;
-            // Where the mount point lives: in the root directory (made now), in the child's
-            // /tmp (made by the child), or inside an earlier bind (must already exist there).
+            // Where the mount point lives: in the root or another of the child's tmpfs mounts
+            // (made by the child), or inside an earlier bind (must already exist there).
             let outer = entries[..i]
                 .iter()
                 .filter(|e| target != e.target() && target.starts_with(e.target()))
@@ -740,40 +740,14 @@ impl FsPlan {
                 _ => ("sandbox mount", Kind::Dir),
             };
             match outer {
-                None => {
-                    let rel = relative(target);
-                    let mut p = root.clone();
-                    let n = rel.components().count();
-                    for (j, c) in rel.components().enumerate() {
-                        p.push(c);
-                        let pc = cstring(what, &p)?;
-                        if j + 1 == n && kind == Kind::File {
-                            steps.push(Step::Touch { path: pc });
-                        } else {
-                            steps.push(Step::Mkdir {
-                                path: pc,
-                                mode: 0o755,
-                            });
-                        }
-                    }
-                }
-                Some(Entry::Tmpfs(tmpfs)) => {
-                    let rel = relative(target.strip_prefix(tmpfs).unwrap_or(target));
-                    let mut p = root.join(relative(tmpfs));
-                    let n = rel.components().count();
-                    for (j, c) in rel.components().enumerate() {
-                        p.push(c);
-                        let pc = cstring(what, &p)?;
-                        if j + 1 == n && kind == Kind::File {
-                            steps.push(Step::Touch { path: pc });
-                        } else {
-                            steps.push(Step::Mkdir {
-                                path: pc,
-                                mode: 0o755,
-                            });
-                        }
-                    }
-                }
+                None => mount_point_steps(&mut steps, what, &root, &relative(target), kind)?,
+                Some(Entry::Tmpfs(tmpfs)) => mount_point_steps(
+                    &mut steps,
+                    what,
+                    &root.join(relative(tmpfs)),
+                    &relative(target.strip_prefix(tmpfs).unwrap_or(target)),
+                    kind,
+                )?,
                 Some(Entry::Bind {
                     source,
                     target: outer_target,
@@ -965,6 +939,29 @@ fn working_dir_entry(w: &Path, entries: &[Entry]) -> Result<Option<Entry>, FsErr
             target: w.to_owned(),
         }),
     }
+}
+
+/// Steps that make the mount point `base/rel` (and its parents) in a tmpfs of the child's own:
+/// directories, and a file for the last component when `kind` is one.
+fn mount_point_steps(
+    steps: &mut Vec<Step>,
+    what: &'static str,
+    base: &Path,
+    rel: &Path,
+    kind: Kind,
+) -> Result<(), FsError> {
+    let mut p = base.to_owned();
+    let n = rel.components().count();
+    for (j, c) in rel.components().enumerate() {
+        p.push(c);
+        let path = cstring(what, &p)?;
+        if j + 1 == n && kind == Kind::File {
+            steps.push(Step::Touch { path });
+        } else {
+            steps.push(Step::Mkdir { path, mode: 0o755 });
+        }
+    }
+    Ok(())
 }
 
 fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {

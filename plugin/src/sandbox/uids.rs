@@ -197,10 +197,6 @@ impl UidPool {
         self.range
     }
 
-    pub fn lock_dir(&self) -> &Path {
-        &self.lock_dir
-    }
-
     /// A free id that the user and group databases do not know.
     pub fn allocate(&mut self) -> Result<UidLease, UidError> {
         self.allocate_where(unknown_to_system)

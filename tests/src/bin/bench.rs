@@ -290,29 +290,6 @@ impl HostHarness {
     }
 }
 
-/// Monitors still alive under a plugin state directory, with their execution ids: those named
-/// by the `monitor.json` records there (pid and start time must match).
-fn monitors_in(state: &Path) -> Vec<(i32, String)> {
-    let Ok(entries) = std::fs::read_dir(state.join("executions")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let rec: Value =
-                serde_json::from_slice(&std::fs::read(e.path().join("monitor.json")).ok()?).ok()?;
-            let pid = rec["monitor"]["pid"].as_i64()? as i32;
-            let start = rec["monitor"]["startTime"].as_u64()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let live = fields.first().is_some_and(|s| *s != "Z")
-                && fields.get(19).and_then(|t| t.parse::<u64>().ok()) == Some(start);
-            live.then(|| (pid, e.file_name().to_string_lossy().into_owned()))
-        })
-        .collect()
-}
-
 /// A plugin with its own state and work directories, removed with it.
 struct Harness {
     plugin: Option<PluginProcess>,
@@ -363,7 +340,7 @@ impl Harness {
 
     /// Monitors of this harness still alive, with their execution ids.
     fn monitors(&self) -> Vec<(i32, String)> {
-        monitors_in(self.state.path())
+        executor_tests::harness::recorded_monitors(self.state.path())
     }
 
     /// Shut the plugin down, cancelling what runs, and kill any monitor of ours left behind.
@@ -752,7 +729,7 @@ async fn log_follow(h: &HostHarness, bytes: u64, rep: &mut Report) -> Res<()> {
     let t = Instant::now();
     h.exec.start(req, None).await?;
     // The monitor's CPU time, last seen before it exits.
-    let monitor = monitors_in(h.state.path())
+    let monitor = executor_tests::harness::recorded_monitors(h.state.path())
         .into_iter()
         .find(|(_, e)| e == "follow");
     let monitor_cpu = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
