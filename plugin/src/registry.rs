@@ -164,6 +164,8 @@ pub struct Registry {
     config: RegistryConfig,
     /// Per-execution uids, when jobs get one.
     uids: Option<Arc<Mutex<UidPool>>>,
+    /// A look-ahead of uid verdicts is running ([`Registry::look_up_uids_ahead`]).
+    uid_lookahead: Arc<AtomicBool>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     shutting_down: AtomicBool,
     janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -187,6 +189,7 @@ impl Registry {
             .map(|r| Arc::new(Mutex::new(UidPool::new(r, &config.job_uid_lock_dir))));
         let reg = Arc::new(Registry {
             uids,
+            uid_lookahead: Arc::new(AtomicBool::new(false)),
             config,
             execs: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -209,6 +212,9 @@ impl Registry {
             lock(&reg.execs).insert(exec.id.clone(), exec);
         }
         reg.evict().await;
+        if let Some(pool) = &reg.uids {
+            reg.look_up_uids_ahead(pool);
+        }
         let weak = Arc::downgrade(&reg);
         let period =
             (reg.config.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -227,11 +233,55 @@ impl Registry {
         let Some(pool) = self.uids.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || lock(&pool).allocate())
-            .await
-            .map_err(|e| ExecutorError::internal(format!("allocating a job uid: {e}")))?
+        // Usually the next ids were looked up in the user databases ahead of time (below), and
+        // the lease is a few non-blocking calls on a tmpfs: no trip to the blocking pool.
+        let cached = lock(&pool).allocate_cached();
+        let lease = match cached {
+            Some(lease) => lease,
+            None => {
+                let pool = pool.clone();
+                tokio::task::spawn_blocking(move || lock(&pool).allocate())
+                    .await
+                    .map_err(|e| ExecutorError::internal(format!("allocating a job uid: {e}")))?
+            }
+        };
+        self.look_up_uids_ahead(&pool);
+        lease
             .map(Some)
             .map_err(|e| ExecutorError::internal(e.to_string()))
+    }
+
+    /// Look the next candidate ids up in the user and group databases off the start path (a
+    /// lookup is ~0.2 ms of NSS work, and may block on a directory service). One at a time.
+    fn look_up_uids_ahead(&self, pool: &Arc<Mutex<UidPool>>) {
+        const AHEAD: usize = 16;
+        if self.uid_lookahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Only once fewer than half of the next AHEAD ids are known, then all of them: one
+        // batch per AHEAD/2 allocations.
+        let ids = {
+            let p = lock(pool);
+            if p.unchecked_ahead(AHEAD / 2).is_empty() {
+                Vec::new()
+            } else {
+                p.unchecked_ahead(AHEAD)
+            }
+        };
+        if ids.is_empty() {
+            self.uid_lookahead.store(false, Ordering::Release);
+            return;
+        }
+        let pool = pool.clone();
+        let busy = self.uid_lookahead.clone();
+        tokio::task::spawn_blocking(move || {
+            let verdicts: Vec<(u32, bool)> = ids
+                .into_iter()
+                .map(|id| (id, uids::unknown_to_system(id)))
+                .collect();
+            lock(&pool).record_verdicts(verdicts);
+            busy.store(false, Ordering::Release);
+        });
     }
 
     /// Launch a monitor for a resolved spec. `request` is the wire request, kept for inspection.
@@ -285,6 +335,7 @@ impl Registry {
             monitor: spec,
             created_at_ms: exec.created_at_ms,
         };
+        crate::timing::mark("p.before_launch");
         let exe = self.config.monitor_exe.clone();
         let launched = tokio::task::spawn_blocking(move || launch(&exe, &dir, &record))
             .await
@@ -292,6 +343,7 @@ impl Registry {
             .and_then(|r| r);
         match launched {
             Ok((child, fd, channel)) => {
+                crate::timing::mark("p.launched");
                 let fd = Arc::new(fd);
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
@@ -350,8 +402,7 @@ impl Registry {
     /// when jobs do not get a uid of their own.
     pub fn job_uid_room(&self) -> Option<(u64, u64)> {
         let pool = self.uids.as_ref()?;
-        let range = lock(pool).range();
-        let total = u64::from(range.max() - range.min()) + 1;
+        let total = lock(pool).range().size();
         let held = lock(&self.execs)
             .values()
             .filter(|e| lock(&e.uid_lease).is_some())
@@ -1020,26 +1071,28 @@ impl ReportChannel {
         line
     }
 
-    /// Whether the monitor says its result is written, before it closes the pipe or exits.
-    async fn finished(self) -> bool {
+    /// Whether the monitor says its result is written, before it closes the pipe or exits;
+    /// with the record when the monitor sent it along.
+    async fn finished(self) -> Option<Option<ResultRecord>> {
         let mut buf = self.reader.buffer().to_vec();
         let fd = OwnedFd::from(self.reader.into_inner());
         let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-            return false;
+            return None;
         };
         loop {
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(MonitorReport::Finished) = serde_json::from_slice(&line) {
-                    return true;
+                if let Ok(MonitorReport::Finished { record }) = serde_json::from_slice(&line) {
+                    crate::timing::mark("p.finished_line");
+                    return Some(record.map(|r| *r));
                 }
             }
             if buf.len() > 64 * 1024 {
-                return false;
+                return None;
             }
-            let mut chunk = [0u8; 512];
+            let mut chunk = [0u8; 4096];
             match tokio::io::AsyncReadExt::read(&mut rx, &mut chunk).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
@@ -1108,15 +1161,21 @@ async fn watch_monitor(
     // (told the result is written, the monitor has exited)
     let (told, gone) = match channel {
         Some(ch) => tokio::select! {
-            _ = &mut exited => (false, true),
+            _ = &mut exited => (None, true),
             told = ch.finished() => (told, false),
         },
-        None => (false, false),
+        None => (None, false),
     };
-    if told {
-        // The monitor is still flushing to disk and will exit on its own; it has killed the
-        // job's tree and let go of the job's uid before saying so.
-        publish(&exec, None).await;
+    if let Some(record) = told {
+        // The monitor has killed the job's tree; it still holds the job's uid (its own lease)
+        // while it removes the cgroup, hands the outputs back and flushes, then exits.
+        match record {
+            Some(r) => {
+                crate::timing::mark("p.published");
+                exec.phase.send_replace(Phase::Finished(Arc::new(r)));
+            }
+            None => publish(&exec, None).await,
+        }
         lock(&exec.uid_lease).take();
         exited.await;
         if let Some(mut c) = child {
@@ -1171,6 +1230,7 @@ async fn publish(exec: &Arc<Exec>, status: Option<String>) {
     })
     .await
     .unwrap_or_else(|e| failed_record(&format!("execution monitor watcher failed: {e}")));
+    crate::timing::mark("p.published");
     exec.phase.send_replace(Phase::Finished(Arc::new(record)));
 }
 

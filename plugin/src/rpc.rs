@@ -458,7 +458,10 @@ impl ExecutorApiServer for NativePlugin {
     async fn run(&self, request: RunCommandRequest) -> RpcResult<RunCommandResult> {
         let id = request.execution_id.clone();
         self.start_request(request).await?;
-        Ok(self.wait_result(&id).await?)
+        crate::timing::mark("p.started");
+        let r = self.wait_result(&id).await?;
+        crate::timing::mark("p.result");
+        Ok(r)
     }
 
     async fn wait(&self, execution_id: String) -> RpcResult<RunCommandResult> {
@@ -593,6 +596,7 @@ impl NativePlugin {
     }
 
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
+        crate::timing::mark("p.start_request");
         let session = self.session()?;
         let spec = validate_run_request(&request).map_err(|p| {
             ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
@@ -600,6 +604,7 @@ impl NativePlugin {
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
         let uid_lease = session.registry.lease_job_uid().await?;
+        crate::timing::mark("p.uid_leased");
         let mut input = spec_input(
             &request,
             spec,

@@ -581,3 +581,58 @@ fn chown_tree_does_not_follow_symlinks() {
     );
     assert_eq!(fs::metadata(dir.path()).unwrap().uid(), 4244);
 }
+
+/// Unmounts on drop, so a failing assertion leaves nothing mounted on the host.
+struct HostMount(PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn mounts_below_a_system_dir_are_read_only_too_and_device_nodes_work() {
+    if skip_unless_supported("mounts_below_a_system_dir_are_read_only_too") {
+        return;
+    }
+    let l = Layout::new();
+    // A system directory outside /tmp (reserved for the job's own), with a writable tmpfs
+    // mounted below it on the host: the job must get both read-only.
+    let sys = tempfile::tempdir_in("/var/tmp").unwrap();
+    let sub = sys.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _mounted = HostMount(sub.clone());
+    fs::write(sub.join("seen"), "below").unwrap();
+    let mut spec = l.spec();
+    spec.system_ro.push(sys.path().to_owned());
+    let plan = FsPlan::new(&spec).unwrap();
+    let out = run(
+        &format!(
+            "cat {sub}/seen; echo; \
+             touch {sub}/new 2>/dev/null && echo sub-writable; \
+             touch {top}/new 2>/dev/null && echo top-writable; \
+             echo x > /dev/null && echo null-ok; head -c 3 /dev/zero | wc -c; \
+             head -c 5 /dev/urandom | wc -c; ls -l /dev/null | cut -c1-10",
+            sub = sub.display(),
+            top = sys.path().display()
+        ),
+        Some(plan),
+        None,
+        true,
+    );
+    assert_eq!(
+        ok(&out).lines().collect::<Vec<_>>(),
+        ["below", "null-ok", "3", "5", "crw-rw-rw-"]
+    );
+    // Only the job's view was read-only.
+    fs::write(sub.join("host-can"), "yes").unwrap();
+}

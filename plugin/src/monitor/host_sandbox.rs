@@ -40,6 +40,22 @@ impl HostSandbox {
     pub fn new() -> Self {
         HostSandbox::default()
     }
+
+    /// Learn, in this process, what every monitor of an execution like `spec` would otherwise
+    /// look up again: the fork server calls it so that the monitors it forks inherit the answer.
+    pub fn warm(spec: &MonitorSpec) {
+        CgroupManager::warm_cache(&cgroup_config(spec));
+        if let Some(fs) = &spec.sandbox.filesystem {
+            mounts::warm(&mounts::default_system_dirs(), &fs.root_dir);
+        }
+    }
+}
+
+fn cgroup_config(spec: &MonitorSpec) -> CgroupConfig {
+    CgroupConfig {
+        base: spec.sandbox.cgroup_base.clone(),
+        default_pids_max: None,
+    }
 }
 
 /// The cgroup name for an execution: its id where that is a valid name, else the id with the
@@ -191,19 +207,16 @@ impl JobSandbox for HostSandbox {
                     .into(),
             ));
         }
-        let config = CgroupConfig {
-            base: s.cgroup_base.clone(),
-            default_pids_max: None,
-        };
+        let config = cgroup_config(spec);
         // A host whose cgroups cannot be prepared is treated as one without cgroups: jobs that
         // need no limit still run; the others are refused below with the reason.
-        let (manager, unusable) = match CgroupManager::detect(&config) {
-            Ok(m) if m.mode() == Mode::None => {
+        let (manager, unusable, cached) = match CgroupManager::detect_cached(&config) {
+            Ok((m, cached)) if m.mode() == Mode::None => {
                 let why = m.unavailable_reason().unwrap_or("no cgroups").to_owned();
-                (None, Some(why))
+                (None, Some(why), cached)
             }
-            Ok(m) => (Some(m), None),
-            Err(e) => (None, Some(e.to_string())),
+            Ok((m, cached)) => (Some(m), None, cached),
+            Err(e) => (None, Some(e.to_string()), false),
         };
         match manager {
             None => {
@@ -228,9 +241,24 @@ impl JobSandbox for HostSandbox {
                     // A guard, not a requirement: only where a pids controller exists.
                     pids: s.pids_max.filter(|_| m.enforces().pids),
                 };
-                let job = m
-                    .create_replacing(&cgroup_name(&spec.execution_id), &limits)
-                    .map_err(cgroup_error)?;
+                let name = cgroup_name(&spec.execution_id);
+                let (m, created) = match m.create_replacing(&name, &limits) {
+                    // The layout was detected by the fork server, perhaps long ago: the host
+                    // may have changed since (a base removed). Once more, looking afresh.
+                    Err(_) if cached => {
+                        CgroupManager::forget_cached();
+                        match CgroupManager::detect_cached(&config) {
+                            Ok((fresh, _)) => {
+                                let created = fresh.create_replacing(&name, &limits);
+                                (fresh, created)
+                            }
+                            Err(e) => (m, Err(e)),
+                        }
+                    }
+                    created => (m, created),
+                };
+                let job = created.map_err(cgroup_error)?;
+                crate::timing::mark("m.cgroup_made");
                 // Kept before anything else can fail, so cleanup removes it.
                 let job = self.cgroup.insert(job);
                 if let Some(g) = s.gpu.as_ref().filter(|_| m.has_devices()) {
@@ -289,7 +317,9 @@ impl JobSandbox for HostSandbox {
         }
         if let Some(fs) = &s.filesystem {
             let devices = s.gpu.as_ref().map(|g| g.nodes.clone()).unwrap_or_default();
+            crate::timing::mark("m.before_fsplan");
             let plan = std::sync::Arc::new(self.filesystem(spec, fs, devices)?);
+            crate::timing::mark("m.fsplan");
             let described = plan.clone();
             self.steps.push(PreExecStep::detailed(
                 "setting up the job's private root",

@@ -13,6 +13,7 @@
 //! pidfd. When the plugin goes away the server sees end-of-file and exits; monitors live on,
 //! as they do when they were exec'd.
 
+use crate::state::{self, ExecDir, RequestRecord};
 use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -212,6 +213,7 @@ fn serve(sock: OwnedFd) -> ! {
         // SAFETY: leaving without running the plugin's destructors.
         Err(_) => unsafe { libc::_exit(1) },
     };
+    let mut warmed = false;
     loop {
         let mut pfd = [
             libc::pollfd {
@@ -266,6 +268,15 @@ fn serve(sock: OwnedFd) -> ! {
                 break;
             }
             reap();
+            // After the answer, off this start's path: what the next monitors need to know
+            // about the host, learnt once here, is theirs from birth.
+            if !warmed && pid != 0 {
+                let dir = ExecDir::at(PathBuf::from(OsStr::from_bytes(&path)));
+                if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
+                    super::host_sandbox::HostSandbox::warm(&record.monitor);
+                    warmed = true;
+                }
+            }
         }
     }
     // SAFETY: leaving without running the plugin's destructors (its runtime is not ours).

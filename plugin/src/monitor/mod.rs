@@ -40,6 +40,11 @@ pub const MONITOR_ARG: &str = "__monitor";
 pub const CANCELLED_MSG: &str = "execution already cancelled";
 pub const OOM_MSG: &str = "memory limit exceeded";
 
+/// The largest result record sent inline in the `Finished` report. With the start report, both
+/// lines fit a pipe's buffer many times over, so the monitor never blocks on a plugin that
+/// stopped reading.
+pub const INLINE_RESULT_MAX: usize = 16 * 1024;
+
 /// The one line the monitor writes on its stdout for the plugin's `start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
@@ -52,8 +57,12 @@ pub enum MonitorReport {
     /// The job could not be executed; its (failed) result follows in `result.json`.
     NotStarted { reason: String },
     /// The result is in `result.json` (not yet flushed to disk: the monitor does that next,
-    /// then exits). Sent after `Running` or `NotStarted`.
-    Finished,
+    /// then exits). Sent after `Running` or `NotStarted`. Carries the record itself when it is
+    /// small ([`INLINE_RESULT_MAX`]), so the plugin need not read the file back.
+    Finished {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<Box<ResultRecord>>,
+    },
     /// Setup failed: a start error, no result will follow.
     Failed {
         error: String,
@@ -198,6 +207,7 @@ pub fn main_in_dir(dir: PathBuf) -> i32 {
     // A forked monitor carries the plugin's command line: its name tells them apart in `ps`.
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"exec-monitor".as_ptr(), 0, 0, 0) };
+    crate::timing::mark("m.main");
     // First, so a cancel that arrives while we start up is queued, not fatal.
     if let Err(e) = signals::block() {
         eprintln!("monitor: blocking signals: {e}");
@@ -235,15 +245,23 @@ impl Reporter {
     }
 
     /// Tell the plugin the result is written, and close the channel.
-    pub fn finished(&mut self) {
+    pub fn finished(&mut self, record: &ResultRecord) {
         self.sent = true;
-        write_line(&MonitorReport::Finished);
+        write_line(&finished_report(record));
         if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
             use std::os::fd::AsRawFd;
             // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
             unsafe { libc::dup2(null.as_raw_fd(), 1) };
         }
     }
+}
+
+/// The `Finished` report for `record`: with the record when it is small enough.
+fn finished_report(record: &ResultRecord) -> MonitorReport {
+    let inline = serde_json::to_vec(record)
+        .is_ok_and(|v| v.len() <= INLINE_RESULT_MAX)
+        .then(|| Box::new(record.clone()));
+    MonitorReport::Finished { record: inline }
 }
 
 fn write_line(report: &MonitorReport) {
@@ -275,6 +293,7 @@ pub fn run(
     };
     state::write_json_replace(&dir.monitor(), &mon)?;
 
+    crate::timing::mark("m.monitor_json1");
     let prepared = sandbox
         .prepare(&spec)
         .map_err(MonitorError::from)
@@ -282,14 +301,27 @@ pub fn run(
             mon.cgroup = sandbox.cgroup_record();
             Ok(state::write_json_replace(&dir.monitor(), &mon)?)
         });
+    crate::timing::mark("m.prepared");
     let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
+    crate::timing::mark("m.supervised");
     let oom_killed = sandbox.oom_killed();
     let usage = final_usage(&mon);
+    crate::timing::mark("m.cleaned");
+    // The supervisor has killed and reaped the whole job. The rest of the cleanup (killing
+    // again through the cgroup, removing it, handing the outputs back to root, releasing the
+    // uid) waits until the result is reported: none of it can change the result, and the
+    // job's uid stays held until it is done.
+    let reported = setup_done.and_then(|(sinks, mut log, outcome)| {
+        finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)
+    });
+    if let Ok(record) = &reported {
+        reporter.finished(record);
+    }
+    crate::timing::mark("m.reported");
     sandbox.cleanup();
-    let (sinks, mut log, outcome) = setup_done?;
-    finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)?;
-    reporter.finished();
+    reported?;
+    crate::timing::mark("m.flushed");
     flush(dir, &spec);
     Ok(())
 }
@@ -375,13 +407,16 @@ fn supervise_job(
     let sigfd = signals::SignalFd::open().map_err(setup("opening signalfd"))?;
 
     let started = Instant::now();
+    crate::timing::mark("m.files_ready");
     let outcome = match spawn::spawn_job(spec, sandbox) {
         Ok(job) => {
+            crate::timing::mark("m.spawned");
             mon.job = ProcId::of(job.pid).ok();
             if let Err(e) = state::write_json_replace(&dir.monitor(), &*mon) {
                 eprintln!("monitor: recording the job pid: {e}");
             }
             reporter.send(&MonitorReport::Running { job_pid: job.pid });
+            crate::timing::mark("m.running_sent");
             let deadline = spec
                 .timeout_secs
                 .filter(|t| t.is_finite() && *t > 0.0)
@@ -464,7 +499,7 @@ fn finish(
     outcome: Result<Outcome, String>,
     oom_killed: bool,
     usage: Option<state::FinalUsage>,
-) -> Result<(), MonitorError> {
+) -> Result<ResultRecord, MonitorError> {
     let [out, err] = sinks;
     let (out, err) = (out.finish(), err.finish());
     let mut result = match &outcome {
@@ -508,7 +543,7 @@ fn finish(
         usage,
     };
     state::write_json_replace(&dir.result(), &rec)?;
-    Ok(())
+    Ok(rec)
 }
 
 fn stream_errors(out: &StreamSummary, err: &StreamSummary) -> Vec<String> {
@@ -560,6 +595,30 @@ fn go_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_results_travel_in_the_finished_report_and_large_ones_stay_in_the_file() {
+        let mut rec = ResultRecord {
+            result: RunCommandResult::failed("x"),
+            finished_at_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            notes: Default::default(),
+            usage: None,
+        };
+        let line = serde_json::to_string(&finished_report(&rec)).unwrap();
+        match serde_json::from_str::<MonitorReport>(&line).unwrap() {
+            MonitorReport::Finished { record: Some(r) } => assert_eq!(*r, rec),
+            other => panic!("{other:?}"),
+        }
+        rec.result.stdout = "y".repeat(INLINE_RESULT_MAX);
+        let line = serde_json::to_string(&finished_report(&rec)).unwrap();
+        assert_eq!(line, r#"{"status":"finished"}"#);
+        assert!(matches!(
+            serde_json::from_str::<MonitorReport>(&line).unwrap(),
+            MonitorReport::Finished { record: None }
+        ));
+    }
 
     #[test]
     fn outcomes_map_like_docker() {

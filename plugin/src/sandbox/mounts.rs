@@ -23,7 +23,7 @@ use libc::c_ulong;
 /// The host directories a job sees read-only when the spec does not name others.
 pub const DEFAULT_SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
-/// Device nodes bound from the host into the job's `/dev` (those the host has).
+/// Device nodes made in the job's `/dev` (those the host has, with the host's numbers).
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Targets the sandbox sets up itself; a bind may not replace them or sit inside them.
@@ -71,12 +71,17 @@ impl FsSpec {
 }
 
 /// [`DEFAULT_SYSTEM_DIRS`] that exist on this host (as a directory or a symlink to one).
+/// Looked up once per process (see [`resolve_system_dirs`]).
 pub fn default_system_dirs() -> Vec<PathBuf> {
-    DEFAULT_SYSTEM_DIRS
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .collect()
+    static DIRS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        DEFAULT_SYSTEM_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect()
+    })
+    .clone()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +227,11 @@ enum Step {
     Touch {
         path: CString,
     },
+    /// A character device node in the child's own `/dev` tmpfs, readable and writable by all.
+    CharDevice {
+        path: CString,
+        rdev: libc::dev_t,
+    },
     /// A symlink in the child's own `/dev` tmpfs.
     Symlink {
         target: CString,
@@ -230,6 +240,11 @@ enum Step {
     /// Binds `path` onto itself read-only; skipped when the kernel does not have it.
     ReadOnlyIfPresent {
         path: CString,
+    },
+    /// Makes the mount at `target` and every mount below it read-only, nosuid and nodev in
+    /// one call (`mount_setattr(AT_RECURSIVE)`, Linux 5.12).
+    ReadOnlyTree {
+        target: CString,
     },
     /// A fresh `proc` at `target`, or the host's read-only where that is refused.
     Proc {
@@ -242,6 +257,71 @@ enum Step {
     Chdir {
         path: CString,
     },
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+fn mount_setattr(dirfd: libc::c_int, path: &CStr, flags: libc::c_uint, attr: &MountAttr) -> i64 {
+    // SAFETY: a NUL-terminated path and a mount_attr that outlive the call, with its size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    }
+}
+
+fn set_read_only_tree(target: &CStr) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let r = mount_setattr(
+        libc::AT_FDCWD,
+        target,
+        libc::AT_RECURSIVE as libc::c_uint,
+        &attr,
+    );
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this kernel has mount_setattr(2): then a read-only system directory is one call,
+/// whatever is mounted below it, and the plan needs no copy of the host's mount table (which
+/// could go stale in a cache).
+fn has_mount_setattr() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let attr = MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // Changing nothing on nothing: 0 or an error such as EBADF where the call exists,
+        // ENOSYS where it does not.
+        let r = mount_setattr(-1, c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr);
+        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    })
 }
 
 fn cvt(r: libc::c_int) -> io::Result<()> {
@@ -291,6 +371,13 @@ impl Step {
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
                     r => r,
                 }
+            }
+            Step::CharDevice { path, rdev } => {
+                // SAFETY: `path` is NUL-terminated.
+                cvt(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *rdev) })?;
+                // mknod applied the umask.
+                // SAFETY: as above.
+                cvt(unsafe { libc::chmod(path.as_ptr(), 0o666) })
             }
             Step::Touch { path } => {
                 // SAFETY: `path` is NUL-terminated; the descriptor is closed right away.
@@ -360,6 +447,7 @@ impl Step {
                     ptr::null(),
                 )
             }
+            Step::ReadOnlyTree { target } => set_read_only_tree(target),
             Step::ReadOnlyIfPresent { path } => {
                 match mount(
                     path.as_ptr(),
@@ -579,6 +667,101 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
     std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&out))
 }
 
+/// One system directory, as the host has it.
+#[derive(Clone)]
+struct SystemDir {
+    dir: PathBuf,
+    canon: PathBuf,
+    how: SystemHow,
+}
+
+#[derive(Clone)]
+enum SystemHow {
+    /// A symlink to another bound system directory, reproduced with this text.
+    Link(PathBuf),
+    Bind(Kind),
+}
+
+/// Every job of a plugin asks for the same system directories, and the host's answer (which
+/// are symlinks, where they lead) does not change under a running plugin: it is worked out
+/// once per process, in the fork server before it forks monitors ([`warm`]).
+static SYSTEM_DIRS: std::sync::Mutex<Option<(Vec<PathBuf>, Vec<SystemDir>)>> =
+    std::sync::Mutex::new(None);
+
+fn resolve_system_dirs(system_ro: &[PathBuf]) -> Result<Vec<SystemDir>, FsError> {
+    let mut cache = SYSTEM_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((key, dirs)) = cache.as_ref() {
+        if key == system_ro {
+            return Ok(dirs.clone());
+        }
+    }
+    let dirs = resolve_system_dirs_now(system_ro)?;
+    *cache = Some((system_ro.to_vec(), dirs.clone()));
+    Ok(dirs)
+}
+
+/// Work out, in this process, what planning a job's root needs to know about the host, for the
+/// processes it forks later.
+pub fn warm(system_ro: &[PathBuf], root_dir: &Path) {
+    let _ = has_mount_setattr();
+    let _ = standard_devices();
+    let _ = resolve_system_dirs(system_ro);
+    if root_dir.is_dir() {
+        let _ = prepare_root(root_dir);
+    }
+}
+
+fn resolve_system_dirs_now(system_ro: &[PathBuf]) -> Result<Vec<SystemDir>, FsError> {
+    let mut canon_dirs = Vec::new();
+    for dir in system_ro {
+        check_clean("system directory", dir)?;
+        if dir == Path::new("/")
+            || dir.starts_with("/tmp")
+            || RESERVED.iter().any(|r| dir.starts_with(r))
+        {
+            return Err(FsError::Reserved {
+                target: dir.clone(),
+            });
+        }
+        let canon = fs::canonicalize(dir).map_err(|source| FsError::Source {
+            what: "system directory",
+            path: dir.clone(),
+            source,
+        })?;
+        canon_dirs.push((dir.clone(), canon));
+    }
+    let mut out = Vec::new();
+    for (dir, canon) in &canon_dirs {
+        let is_link = fs::symlink_metadata(dir)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        let covered = canon_dirs
+            .iter()
+            .any(|(d, c)| d != dir && c == d && canon.starts_with(c));
+        let how = if is_link && covered && depth(dir) == 1 {
+            let text = fs::read_link(dir).map_err(|source| FsError::Source {
+                what: "system directory",
+                path: dir.clone(),
+                source,
+            })?;
+            SystemHow::Link(text)
+        } else {
+            let meta = fs::metadata(canon).map_err(|source| FsError::Source {
+                what: "system directory",
+                path: dir.clone(),
+                source,
+            })?;
+            SystemHow::Bind(Kind::of(&meta))
+        };
+        out.push(SystemDir {
+            dir: dir.clone(),
+            canon: canon.clone(),
+            how,
+        });
+    }
+    Ok(out)
+}
+
 const RO_BIND: c_ulong =
     libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
@@ -587,62 +770,33 @@ impl FsPlan {
     /// system call the child makes.
     pub fn new(spec: &FsSpec) -> Result<FsPlan, FsError> {
         let root = prepare_root(&spec.root_dir)?;
-        let table = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|source| FsError::MountTable { source })?;
+        let table = if has_mount_setattr() {
+            String::new()
+        } else {
+            fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|source| FsError::MountTable { source })?
+        };
 
         // System directories: symlinks to another bound system directory are reproduced as
         // symlinks (`/bin -> usr/bin`), everything else is bound at its own path.
         let mut entries = Vec::new();
         let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut link_steps = Vec::new();
-        let mut canon_dirs = Vec::new();
-        for dir in &spec.system_ro {
-            check_clean("system directory", dir)?;
-            if dir == Path::new("/")
-                || dir.starts_with("/tmp")
-                || RESERVED.iter().any(|r| dir.starts_with(r))
-            {
-                return Err(FsError::Reserved {
-                    target: dir.clone(),
-                });
-            }
-            let canon = fs::canonicalize(dir).map_err(|source| FsError::Source {
-                what: "system directory",
-                path: dir.clone(),
-                source,
-            })?;
-            canon_dirs.push((dir.clone(), canon));
-        }
-        for (dir, canon) in &canon_dirs {
-            let is_link = fs::symlink_metadata(dir)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            let covered = canon_dirs
-                .iter()
-                .any(|(d, c)| d != dir && c == d && canon.starts_with(c));
-            if is_link && covered && depth(dir) == 1 {
-                let text = fs::read_link(dir).map_err(|source| FsError::Source {
+        for d in resolve_system_dirs(&spec.system_ro)? {
+            match d.how {
+                SystemHow::Link(text) => {
+                    links.push((d.dir.clone(), d.canon));
+                    link_steps.push((root.join(relative(&d.dir)), text));
+                }
+                SystemHow::Bind(kind) => entries.push(Entry::Bind {
                     what: "system directory",
-                    path: dir.clone(),
-                    source,
-                })?;
-                links.push((dir.clone(), canon.clone()));
-                link_steps.push((root.join(relative(dir)), text));
-                continue;
+                    source: d.canon,
+                    target: d.dir,
+                    kind,
+                    read_only: true,
+                    recursive: true,
+                }),
             }
-            let meta = fs::metadata(canon).map_err(|source| FsError::Source {
-                what: "system directory",
-                path: dir.clone(),
-                source,
-            })?;
-            entries.push(Entry::Bind {
-                what: "system directory",
-                source: canon.clone(),
-                target: dir.clone(),
-                kind: Kind::of(&meta),
-                read_only: true,
-                recursive: true,
-            });
         }
         entries.push(Entry::Tmpfs(PathBuf::from("/tmp")));
         entries.push(Entry::Proc);
@@ -789,6 +943,10 @@ impl FsPlan {
                     } else {
                         RO_BIND & !libc::MS_RDONLY
                     };
+                    if *recursive && *read_only && has_mount_setattr() {
+                        steps.push(Step::ReadOnlyTree { target: host_c });
+                        continue;
+                    }
                     steps.push(Step::Mount {
                         source: None,
                         target: host_c,
@@ -899,7 +1057,11 @@ impl FsPlan {
                 format!("creating the mount point {}", show(path))
             }
             Step::Symlink { link, .. } => format!("creating the symlink {}", show(link)),
+            Step::CharDevice { path, .. } => format!("creating the device node {}", show(path)),
             Step::ReadOnlyIfPresent { path } => format!("making {} read-only", show(path)),
+            Step::ReadOnlyTree { target } => {
+                format!("making {} and the mounts below it read-only", show(target))
+            }
             Step::Proc { target } => format!("mount proc on {}", show(target)),
             Step::PivotRoot { root } => format!("entering the job's root {}", show(root)),
             Step::Chdir { path } => format!("changing into the working directory {}", show(path)),
@@ -965,6 +1127,21 @@ fn mount_point_steps(
 }
 
 fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {
+    // Every job of a plugin shares one root directory (each mounts its own tmpfs on it): made
+    // ready once per process.
+    static PREPARED: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::new(None);
+    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((dir, canon)) = prepared.as_ref() {
+        if dir == root_dir {
+            return Ok(canon.clone());
+        }
+    }
+    let canon = prepare_root_now(root_dir)?;
+    *prepared = Some((root_dir.to_owned(), canon.clone()));
+    Ok(canon)
+}
+
+fn prepare_root_now(root_dir: &Path) -> Result<PathBuf, FsError> {
     check_clean("root directory", root_dir)?;
     let root = fs::canonicalize(root_dir).map_err(|e| FsError::RootDir {
         path: root_dir.to_owned(),
@@ -996,7 +1173,25 @@ fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {
     Ok(root)
 }
 
-/// A minimal `/dev`: a tmpfs with the harmless device nodes bound from the host, `/dev/shm`, and
+/// The [`DEVICES`] this host has, as character devices: (name, device number). Looked up once.
+fn standard_devices() -> &'static [(&'static str, libc::dev_t)] {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    static NODES: std::sync::OnceLock<Vec<(&'static str, libc::dev_t)>> =
+        std::sync::OnceLock::new();
+    NODES.get_or_init(|| {
+        DEVICES
+            .iter()
+            .filter_map(|name| {
+                let meta = fs::metadata(Path::new("/dev").join(name)).ok()?;
+                meta.file_type()
+                    .is_char_device()
+                    .then(|| (*name, meta.rdev() as libc::dev_t))
+            })
+            .collect()
+    })
+}
+
+/// A minimal `/dev`: a tmpfs with the harmless device nodes (made) and any extra ones (bound from the host), `/dev/shm`, and
 /// the `/proc/self/fd` symlinks; read-only afterwards so a job cannot add nodes.
 fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(), FsError> {
     let dev_c = cstring("sandbox mount", dev)?;
@@ -1007,11 +1202,15 @@ fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(),
         flags: libc::MS_NOSUID | libc::MS_NOEXEC,
         data: Some(c"mode=755,size=64k".to_owned()),
     });
-    let standard = DEVICES
-        .iter()
-        .map(|name| Path::new("/dev").join(name))
-        .filter(|host| host.exists());
-    for host in standard.chain(extra.iter().cloned()) {
+    // The harmless nodes are made, not bound: a node in a tmpfs costs nothing to make or to
+    // drop, a bind is one more mount to create and to tear down with the job's namespace.
+    for (name, rdev) in standard_devices() {
+        steps.push(Step::CharDevice {
+            path: cstring("sandbox mount", &dev.join(name))?,
+            rdev: *rdev,
+        });
+    }
+    for host in extra.iter().cloned() {
         check_clean("device node", &host)?;
         let Some(name) = host.file_name() else {
             return Err(FsError::NotAbsolute {

@@ -11,11 +11,13 @@
 //! on `/run` (a tmpfs: after a reboot no job of an old id can be alive) and are never removed:
 //! removing a lock file races with its next user.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -93,6 +95,11 @@ impl UidRange {
 
     pub fn contains(&self, id: u32) -> bool {
         (self.min..=self.max).contains(&id)
+    }
+
+    /// How many ids the range holds.
+    pub fn size(&self) -> u64 {
+        u64::from(self.max - self.min) + 1
     }
 
     fn after(&self, id: u32) -> u32 {
@@ -182,7 +189,17 @@ pub struct UidPool {
     lock_dir: PathBuf,
     /// The next candidate.
     next: u32,
+    /// The lock directory was made (or found) by this pool; made again if it disappears.
+    dir_ready: bool,
+    /// When each id was last looked up in the user and group databases, and the verdict. A
+    /// lookup goes through NSS (files, systemd-userdb, perhaps a directory service): about a
+    /// hundred system calls, more than the rest of an allocation. A verdict is trusted for
+    /// [`VERDICT_TTL`], so a user added to the database meanwhile is noticed within that time.
+    verdicts: HashMap<u32, (Instant, bool)>,
 }
+
+/// How long a user-database verdict on an id is reused.
+pub const VERDICT_TTL: Duration = Duration::from_secs(60);
 
 impl UidPool {
     pub fn new(range: UidRange, lock_dir: impl Into<PathBuf>) -> UidPool {
@@ -190,6 +207,8 @@ impl UidPool {
             range,
             lock_dir: lock_dir.into(),
             next: range.min,
+            dir_ready: false,
+            verdicts: HashMap::new(),
         }
     }
 
@@ -197,9 +216,82 @@ impl UidPool {
         self.range
     }
 
+    /// Like [`UidPool::allocate`], without consulting the user databases: `None` when the walk
+    /// reaches an id with no fresh verdict (the caller then allocates where lookups may block).
+    pub fn allocate_cached(&mut self) -> Option<Result<UidLease, UidError>> {
+        let now = Instant::now();
+        let fresh = |id: u32| {
+            self.verdicts
+                .get(&id)
+                .filter(|(at, _)| now.duration_since(*at) < VERDICT_TTL)
+                .map(|(_, unknown)| *unknown)
+        };
+        let mut candidate = self.next;
+        for _ in 0..self.range.size() {
+            match fresh(candidate)? {
+                false => candidate = self.range.after(candidate),
+                true => break,
+            }
+        }
+        let verdicts = std::mem::take(&mut self.verdicts);
+        let lease = self.allocate_where(|id| {
+            matches!(verdicts.get(&id), Some((at, true)) if now.duration_since(*at) < VERDICT_TTL)
+        });
+        self.verdicts = verdicts;
+        match lease {
+            // Ids without a verdict were passed over: only a full lookup can say.
+            Err(UidError::Exhausted { .. }) => None,
+            other => Some(other),
+        }
+    }
+
+    /// Up to `n` ids the next allocations will try, whose verdict is missing or stale: to be
+    /// looked up ahead of time ([`unknown_to_system`]) and given to [`UidPool::record_verdicts`].
+    pub fn unchecked_ahead(&self, n: usize) -> Vec<u32> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut candidate = self.next;
+        for _ in 0..self.range.size().min(n as u64 * 4) {
+            let fresh = matches!(self.verdicts.get(&candidate),
+                Some((at, _)) if now.duration_since(*at) < VERDICT_TTL);
+            if !fresh {
+                out.push(candidate);
+                if out.len() == n {
+                    break;
+                }
+            }
+            candidate = self.range.after(candidate);
+        }
+        out
+    }
+
+    /// Verdicts looked up elsewhere: `(id, unknown_to_system(id))`.
+    pub fn record_verdicts(&mut self, verdicts: impl IntoIterator<Item = (u32, bool)>) {
+        let now = Instant::now();
+        for (id, unknown) in verdicts {
+            self.verdicts.insert(id, (now, unknown));
+        }
+    }
+
     /// A free id that the user and group databases do not know.
     pub fn allocate(&mut self) -> Result<UidLease, UidError> {
-        self.allocate_where(unknown_to_system)
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        let now = Instant::now();
+        // Bounded by the range's size; stale entries are only dropped when the map grows, so
+        // the common case never walks it.
+        if verdicts.len() > 4096 {
+            verdicts.retain(|_, (at, _)| now.duration_since(*at) < VERDICT_TTL);
+        }
+        let lease = self.allocate_where(|id| match verdicts.get(&id) {
+            Some((at, unknown)) if now.duration_since(*at) < VERDICT_TTL => *unknown,
+            _ => {
+                let unknown = unknown_to_system(id);
+                verdicts.insert(id, (now, unknown));
+                unknown
+            }
+        });
+        self.verdicts = verdicts;
+        lease
     }
 
     /// A free id for which `usable` holds. Free: nobody holds its lock.
@@ -207,16 +299,10 @@ impl UidPool {
         &mut self,
         mut usable: impl FnMut(u32) -> bool,
     ) -> Result<UidLease, UidError> {
-        let dir = &self.lock_dir;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| UidError::LockDir {
-                path: dir.clone(),
-                source,
-            })?;
-        let count = u64::from(self.range.max - self.range.min) + 1;
+        if !self.dir_ready {
+            self.make_lock_dir()?;
+        }
+        let count = self.range.size();
         let mut candidate = self.next;
         for _ in 0..count {
             let uid = candidate;
@@ -224,12 +310,33 @@ impl UidPool {
             if !usable(uid) {
                 continue;
             }
-            if let Some(lease) = try_take(dir, uid)? {
+            let taken = match try_take(&self.lock_dir, uid) {
+                // Someone removed the directory since it was made: make it again.
+                Err(UidError::Lock { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    self.make_lock_dir()?;
+                    try_take(&self.lock_dir, uid)?
+                }
+                other => other?,
+            };
+            if let Some(lease) = taken {
                 self.next = candidate;
                 return Ok(lease);
             }
         }
         Err(UidError::Exhausted { range: self.range })
+    }
+
+    fn make_lock_dir(&mut self) -> Result<(), UidError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.lock_dir)
+            .map_err(|source| UidError::LockDir {
+                path: self.lock_dir.clone(),
+                source,
+            })?;
+        self.dir_ready = true;
+        Ok(())
     }
 }
 
@@ -378,5 +485,39 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_removed_lock_directory_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = pool(tmp.path(), 100, 103);
+        let a = p.allocate_where(|_| true).unwrap();
+        drop(a);
+        fs::remove_dir_all(tmp.path().join("locks")).unwrap();
+        let b = p.allocate_where(|_| true).unwrap();
+        assert!(tmp.path().join("locks").join(b.uid().to_string()).exists());
+    }
+
+    #[test]
+    fn database_verdicts_are_looked_up_once_per_id_and_trusted_for_a_while() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = pool(tmp.path(), 100, 101);
+        // Pretend 100 was found known a moment ago and 101 unknown long ago: 100 is skipped
+        // without a lookup; 101's verdict is stale, so it is looked up again (and 101 is
+        // really unknown here only if the test host says so).
+        let now = Instant::now();
+        p.verdicts.insert(100, (now, false));
+        let stale = now.checked_sub(VERDICT_TTL * 2).unwrap_or(now);
+        p.verdicts.insert(101, (stale, true));
+        match p.allocate() {
+            Ok(l) => assert_eq!(l.uid(), 101),
+            Err(UidError::Exhausted { .. }) => assert!(!unknown_to_system(101)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            p.verdicts[&101].0 > stale || stale == now,
+            "101 was looked up again"
+        );
+        assert_eq!(p.verdicts[&100], (now, false), "a fresh verdict is reused");
     }
 }

@@ -11,7 +11,7 @@
 //! the other sections use the typed `ExecutorApiClient` over a `PluginProcess`, to measure the
 //! plugin without the host's resume machinery.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -169,6 +169,8 @@ struct Options {
     only: Vec<String>,
     json: bool,
     plugin: PathBuf,
+    /// Where the plugin and its monitors write timing marks (`--breakdown`).
+    breakdown: Option<PathBuf>,
 }
 
 impl Options {
@@ -181,12 +183,14 @@ fn parse_args() -> Res<Options> {
     let mut quick = false;
     let mut json = false;
     let mut plugin = None;
+    let mut breakdown = false;
     let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json = true,
+            "--breakdown" => breakdown = true,
             "--plugin" => plugin = args.next().map(PathBuf::from),
             "--only" => only.extend(
                 args.next()
@@ -196,7 +200,9 @@ fn parse_args() -> Res<Options> {
             "-h" | "--help" => {
                 println!(
                     "usage: bench [--quick] [--json] [--only latency,throughput,follow,results,memory] \
-                     [--plugin PATH-TO-executor-native]"
+                     [--plugin PATH-TO-executor-native] [--breakdown]\n\
+                     --breakdown: the plugin and its monitors mark each step of a start (which \
+                     costs ~0.2 ms per run); the latency section prints the median time of each"
                 );
                 std::process::exit(0);
             }
@@ -218,11 +224,15 @@ fn parse_args() -> Res<Options> {
             plugin.display()
         ));
     }
+    let breakdown = breakdown.then(|| {
+        std::env::temp_dir().join(format!("executor-bench-timing-{}.log", std::process::id()))
+    });
     Ok(Options {
         quick,
         only,
         json,
         plugin,
+        breakdown,
     })
 }
 
@@ -444,6 +454,97 @@ fn check_ok(what: &str, r: &RunCommandResult) -> Res<()> {
     Ok(())
 }
 
+/// The timing marks of `executor_plugin::timing`, in the order a start normally passes them,
+/// with what happens between the previous mark and this one.
+const MARKS: [(&str, &str); 18] = [
+    ("p.start_request", "plugin: request read and decoded"),
+    ("p.uid_leased", "validate, lease a job uid"),
+    (
+        "p.before_launch",
+        "build the monitor spec, register the execution",
+    ),
+    (
+        "m.main",
+        "state dir, start lock, request.json, monitor log; fork server forks the monitor",
+    ),
+    (
+        "m.monitor_json1",
+        "monitor: detach, read request.json, write monitor.json",
+    ),
+    ("m.cgroup_made", "job cgroup directories and limits"),
+    (
+        "m.before_fsplan",
+        "outputs, uid lock, handing outputs to the job's uid",
+    ),
+    ("m.fsplan", "plan the private root"),
+    ("m.prepared", "monitor.json with the cgroup"),
+    ("m.files_ready", "results files, log, signalfd"),
+    (
+        "m.spawned",
+        "fork the job; cgroups, mount namespace, root, user; until execve",
+    ),
+    (
+        "m.running_sent",
+        "monitor.json with the job, `running` report",
+    ),
+    ("p.launched", "plugin reads the report"),
+    ("m.supervised", "the job runs and exits; reaped"),
+    ("m.cleaned", "OOM flag and final usage from the cgroup"),
+    (
+        "m.reported",
+        "result files, result.json, `finished` report with the record",
+    ),
+    ("p.finished_line", "plugin reads it"),
+    ("p.result", "published; executor_run answers"),
+];
+
+/// Median time of each step over the complete starts in the timing log (the first 10 skipped).
+fn print_breakdown(log: &Path, rep: &mut Report) -> Res<()> {
+    let text = std::fs::read_to_string(log)?;
+    let mut runs: Vec<HashMap<String, u64>> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split(' ');
+        let (Some(_pid), Some(step), Some(ns)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(ns) = ns.parse::<u64>() else { continue };
+        if step == MARKS[0].0 {
+            runs.push(HashMap::new());
+        }
+        if let Some(run) = runs.last_mut() {
+            run.entry(step.to_owned()).or_insert(ns);
+        }
+    }
+    let runs: Vec<_> = runs
+        .into_iter()
+        .filter(|r| MARKS.iter().all(|(m, _)| r.contains_key(*m)))
+        .skip(10)
+        .collect();
+    if runs.is_empty() {
+        return fail("no complete start in the timing log");
+    }
+    let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
+    let mut rows = Vec::new();
+    for (i, (mark, what)) in MARKS.iter().enumerate() {
+        let prev = MARKS[i.saturating_sub(1)].0;
+        let at = sorted(runs.iter().map(|r| ms(r[MARKS[0].0], r[*mark])).collect());
+        let step = sorted(runs.iter().map(|r| ms(r[prev], r[*mark])).collect());
+        if !rep.json {
+            println!(
+                "    {:>6.3} ms  (+{:.3})  {mark:<16} {what}",
+                percentile(&at, 0.5),
+                percentile(&step, 0.5)
+            );
+        }
+        rows.push(json!({"mark": mark, "at_ms": percentile(&at, 0.5),
+            "step_ms": percentile(&step, 0.5), "what": what}));
+    }
+    rep.notes
+        .insert("latency_breakdown_p50".into(), json!(rows));
+    rep.note("latency_breakdown_runs", json!(runs.len()));
+    Ok(())
+}
+
 async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
     rep.section("start-to-result latency of /bin/true (ms)");
     for i in 0..10 {
@@ -506,6 +607,10 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
         None,
     );
     rep.note("latency_runs", json!(n));
+    if let Some(log) = std::env::var_os(executor_plugin::timing::ENV) {
+        rep.section("where the time of a start goes (medians; timing marks on, which slow it)");
+        print_breakdown(Path::new(&log), rep)?;
+    }
     Ok(())
 }
 
@@ -1169,6 +1274,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(log) = &opts.breakdown {
+        let _ = std::fs::remove_file(log);
+        // SAFETY: no other thread exists yet; the plugin this starts inherits the variable.
+        unsafe { std::env::set_var(executor_plugin::timing::ENV, log) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -178,7 +178,15 @@ enum Backend {
 pub struct CgroupManager {
     backend: Backend,
     default_pids_max: Option<u64>,
+    /// A hybrid host's v2 tree has `cgroup.kill` (looked up once, see [`Self::joins`]).
+    unified_kill: bool,
 }
+
+/// The last successful detection in this process, and its config. A monitor is a fork of the
+/// fork server, which detects once ([`CgroupManager::warm_cache`]): every monitor then starts
+/// with the host's layout known instead of probing a dozen paths again.
+static DETECTED: std::sync::Mutex<Option<(CgroupConfig, CgroupManager)>> =
+    std::sync::Mutex::new(None);
 
 /// The default base for a process in cgroup `own`.
 fn default_base(own: &Path) -> PathBuf {
@@ -260,6 +268,7 @@ impl CgroupManager {
             let mgr = CgroupManager {
                 backend: b,
                 default_pids_max: None,
+                unified_kill: false,
             };
             // A base someone else made (root, earlier) that this process can't write into is no
             // better than no cgroups at all.
@@ -274,10 +283,40 @@ impl CgroupManager {
             Err(e) if fsio::is_permission(&e) => Backend::None(e.to_string()),
             Err(e) => return Err(e),
         };
+        let unified_kill = matches!(&backend, Backend::Legacy { unified: Some(u), .. }
+            if u.join("cgroup.kill").exists());
         Ok(CgroupManager {
             backend,
             default_pids_max: config.default_pids_max,
+            unified_kill,
         })
+    }
+
+    /// [`detect`](Self::detect), reusing this process's last successful detection for the same
+    /// config. The flag says whether the manager came from that cache: a job cgroup that
+    /// cannot be made with a cached manager should be tried again with a fresh one
+    /// ([`forget_cached`](Self::forget_cached)), in case the host changed since.
+    pub fn detect_cached(config: &CgroupConfig) -> Result<(CgroupManager, bool), CgroupError> {
+        let cache = DETECTED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, m)) = cache.as_ref() {
+            if c == config {
+                return Ok((m.clone(), true));
+            }
+        }
+        drop(cache);
+        let m = Self::detect(config)?;
+        *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = Some((config.clone(), m.clone()));
+        Ok((m, false))
+    }
+
+    /// Detect now, for the processes this one forks later.
+    pub fn warm_cache(config: &CgroupConfig) {
+        let _ = Self::detect_cached(config);
+    }
+
+    /// Drop the cached detection.
+    pub fn forget_cached() {
+        *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn mode(&self) -> Mode {
@@ -442,14 +481,14 @@ impl CgroupManager {
     /// `cpu` only matters for a CPU limit. Each hierarchy joined is one more directory made and
     /// removed and one more v1 migration (which can wait for an RCU grace period) per job.
     fn joins(&self, leaf: &LeafDir, limits: &ResolvedLimits) -> bool {
-        let Backend::Legacy {
-            unified: Some(unified),
-            ..
-        } = &self.backend
-        else {
-            return true;
-        };
-        if !unified.join("cgroup.kill").exists() {
+        if !matches!(
+            &self.backend,
+            Backend::Legacy {
+                unified: Some(_),
+                ..
+            }
+        ) || !self.unified_kill
+        {
             return true;
         }
         match &leaf.kind {

@@ -213,17 +213,20 @@ pub(crate) fn oom_kills(leaf: &Path) -> Result<u64, CgroupError> {
 /// Fills what a v2 leaf knows. `cpu.stat` `usage_usec` exists without the cpu controller; the
 /// throttling lines only with it.
 pub(crate) fn stats(leaf: &Path, stats: &mut CgroupStats) -> Result<(), CgroupError> {
-    stats.memory_current = stats
-        .memory_current
-        .or(fsio::read_u64(&leaf.join("memory.current"))?);
-    stats.memory_peak = stats
-        .memory_peak
-        .or(fsio::read_u64(&leaf.join("memory.peak"))?);
-    stats.pids_current = stats
-        .pids_current
-        .or(fsio::read_u64(&leaf.join("pids.current"))?);
-    if let Some(text) = fsio::read_optional(&leaf.join("pids.events"))? {
-        stats.fork_failures = stats.fork_failures.or(fsio::keyed(&text, "max"));
+    // On a hybrid host v1 has filled the memory and pids figures: those files are not read.
+    if stats.memory_current.is_none() {
+        stats.memory_current = fsio::read_u64(&leaf.join("memory.current"))?;
+    }
+    if stats.memory_peak.is_none() {
+        stats.memory_peak = fsio::read_u64(&leaf.join("memory.peak"))?;
+    }
+    if stats.pids_current.is_none() {
+        stats.pids_current = fsio::read_u64(&leaf.join("pids.current"))?;
+    }
+    if stats.fork_failures.is_none() {
+        if let Some(text) = fsio::read_optional(&leaf.join("pids.events"))? {
+            stats.fork_failures = fsio::keyed(&text, "max");
+        }
     }
     if let Some(text) = fsio::read_optional(&leaf.join("cpu.stat"))? {
         stats.cpu_usage_usec = stats.cpu_usage_usec.or(fsio::keyed(&text, "usage_usec"));
