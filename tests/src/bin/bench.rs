@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use executor_plugin::monitor::host_sandbox::HostSandbox;
+use executor_plugin::state::{MonitorSpec, RequestRecord};
 use executor_host::process::{PluginProcess, SpawnOptions};
 use executor_host::{Executor, PluginExecutor, PluginSpec};
 use executor_schema::api::ExecutorApiClient;
@@ -444,6 +446,33 @@ fn bare_true() -> Res<()> {
     Ok(())
 }
 
+/// `/bin/true` in the same sandbox a job of the plugin gets (its cgroup, private root and own
+/// uid, from a request the plugin resolved), set up and torn down in this process by the
+/// plugin's own sandbox code: what the isolation costs without the plugin, its monitor process,
+/// its records and JSON-RPC.
+fn sandboxed_true(spec: &MonitorSpec, i: usize) -> Res<()> {
+    use executor_plugin::monitor::spawn::{spawn_job, JobSandbox};
+    let mut spec = spec.clone();
+    spec.execution_id = format!("floor-{i}");
+    let mut sandbox = HostSandbox::new();
+    let run = (|| -> Res<i32> {
+        sandbox.prepare(&spec).map_err(|e| e.to_string())?;
+        let job = spawn_job(&spec, &mut sandbox).map_err(|e| e.to_string())?;
+        drop((job.stdout, job.stderr));
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        if unsafe { libc::waitpid(job.pid, &mut status, 0) } != job.pid {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(status)
+    })();
+    sandbox.cleanup();
+    match run? {
+        0 => Ok(()),
+        st => fail(format!("sandboxed /bin/true: wait status {st}")),
+    }
+}
+
 fn check_ok(what: &str, r: &RunCommandResult) -> Res<()> {
     if r.exit_code != 0 || !r.error_msg.is_empty() {
         return fail(format!(
@@ -554,13 +583,26 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
             &h.run(&format!("warm-{i}"), &["/bin/true"]).await?,
         )?;
     }
+    // The spec the plugin resolved for a run like the measured ones, for the sandbox floor.
+    let resolved = executor_plugin::state::read_json::<RequestRecord>(
+        &executor_plugin::state::ExecDir::new(h.state.path(), "warm-0").request(),
+    )
+    .ok()
+    .map(|r| r.monitor)
+    .filter(|m| m.sandbox.filesystem.is_some() && nix::unistd::geteuid().is_root());
     let mut bare = Vec::with_capacity(n);
     let mut plug = Vec::with_capacity(n);
-    // Interleaved so both see the same background load.
+    let mut floor = Vec::with_capacity(n);
+    // Interleaved so all see the same background load.
     for i in 0..n {
         let t = Instant::now();
         bare_true()?;
         bare.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(spec) = &resolved {
+            let t = Instant::now();
+            sandboxed_true(spec, i)?;
+            floor.push(t.elapsed().as_secs_f64() * 1e3);
+        }
         let req = h.request(&format!("lat-{i}"), &["/bin/true"])?;
         let t = Instant::now();
         let r = h.exec.run(req, None).await?;
@@ -598,6 +640,30 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
         b50,
         Some(("<= 3x", p50 <= 3.0 * b50)),
     );
+    if !floor.is_empty() {
+        let f50 = percentile(&sorted(floor), 0.5);
+        rep.add(
+            "same sandbox in-process (no plugin) p50",
+            f50,
+            "ms",
+            "Command::status p50",
+            b50,
+            None,
+        );
+        rep.add(
+            "Executor::run /bin/true p50",
+            p50,
+            "ms",
+            "same sandbox in-process p50",
+            f50,
+            None,
+        );
+    } else {
+        rep.note(
+            "sandbox_floor",
+            json!("not measured: needs root and a plugin that gives jobs a private root"),
+        );
+    }
     rep.add(
         "Executor::run /bin/true p99",
         percentile(&plug, 0.99),
