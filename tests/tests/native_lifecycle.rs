@@ -324,8 +324,17 @@ fn one_gib_of_output_keeps_plugin_and_monitor_memory_flat() {
         spread(&plugin_rss) < 5 * 1024,
         "plugin memory grew: {plugin_rss:?}"
     );
+    // Rises only: after 1 s of running job the monitor gives back its start-up code pages, a
+    // drop of several MiB that says nothing about growth with the output.
+    let rise = |v: &[u64]| {
+        let mut low = u64::MAX;
+        v.iter().fold(0, |worst, &x| {
+            low = low.min(x);
+            worst.max(x - low)
+        })
+    };
     assert!(
-        spread(&monitor_rss) < 1024,
+        rise(&monitor_rss) < 1024,
         "monitor memory grew: {monitor_rss:?}"
     );
 }

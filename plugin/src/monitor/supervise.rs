@@ -19,6 +19,13 @@ const REKILL_EVERY: Duration = Duration::from_millis(20);
 /// How long to keep reading pipes whose writers are all dead yet never reach EOF (a descriptor
 /// passed outside the tree): a result must never wait on them for ever.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a job runs before its monitor gives back the pages start-up left resident (see
+/// [`trim`]). Shorter jobs end first and never pay for it; a job still running by then is
+/// likely to run much longer, so the one-off re-faults of the code the loop still uses are
+/// nothing against the memory it holds for the job's lifetime.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+mod trim;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Stop {
@@ -60,6 +67,7 @@ impl Supervisor<'_> {
         let mut tree_killed = false;
         let mut last_kill = Instant::now();
         let mut drain_until: Option<Instant> = None;
+        let mut trim_at = Some(Instant::now() + TRIM_AFTER);
 
         loop {
             while let Some(sig) = self.sigfd.next()? {
@@ -111,6 +119,21 @@ impl Supervisor<'_> {
                 }
             } else if children_remain {
                 timeout = earliest(timeout, last_kill + REKILL_EVERY);
+            }
+            if let Some(at) = trim_at {
+                if out.stop.is_some() || out.main_status.is_some() {
+                    // Ending anyway: the pages go with the process.
+                    trim_at = None;
+                } else if now >= at {
+                    trim_at = None;
+                    if let Err(e) = trim::give_back() {
+                        eprintln!(
+                            "monitor: giving back start-up memory (the job is unaffected): {e}"
+                        );
+                    }
+                } else {
+                    timeout = earliest(timeout, at);
+                }
             }
             self.poll_once(timeout, &mut buf)?;
         }

@@ -1001,6 +1001,9 @@ async fn results_write(h: &Harness, bytes: u64, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// How long after the last start the monitors are sampled: past their start-up trim.
+const MONITOR_SETTLE: Duration = Duration::from_secs(2);
+
 async fn memory(exe: &Path, sz: &Sizes, rep: &mut Report) -> Res<()> {
     rep.section("resident memory (MiB)");
     let h = Harness::start(exe).await?;
@@ -1043,6 +1046,9 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
         .iter()
         .filter(|e| e.state == ExecutionState::Running)
         .count();
+    // A monitor gives back its start-up code pages once its job has run 1 s; sampling before
+    // that would measure start-up, not what a monitor holds for the life of a long job.
+    tokio::time::sleep(MONITOR_SETTLE).await;
     let monitors = h.monitors();
     let (busy, busy_anon) = rss(h.pid()).ok_or("plugin has no /proc status")?;
     let mut mon_rss: Vec<(u64, u64)> = monitors.iter().filter_map(|(p, _)| rss(*p)).collect();
@@ -1119,6 +1125,13 @@ async fn memory_in(h: &Harness, sz: &Sizes, rep: &mut Report) -> Res<()> {
     if let (Some(min), Some(max)) = (mon_rss.first(), mon_rss.last()) {
         let med = mon_rss[mon_rss.len() / 2];
         let (job, _) = sleep_rss.unwrap_or((0, 0));
+        rep.note(
+            "monitors_sampled",
+            json!(format!(
+                "{} s after the last start (a monitor trims at 1 s of running job)",
+                MONITOR_SETTLE.as_secs()
+            )),
+        );
         rep.add(
             "one monitor VmRSS (median)",
             med.0 as f64 / MIB,
