@@ -109,8 +109,14 @@ fn cgroup_dirs(e: &Env, id: &str) -> Vec<PathBuf> {
     rec.dirs.into_iter().map(|d| d.path).collect()
 }
 
+/// The monitor removes the job's cgroup right after reporting the result: gone within moments
+/// of the result, never left behind.
 fn assert_cgroups_gone(dirs: &[PathBuf]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for d in dirs {
+        while d.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(!d.exists(), "cgroup {} left behind", d.display());
     }
 }

@@ -61,7 +61,11 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot fork the monitor fork server"),
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the plugin's own work is short (decode, route, hand a request to the fork
+    // server); what can block runs on the blocking pool. A request then never hops between
+    // worker threads, which measured 0.1–0.3 ms faster per start here, with equal or better
+    // throughput and log-follow rates.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -18,10 +18,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use executor_plugin::monitor::host_sandbox::HostSandbox;
-use executor_plugin::state::{MonitorSpec, RequestRecord};
 use executor_host::process::{PluginProcess, SpawnOptions};
 use executor_host::{Executor, PluginExecutor, PluginSpec};
+use executor_plugin::monitor::host_sandbox::HostSandbox;
+use executor_plugin::state::{MonitorSpec, RequestRecord};
 use executor_schema::api::ExecutorApiClient;
 use executor_schema::{
     ExecutionState, LogEvent, LogStream, LogStreamRequest, PluginConfig, RunCommandRequest,
