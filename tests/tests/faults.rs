@@ -695,3 +695,53 @@ fn a_monitor_whose_launch_answer_was_lost_is_found_and_its_result_comes_back() {
     assert_eq!(again["error"]["code"], -32002, "{again}");
     p.call(4, "shutdown", json!([]));
 }
+
+/// The plugin's fork server's idle spare monitors (`exec-spare`), by /proc.
+fn spares_of(plugin: i32) -> Vec<i32> {
+    let stat = |pid: i32| -> Option<(String, i32)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = text.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_owned();
+        let ppid = rest.split(' ').nth(1)?.parse().ok()?;
+        Some((comm, ppid))
+    };
+    let procs: Vec<(i32, String, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| stat(pid).map(|(comm, ppid)| (pid, comm, ppid)))
+        .collect();
+    let servers: Vec<i32> = procs
+        .iter()
+        .filter(|(_, _, ppid)| *ppid == plugin)
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    procs
+        .iter()
+        .filter(|(_, comm, ppid)| comm == "exec-spare" && servers.contains(ppid))
+        .map(|(pid, _, _)| *pid)
+        .collect()
+}
+
+#[test]
+fn a_spare_monitor_killed_while_idle_is_replaced_and_spares_end_with_the_plugin() {
+    let mut env = Env::new();
+    let plugin = env.plugin.child.id() as i32;
+    assert_eq!(env.run("spare-1", "echo one", json!({}))["Stdout"], "one\n");
+    wait_until(Duration::from_secs(10), "a spare monitor", || {
+        !spares_of(plugin).is_empty()
+    });
+    kill_all(&spares_of(plugin));
+    // The next start finds its spare gone and forks a monitor of its own.
+    assert_eq!(env.run("spare-2", "echo two", json!({}))["Stdout"], "two\n");
+    wait_until(Duration::from_secs(10), "a new spare monitor", || {
+        !spares_of(plugin).is_empty()
+    });
+    let spares = spares_of(plugin);
+    let _ = env.plugin.child.kill();
+    let _ = env.plugin.child.wait();
+    let left = survivors(&spares, Duration::from_secs(5));
+    kill_all(&left);
+    assert!(left.is_empty(), "spares outlived the plugin: {left:?}");
+    assert_no_monitors(&env);
+}

@@ -390,14 +390,21 @@ impl JobSandbox for HostSandbox {
                 eprintln!("monitor: removing the job's cgroup: {e}");
             }
         }
-        if let Some((_lease, outputs)) = self.own_uid.take() {
-            let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-            for dir in outputs {
-                match chown_tree(&dir, uid.as_raw(), gid.as_raw()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => eprintln!("monitor: handing {} back: {e}", dir.display()),
-                }
+        self.reclaim_outputs();
+        // Only now may the uid go to another job.
+        self.own_uid = None;
+    }
+
+    fn reclaim_outputs(&mut self) {
+        let Some((_, outputs)) = self.own_uid.as_mut() else {
+            return;
+        };
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        for dir in std::mem::take(outputs) {
+            match chown_tree(&dir, uid.as_raw(), gid.as_raw()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("monitor: handing {} back: {e}", dir.display()),
             }
         }
     }

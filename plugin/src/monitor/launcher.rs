@@ -7,6 +7,11 @@
 //! per request, which runs [`super::main_in_dir`] with no `exec` at all. A fork of a small,
 //! single-threaded process is cheap, and the monitor only maps in the pages it touches.
 //!
+//! The server keeps one monitor forked ahead of time, a *spare*, idle until a request comes:
+//! then the request goes to the spare and the answer to the plugin at once, with no fork on the
+//! start path; the next spare is forked after the answer. Without a spare (it died, or could
+//! not be forked) the server forks the monitor for the request itself.
+//!
 //! Protocol over a `SOCK_SEQPACKET` pair: the plugin sends the execution directory with the
 //! monitor's stdin, stdout and stderr as `SCM_RIGHTS`; the server answers the monitor's pid (or
 //! an errno) with a pidfd for it. The server reaps its children; the plugin watches them by
@@ -214,6 +219,7 @@ fn serve(sock: OwnedFd) -> ! {
         Err(_) => unsafe { libc::_exit(1) },
     };
     let mut warmed = false;
+    let mut spare = fork_spare(&sock);
     loop {
         let mut pfd = [
             libc::pollfd {
@@ -248,7 +254,10 @@ fn serve(sock: OwnedFd) -> ! {
                 Err(_) => break,
             };
             let (pid, errno, pidfd) = match <[OwnedFd; 3]>::try_from(fds) {
-                Ok(stdio) => fork_monitor(Path::new(OsStr::from_bytes(&path)), stdio, &sock),
+                Ok(stdio) => match spare.take().map(|s| s.hand(&path, &stdio)) {
+                    Some(Ok((pid, pidfd))) => (pid, 0, Some(pidfd)),
+                    _ => fork_monitor(Path::new(OsStr::from_bytes(&path)), stdio, &sock),
+                },
                 Err(_) => (0, libc::EINVAL, None),
             };
             let mut answer = [0u8; 8];
@@ -275,7 +284,14 @@ fn serve(sock: OwnedFd) -> ! {
                 if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
                     super::host_sandbox::HostSandbox::warm(&record.monitor);
                     warmed = true;
+                    // The spare forked before this knows none of it: replace it.
+                    if let Some(cold) = spare.take() {
+                        cold.dismiss();
+                    }
                 }
+            }
+            if spare.is_none() {
+                spare = fork_spare(&sock);
             }
         }
     }
@@ -315,23 +331,9 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
                 unsafe { libc::_exit(1) };
             }
             drop(gate_r);
-            // SAFETY: the child owns copies of every descriptor; the standard ones are replaced
-            // by the monitor's, and the monitor closes everything above 2 itself.
-            unsafe {
-                for (target, fd) in stdio.iter().enumerate() {
-                    libc::dup2(fd.as_raw_fd(), target as i32);
-                }
-                libc::close(sock.as_raw_fd());
-                let empty = {
-                    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-                    libc::sigemptyset(set.as_mut_ptr());
-                    set.assume_init()
-                };
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            }
-            let code = super::main_in_dir(dir);
-            // SAFETY: the monitor's work is done and flushed; nothing of the plugin's may run.
-            unsafe { libc::_exit(code) }
+            // SAFETY: the server's socket is not the monitor's to hold.
+            unsafe { libc::close(sock.as_raw_fd()) };
+            become_monitor(dir, &stdio)
         }
         pid => {
             drop(stdio);
@@ -351,6 +353,122 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
                 }
             }
         }
+    }
+}
+
+/// In a forked child of the server: run the monitor of `dir` on the given standard descriptors,
+/// then exit.
+fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3]) -> ! {
+    // SAFETY: the child owns copies of every descriptor; the standard ones are replaced by the
+    // monitor's, and the monitor closes everything above 2 itself.
+    unsafe {
+        for (target, fd) in stdio.iter().enumerate() {
+            libc::dup2(fd.as_raw_fd(), target as i32);
+        }
+        let empty = {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            set.assume_init()
+        };
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    let code = super::main_in_dir(dir);
+    // SAFETY: the monitor's work is done and flushed; nothing of the plugin's may run.
+    unsafe { libc::_exit(code) }
+}
+
+/// A monitor forked before its request, waiting on its own socket for the execution directory
+/// and standard descriptors the plugin sent the server. Its pidfd is held from the start, so,
+/// unlike a monitor forked for a request, it needs no gate.
+struct Spare {
+    pid: i32,
+    pidfd: OwnedFd,
+    sock: OwnedFd,
+}
+
+/// Fork a spare; `None` when that fails (the next request then forks its own monitor).
+fn fork_spare(server: &OwnedFd) -> Option<Spare> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ok()?;
+    // SAFETY: this server is single-threaded.
+    match unsafe { libc::fork() } {
+        -1 => None,
+        0 => {
+            drop(ours);
+            // SAFETY: the server's socket is not ours to hold; a name that tells spares apart in
+            // `ps` (a spare carries the plugin's command line until it becomes a monitor).
+            unsafe {
+                libc::close(server.as_raw_fd());
+                libc::prctl(libc::PR_SET_NAME, c"exec-spare".as_ptr(), 0, 0, 0);
+            }
+            let (path, fds) = loop {
+                match recv(theirs.as_raw_fd(), MAX_PATH + 1) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok((path, fds)) if !path.is_empty() => break (path, fds),
+                    // The server is gone, or dismissed us: there is nothing to do.
+                    // SAFETY: leaving without running the plugin's destructors.
+                    _ => unsafe { libc::_exit(0) },
+                }
+            };
+            drop(theirs);
+            match <[OwnedFd; 3]>::try_from(fds) {
+                Ok(stdio) => become_monitor(PathBuf::from(OsStr::from_bytes(&path)), &stdio),
+                // SAFETY: as above.
+                Err(_) => unsafe { libc::_exit(1) },
+            }
+        }
+        pid => {
+            drop(theirs);
+            // Not reaped before this: the pid still names our child.
+            match super::pidfd::open(pid) {
+                Ok(pidfd) => Some(Spare {
+                    pid,
+                    pidfd,
+                    sock: ours,
+                }),
+                Err(_) => {
+                    // SAFETY: our child, still waiting for a request it will never get.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl Spare {
+    /// Give the spare its execution: (pid, pidfd) of the monitor it now is, or the error when
+    /// it is gone (its end of the socket closed with it).
+    fn hand(self, path: &[u8], stdio: &[OwnedFd; 3]) -> io::Result<(i32, OwnedFd)> {
+        let fds = [
+            stdio[0].as_raw_fd(),
+            stdio[1].as_raw_fd(),
+            stdio[2].as_raw_fd(),
+        ];
+        let sent = sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[IoSlice::new(path)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        match sent {
+            Ok(_) => Ok((self.pid, self.pidfd)),
+            Err(e) => {
+                let _ = super::pidfd::send_signal(&self.pidfd, libc::SIGKILL);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Send the spare away unused: it sees end-of-file and exits.
+    fn dismiss(self) {
+        drop(self.sock);
     }
 }
 

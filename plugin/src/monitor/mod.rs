@@ -308,10 +308,11 @@ pub fn run(
     let oom_killed = sandbox.oom_killed();
     let usage = final_usage(&mon);
     crate::timing::mark("m.cleaned");
-    // The supervisor has killed and reaped the whole job. The rest of the cleanup (killing
-    // again through the cgroup, removing it, handing the outputs back to root, releasing the
-    // uid) waits until the result is reported: none of it can change the result, and the
-    // job's uid stays held until it is done.
+    // The supervisor has killed and reaped the whole job: its outputs are root's again before
+    // anyone is told they are there. The rest of the cleanup (killing again through the cgroup,
+    // removing it, releasing the uid) waits until the result is reported: none of it can change
+    // the result, and the job's uid stays held until it is done.
+    sandbox.reclaim_outputs();
     let reported = setup_done.and_then(|(sinks, mut log, outcome)| {
         finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)
     });

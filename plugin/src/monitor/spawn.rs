@@ -130,7 +130,10 @@ pub trait JobSandbox {
     fn oom_killed(&self) -> bool {
         false
     }
-    /// Called once everything of the job has been reaped.
+    /// Once everything of the job has been reaped, before the result is reported: give what the
+    /// job wrote back to the monitor's user (the job's uid is still held).
+    fn reclaim_outputs(&mut self) {}
+    /// Called once everything of the job has been reaped (after the result is reported).
     fn cleanup(&mut self) {}
 }
 
