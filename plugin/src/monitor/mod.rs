@@ -291,9 +291,10 @@ pub fn run(
         log_path: spec.log_path.clone(),
         cgroup: None,
     };
-    state::write_json_replace(&dir.monitor(), &mon)?;
-
-    crate::timing::mark("m.monitor_json1");
+    crate::timing::mark("m.request_read");
+    // `monitor.json` is first written once the sandbox is prepared, naming the cgroup before
+    // the job can be in it. Until then the start lock (our stdin, held for life) tells a
+    // restarted plugin that this monitor is alive and about to record itself.
     let prepared = sandbox
         .prepare(&spec)
         .map_err(MonitorError::from)

@@ -494,11 +494,11 @@ const MARKS: [(&str, &str); 18] = [
     ),
     (
         "m.main",
-        "state dir, start lock, request.json, monitor log; fork server forks the monitor",
+        "state dir, start lock, request.json, monitor log; the fork server hands it to its spare",
     ),
     (
-        "m.monitor_json1",
-        "monitor: detach, read request.json, write monitor.json",
+        "m.request_read",
+        "monitor: detach, read request.json and its own start time",
     ),
     ("m.cgroup_made", "job cgroup directories and limits"),
     (
@@ -506,7 +506,7 @@ const MARKS: [(&str, &str); 18] = [
         "outputs, uid lock, handing outputs to the job's uid",
     ),
     ("m.fsplan", "plan the private root"),
-    ("m.prepared", "monitor.json with the cgroup"),
+    ("m.prepared", "monitor.json (monitor and cgroup)"),
     ("m.files_ready", "results files, log, signalfd"),
     (
         "m.spawned",
