@@ -981,11 +981,13 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     // Locked before request.json exists, so a plugin scanning after a crash never mistakes a
     // monitor that is still starting for a dead one. The lock belongs to the open file, which
     // the monitor inherits as its stdin; ours closes when this function returns.
-    let lock = std::fs::File::create(dir.start_lock()).map_err(|e| io("creating start.lock", e))?;
+    let lock = dir
+        .open_start_lock()
+        .map_err(|e| io("opening the start lock", e))?;
     // SAFETY: flock on a descriptor we own. (nix's Flock guard would unlock on drop, which
     // would also unlock the monitor's shared open file.)
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(io("locking start.lock", std::io::Error::last_os_error()));
+        return Err(io("taking the start lock", std::io::Error::last_os_error()));
     }
     state::write_json_replace(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
@@ -1373,7 +1375,7 @@ fn starting_monitor(dir: &ExecDir) -> Option<OwnedFd> {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let Ok(lock) = std::fs::File::open(dir.start_lock()) else {
+        let Ok(lock) = dir.open_start_lock() else {
             return None;
         };
         // SAFETY: flock on a descriptor we own; closing it drops our lock again.

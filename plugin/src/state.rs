@@ -4,9 +4,9 @@
 //! The execution's state directory is the whole interface between the plugin and the monitor:
 //!
 //! ```text
-//! <state_root>/executions/<ExecutionID>/
+//! <state_root>/executions/<ExecutionID>/   flock'ed: the start lock (ExecDir::open_start_lock)
 //!   request.json        plugin, before launching: the wire request + the resolved MonitorSpec
-//!   monitor.json        monitor, at start and once the job runs: MonitorRecord
+//!   monitor.json        monitor, once its sandbox is ready and once the job runs: MonitorRecord
 //!   raw_container_logs  the log, unless the request named an ExecutionDir
 //!   result.json         monitor at the end (or the plugin for a dead monitor): ResultRecord
 //!   monitor.log         the monitor's stderr
@@ -84,11 +84,13 @@ impl ExecDir {
     pub fn monitor_log(&self) -> PathBuf {
         self.dir.join(MONITOR_LOG_FILE)
     }
-    /// Held (`flock`) by whoever may still start this execution's job: the plugin while it
-    /// launches the monitor, then the monitor for its whole life (as its stdin). A plugin that
-    /// finds it free knows nobody can still write `monitor.json` or `result.json`.
-    pub fn start_lock(&self) -> PathBuf {
-        self.dir.join("start.lock")
+    /// The start lock: a `flock` on the execution directory itself, held by whoever may still
+    /// start this execution's job: the plugin while it launches the monitor, then the monitor
+    /// for its whole life (the directory open as its stdin). A plugin that finds it free knows
+    /// nobody can still write `monitor.json` or `result.json`. (A lock file would be one more
+    /// inode per execution, which a journal-less ext4 makes costly to allocate.)
+    pub fn open_start_lock(&self) -> std::io::Result<std::fs::File> {
+        std::fs::File::open(&self.dir)
     }
     /// Where the log goes when the request names no `ExecutionDir`.
     pub fn default_log(&self) -> PathBuf {

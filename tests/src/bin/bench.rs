@@ -494,7 +494,7 @@ const MARKS: [(&str, &str); 18] = [
     ),
     (
         "m.main",
-        "state dir, start lock, request.json, monitor log; the fork server hands it to its spare",
+        "state dir (its flock is the start lock), request.json, monitor log; handed to the spare",
     ),
     (
         "m.request_read",
