@@ -235,7 +235,13 @@ impl Registry {
         };
         // Usually the next ids were looked up in the user databases ahead of time (below), and
         // the lease is a few non-blocking calls on a tmpfs: no trip to the blocking pool.
-        let cached = lock(&pool).allocate_cached();
+        // Never wait for the pool on the runtime's thread: whoever holds it may be in a slow
+        // user-database lookup.
+        let cached = match pool.try_lock() {
+            Ok(mut p) => p.allocate_cached(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().allocate_cached(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
         let lease = match cached {
             Some(lease) => lease,
             None => {
@@ -260,13 +266,10 @@ impl Registry {
         }
         // Only once fewer than half of the next AHEAD ids are known, then all of them: one
         // batch per AHEAD/2 allocations.
-        let ids = {
-            let p = lock(pool);
-            if p.unchecked_ahead(AHEAD / 2).is_empty() {
-                Vec::new()
-            } else {
-                p.unchecked_ahead(AHEAD)
-            }
+        // Not waiting for the pool here either (a blocking allocation may hold it).
+        let ids = match pool.try_lock() {
+            Ok(p) if !p.unchecked_ahead(AHEAD / 2).is_empty() => p.unchecked_ahead(AHEAD),
+            _ => Vec::new(),
         };
         if ids.is_empty() {
             self.uid_lookahead.store(false, Ordering::Release);
@@ -275,12 +278,20 @@ impl Registry {
         let pool = pool.clone();
         let busy = self.uid_lookahead.clone();
         tokio::task::spawn_blocking(move || {
+            // Cleared however this ends (a lookup that panics included).
+            struct Done(Arc<AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(busy);
+            // Looked up without the pool's lock: a slow directory service delays no start.
             let verdicts: Vec<(u32, bool)> = ids
                 .into_iter()
                 .map(|id| (id, uids::unknown_to_system(id)))
                 .collect();
             lock(&pool).record_verdicts(verdicts);
-            busy.store(false, Ordering::Release);
         });
     }
 
@@ -1169,8 +1180,8 @@ async fn watch_monitor(
         None => (None, false),
     };
     if let Some(record) = told {
-        // The monitor has killed the job's tree; it still holds the job's uid (its own lease)
-        // while it removes the cgroup, hands the outputs back and flushes, then exits.
+        // The monitor has killed the job's tree and handed its outputs back; it still holds the
+        // job's uid (its own lease) while it removes the cgroup and flushes, then exits.
         match record {
             Some(r) => {
                 crate::timing::mark("p.published");
@@ -1180,9 +1191,15 @@ async fn watch_monitor(
         }
         lock(&exec.uid_lease).take();
         exited.await;
-        if let Some(mut c) = child {
-            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
-        }
+        // A monitor killed between its report and its cleanup leaves the (empty) cgroup.
+        let dir = exec.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(mut c) = child {
+                let _ = c.wait();
+            }
+            remove_leftover_cgroup(&dir);
+        })
+        .await;
     } else {
         if !gone {
             exited.await;
@@ -1291,9 +1308,33 @@ fn failed_record(reason: &str) -> ResultRecord {
 
 /// The monitor is gone: its result, or - if it died without writing one - a failed result made
 /// durable, the log ended, and whatever is left of the job killed, so nothing waits for ever.
+/// Kill and remove the job cgroup `monitor.json` names, if it is still there (its monitor died
+/// before removing it).
+fn remove_leftover_cgroup(dir: &ExecDir) {
+    let Ok(mon) = state::read_json::<MonitorRecord>(&dir.monitor()) else {
+        return;
+    };
+    let Some(record) = &mon.cgroup else {
+        return;
+    };
+    if !record.dirs.iter().any(|d| d.path.exists()) {
+        return;
+    }
+    let removed = JobCgroup::from_record(record)
+        .and_then(|cg| cg.kill_all().map(|()| cg))
+        .and_then(JobCgroup::remove);
+    if let Err(e) = removed {
+        tracing::warn!("removing the cgroup a monitor left behind: {e}");
+    }
+}
+
 fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultRecord {
     match state::read_json::<ResultRecord>(&dir.result()) {
-        Ok(r) => return r,
+        Ok(r) => {
+            // The monitor reported, then died before its cleanup.
+            remove_leftover_cgroup(dir);
+            return r;
+        }
         Err(e) if !e.is_not_found() => {
             tracing::warn!("unreadable result: {e}");
         }

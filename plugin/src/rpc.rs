@@ -431,8 +431,18 @@ impl ExecutorApiServer for NativePlugin {
             return Err(ExecutorError::invalid_params(problems).into());
         }
         let gpus = self.capabilities().gpus.len() as u64;
-        let capacity = crate::bid::Capacity::of_host(&session.state_dir, gpus);
-        let held = self.held_resources();
+        // File reads for every running execution (and the host's capacity): off the runtime's
+        // one thread.
+        let state_dir = session.state_dir.clone();
+        let infos = session.registry.infos();
+        let (capacity, held) = tokio::task::spawn_blocking(move || {
+            (
+                crate::bid::Capacity::of_host(&state_dir, gpus),
+                held_resources(&state_dir, &infos),
+            )
+        })
+        .await
+        .map_err(|e| ExecutorError::internal(format!("reading held resources: {e}")))?;
         let mut answer = crate::bid::usage(&usage, capacity, &held);
         // Every job needs a uid of its own: with all of them held, a start would fail now but
         // succeed once an execution ends.
@@ -567,34 +577,31 @@ fn item_offset(item: &LogItem) -> u64 {
     }
 }
 
-impl NativePlugin {
-    /// What running executions were allocated, from their stored requests.
-    fn held_resources(&self) -> Resources {
-        let Ok(session) = self.session() else {
-            return Resources::default();
-        };
-        let mut held = Resources::default();
-        for info in session.registry.infos() {
-            if matches!(info.phase, Phase::Finished(_)) {
-                continue;
-            }
-            let path = crate::state::ExecDir::new(&session.state_dir, &info.execution_id).request();
-            let Ok(record) = crate::state::read_json::<crate::state::RequestRecord>(&path) else {
-                continue;
-            };
-            let Ok(req) = serde_json::from_value::<RunCommandRequest>(record.request) else {
-                continue;
-            };
-            if let Some(r) = req.resources {
-                held.cpu += r.cpu;
-                held.memory = held.memory.saturating_add(r.memory);
-                held.disk = held.disk.saturating_add(r.disk);
-                held.gpu = held.gpu.saturating_add(r.gpu);
-            }
+/// What running executions were allocated, from their stored requests.
+fn held_resources(state_dir: &std::path::Path, infos: &[crate::registry::ExecInfo]) -> Resources {
+    let mut held = Resources::default();
+    for info in infos {
+        if matches!(info.phase, Phase::Finished(_)) {
+            continue;
         }
-        held
+        let path = crate::state::ExecDir::new(state_dir, &info.execution_id).request();
+        let Ok(record) = crate::state::read_json::<crate::state::RequestRecord>(&path) else {
+            continue;
+        };
+        let Ok(req) = serde_json::from_value::<RunCommandRequest>(record.request) else {
+            continue;
+        };
+        if let Some(r) = req.resources {
+            held.cpu += r.cpu;
+            held.memory = held.memory.saturating_add(r.memory);
+            held.disk = held.disk.saturating_add(r.disk);
+            held.gpu = held.gpu.saturating_add(r.gpu);
+        }
     }
+    held
+}
 
+impl NativePlugin {
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
         crate::timing::mark("p.start_request");
         let session = self.session()?;

@@ -88,7 +88,9 @@ impl ExecDir {
     /// start this execution's job: the plugin while it launches the monitor, then the monitor
     /// for its whole life (the directory open as its stdin). A plugin that finds it free knows
     /// nobody can still write `monitor.json` or `result.json`. (A lock file would be one more
-    /// inode per execution, which a journal-less ext4 makes costly to allocate.)
+    /// inode per execution, which a journal-less ext4 makes costly to allocate.) The state root
+    /// must be local: NFS emulates `flock` with POSIX locks, which refuse an exclusive lock on a
+    /// descriptor opened read-only, so every start there fails (loudly) at taking this lock.
     pub fn open_start_lock(&self) -> std::io::Result<std::fs::File> {
         std::fs::File::open(&self.dir)
     }

@@ -273,6 +273,8 @@ fn serve(sock: OwnedFd) -> ! {
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             );
+            // Not ours to keep, nor the next spare's to inherit.
+            drop(pidfd);
             if sent.is_err() {
                 break;
             }
@@ -284,10 +286,6 @@ fn serve(sock: OwnedFd) -> ! {
                 if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
                     super::host_sandbox::HostSandbox::warm(&record.monitor);
                     warmed = true;
-                    // The spare forked before this knows none of it: replace it.
-                    if let Some(cold) = spare.take() {
-                        cold.dismiss();
-                    }
                 }
             }
             if spare.is_none() {
@@ -410,9 +408,13 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                 match recv(theirs.as_raw_fd(), MAX_PATH + 1) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Ok((path, fds)) if !path.is_empty() => break (path, fds),
-                    // The server is gone, or dismissed us: there is nothing to do.
+                    // The server is gone: there is nothing to do.
                     // SAFETY: leaving without running the plugin's destructors.
-                    _ => unsafe { libc::_exit(0) },
+                    Ok(_) => unsafe { libc::_exit(0) },
+                    // A request we could not take whole (out of descriptors): the plugin sees
+                    // this monitor exit without a report and fails the execution.
+                    // SAFETY: as above.
+                    Err(_) => unsafe { libc::_exit(1) },
                 }
             };
             drop(theirs);
@@ -464,11 +466,6 @@ impl Spare {
                 Err(e.into())
             }
         }
-    }
-
-    /// Send the spare away unused: it sees end-of-file and exits.
-    fn dismiss(self) {
-        drop(self.sock);
     }
 }
 

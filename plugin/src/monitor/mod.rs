@@ -291,10 +291,11 @@ pub fn run(
         log_path: spec.log_path.clone(),
         cgroup: None,
     };
+    // Recorded before the sandbox is prepared, which can take long (a leftover cgroup of the
+    // same execution to kill, outputs of a rerun to chown): a restarted plugin waits only so
+    // long for a monitor that holds the start lock to record itself.
+    state::write_json_replace(&dir.monitor(), &mon)?;
     crate::timing::mark("m.request_read");
-    // `monitor.json` is first written once the sandbox is prepared, naming the cgroup before
-    // the job can be in it. Until then the start lock (our stdin, held for life) tells a
-    // restarted plugin that this monitor is alive and about to record itself.
     let prepared = sandbox
         .prepare(&spec)
         .map_err(MonitorError::from)
@@ -309,10 +310,15 @@ pub fn run(
     let oom_killed = sandbox.oom_killed();
     let usage = final_usage(&mon);
     crate::timing::mark("m.cleaned");
-    // The supervisor has killed and reaped the whole job: its outputs are root's again before
-    // anyone is told they are there. The rest of the cleanup (killing again through the cgroup,
-    // removing it, releasing the uid) waits until the result is reported: none of it can change
-    // the result, and the job's uid stays held until it is done.
+    // When supervision ended normally the supervisor has killed and reaped the whole job.
+    // Otherwise (its loop failed, or the job never ran) kill through the cgroup now and wait
+    // for it to empty: nothing of the job may run once its outputs are handed back and its
+    // result reported. Outputs are root's again before anyone is told they are there. The rest
+    // of the cleanup (removing the cgroup, releasing the uid) waits until the result is
+    // reported: none of it can change the result, and the job's uid stays held until it is done.
+    if !matches!(&setup_done, Ok((_, _, Ok(_)))) {
+        sandbox.kill_all();
+    }
     sandbox.reclaim_outputs();
     let reported = setup_done.and_then(|(sinks, mut log, outcome)| {
         finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)

@@ -317,10 +317,9 @@ fn has_mount_setattr() -> bool {
             propagation: 0,
             userns_fd: 0,
         };
-        // Changing nothing on nothing: 0 or an error such as EBADF where the call exists,
-        // ENOSYS where it does not.
-        let r = mount_setattr(-1, c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr);
-        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+        // Changing nothing on `/`: 0 only where the call exists and is allowed (not ENOSYS, not
+        // EPERM from a seccomp filter or a caller without CAP_SYS_ADMIN).
+        mount_setattr(libc::AT_FDCWD, c"/", 0, &attr) == 0
     })
 }
 

@@ -194,12 +194,13 @@ pub struct UidPool {
     /// When each id was last looked up in the user and group databases, and the verdict. A
     /// lookup goes through NSS (files, systemd-userdb, perhaps a directory service): about a
     /// hundred system calls, more than the rest of an allocation. A verdict is trusted for
-    /// [`VERDICT_TTL`], so a user added to the database meanwhile is noticed within that time.
+    /// [`VERDICT_TTL`], so a user added to the database meanwhile is noticed within that time
+    /// (the look-ahead covers bursts of starts; a lone start looks its id up afresh).
     verdicts: HashMap<u32, (Instant, bool)>,
 }
 
 /// How long a user-database verdict on an id is reused.
-pub const VERDICT_TTL: Duration = Duration::from_secs(60);
+pub const VERDICT_TTL: Duration = Duration::from_secs(10);
 
 impl UidPool {
     pub fn new(range: UidRange, lock_dir: impl Into<PathBuf>) -> UidPool {

@@ -498,7 +498,7 @@ const MARKS: [(&str, &str); 18] = [
     ),
     (
         "m.request_read",
-        "monitor: detach, read request.json and its own start time",
+        "monitor: detach, read request.json and its own start time, write monitor.json",
     ),
     ("m.cgroup_made", "job cgroup directories and limits"),
     (
@@ -506,7 +506,7 @@ const MARKS: [(&str, &str); 18] = [
         "outputs, uid lock, handing outputs to the job's uid",
     ),
     ("m.fsplan", "plan the private root"),
-    ("m.prepared", "monitor.json (monitor and cgroup)"),
+    ("m.prepared", "monitor.json with the cgroup"),
     ("m.files_ready", "results files, log, signalfd"),
     (
         "m.spawned",

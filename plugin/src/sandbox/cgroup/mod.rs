@@ -305,7 +305,10 @@ impl CgroupManager {
         }
         drop(cache);
         let m = Self::detect(config)?;
-        *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = Some((config.clone(), m.clone()));
+        // "No usable cgroups" is not kept: a base delegated later must still be found.
+        if m.mode() != Mode::None {
+            *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = Some((config.clone(), m.clone()));
+        }
         Ok((m, false))
     }
 
