@@ -745,3 +745,52 @@ fn a_spare_monitor_killed_while_idle_is_replaced_and_spares_end_with_the_plugin(
     assert!(left.is_empty(), "spares outlived the plugin: {left:?}");
     assert_no_monitors(&env);
 }
+
+#[test]
+fn a_monitor_dead_between_its_report_and_its_cleanup_leaves_no_cgroup() {
+    if !is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    let _serial = serial();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut p = executor_tests::RawPlugin::spawn_with(|c| {
+        c.env("EXECUTOR_PLUGIN_SELFTEST_DIE_AFTER_REPORT", "1");
+    });
+    p.initialize(state.path());
+    let req = json!({
+        "ExecutionID": "die-after-report",
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", "echo done"]}},
+        "ResultsDir": work.path().join("die-after-report"),
+    });
+    let r = p.call(1, "executor_run", json!([req]));
+    assert_eq!(
+        (&r["result"]["ExitCode"], &r["result"]["Stdout"]),
+        (&json!(0), &json!("done\n")),
+        "{r}"
+    );
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(
+            state
+                .path()
+                .join("executions/die-after-report/monitor.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let dirs: Vec<std::path::PathBuf> = record["cgroup"]["dirs"]
+        .as_array()
+        .expect("the job had a cgroup")
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().into())
+        .collect();
+    assert!(!dirs.is_empty(), "{record}");
+    // The monitor left them; the plugin, seeing it gone, removes them.
+    wait_until(
+        Duration::from_secs(10),
+        "the leftover cgroup removed",
+        || dirs.iter().all(|d| !d.exists()),
+    );
+    p.call(2, "shutdown", json!([]));
+}
