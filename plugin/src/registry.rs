@@ -509,6 +509,17 @@ impl Registry {
         let retention_ms = self.config.retention.as_millis() as u64;
         let gone: Vec<PathBuf> = {
             let mut execs = lock(&self.execs);
+            // Called on every start: first a pass that allocates nothing, and most of the time
+            // finds nothing to evict.
+            let (count, oldest) = execs
+                .values()
+                .filter_map(|e| e.finished().map(|r| r.finished_at_ms))
+                .fold((0usize, u64::MAX), |(n, old), at| (n + 1, old.min(at)));
+            if count <= self.config.max_retained
+                && (count == 0 || now.saturating_sub(oldest) < retention_ms)
+            {
+                return;
+            }
             let mut finished: Vec<(u64, String)> = execs
                 .values()
                 .filter_map(|e| e.finished().map(|r| (r.finished_at_ms, e.id.clone())))
