@@ -115,6 +115,10 @@ struct Exec {
     cancel_pending: AtomicBool,
     /// The plugin's hold on the job's own uid, dropped once the job is known to be gone.
     uid_lease: Mutex<Option<UidLease>>,
+    /// The monitor has exited and what it left is cleaned up. A monitor cleans up after it has
+    /// reported the result: until then its execution is not evicted, so its id cannot be
+    /// started again while its cgroup (named after the id) may still be removed.
+    settled: AtomicBool,
 }
 
 impl Exec {
@@ -129,7 +133,14 @@ impl Exec {
             monitor: Mutex::new(None),
             cancel_pending: AtomicBool::new(false),
             uid_lease: Mutex::new(None),
+            settled: AtomicBool::new(false),
         }
+    }
+
+    /// Finished, and nothing of its monitor is left: it may be evicted.
+    fn evictable(&self) -> Option<Arc<ResultRecord>> {
+        self.finished()
+            .filter(|_| self.settled.load(Ordering::Acquire))
     }
 
     fn phase(&self) -> Phase {
@@ -208,6 +219,8 @@ impl Registry {
                 *lock(&exec.monitor) = Some(fd.clone());
                 exec.phase.send_replace(Phase::Running);
                 tokio::spawn(watch_monitor(exec.clone(), fd, None, None));
+            } else {
+                exec.settled.store(true, Ordering::Release);
             }
             lock(&reg.execs).insert(exec.id.clone(), exec);
         }
@@ -513,7 +526,7 @@ impl Registry {
             // finds nothing to evict.
             let (count, oldest) = execs
                 .values()
-                .filter_map(|e| e.finished().map(|r| r.finished_at_ms))
+                .filter_map(|e| e.evictable().map(|r| r.finished_at_ms))
                 .fold((0usize, u64::MAX), |(n, old), at| (n + 1, old.min(at)));
             if count <= self.config.max_retained
                 && (count == 0 || now.saturating_sub(oldest) < retention_ms)
@@ -522,7 +535,7 @@ impl Registry {
             }
             let mut finished: Vec<(u64, String)> = execs
                 .values()
-                .filter_map(|e| e.finished().map(|r| (r.finished_at_ms, e.id.clone())))
+                .filter_map(|e| e.evictable().map(|r| (r.finished_at_ms, e.id.clone())))
                 .collect();
             finished.sort();
             let over = finished.len().saturating_sub(self.config.max_retained);
@@ -1229,6 +1242,7 @@ async fn watch_monitor(
         // dead monitor left behind).
         lock(&exec.uid_lease).take();
     }
+    exec.settled.store(true, Ordering::Release);
 }
 
 /// Resolves when the monitor behind `fd` has exited.
