@@ -675,7 +675,10 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
     rep.note("latency_runs", json!(n));
     if let Some(log) = std::env::var_os(executor_plugin::timing::ENV) {
         rep.section("where the time of a start goes (medians; timing marks on, which slow it)");
-        print_breakdown(Path::new(&log), rep)?;
+        let printed = print_breakdown(Path::new(&log), rep);
+        // Like the state and work directories, nothing of the run is left behind.
+        let _ = std::fs::remove_file(&log);
+        printed?;
     }
     Ok(())
 }
