@@ -1,6 +1,7 @@
 pub mod bid;
 pub mod capabilities;
 pub mod logstore;
+pub mod memo;
 pub mod monitor;
 pub mod outlet;
 pub mod registry;

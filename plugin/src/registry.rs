@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
-use crate::sandbox::cgroup::{JobCgroup, DEFAULT_PIDS_MAX};
+use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
@@ -1342,14 +1342,18 @@ fn remove_leftover_cgroup(dir: &ExecDir) {
     let Some(record) = &mon.cgroup else {
         return;
     };
-    if !record.dirs.iter().any(|d| d.path.exists()) {
-        return;
+    if record.dirs.iter().any(|d| d.path.exists()) {
+        kill_and_remove(record);
     }
+}
+
+/// Kill whatever the recorded cgroup still holds and remove it (its monitor is gone).
+fn kill_and_remove(record: &CgroupRecord) {
     let removed = JobCgroup::from_record(record)
         .and_then(|cg| cg.kill_all().map(|()| cg))
         .and_then(JobCgroup::remove);
     if let Err(e) = removed {
-        tracing::warn!("removing the cgroup a monitor left behind: {e}");
+        tracing::warn!("cleaning up the cgroup of a dead monitor: {e}");
     }
 }
 
@@ -1382,12 +1386,7 @@ fn load_or_bury(dir: &ExecDir, log_path: &Path, status: Option<&str>) -> ResultR
         }
         // The cgroup holds the rest of the tree, whatever groups and sessions it moved into.
         if let Some(record) = &mon.cgroup {
-            let removed = JobCgroup::from_record(record)
-                .and_then(|cg| cg.kill_all().map(|()| cg))
-                .and_then(JobCgroup::remove);
-            if let Err(e) = removed {
-                tracing::warn!("cleaning up the cgroup of a dead monitor: {e}");
-            }
+            kill_and_remove(record);
         }
     }
     hand_outputs_back(dir);

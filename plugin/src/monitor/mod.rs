@@ -44,7 +44,7 @@ pub const MONITOR_ARG: &str = "__monitor";
 pub const CANCELLED_MSG: &str = "execution already cancelled";
 pub const OOM_MSG: &str = "memory limit exceeded";
 
-/// The largest result record sent inline in the `Finished` report. With the start report, both
+/// The longest `Finished` report line that carries its result record. With the start report, both
 /// lines fit a pipe's buffer many times over, so the monitor never blocks on a plugin that
 /// stopped reading.
 pub const INLINE_RESULT_MAX: usize = 16 * 1024;
@@ -251,7 +251,7 @@ impl Reporter {
     /// Tell the plugin the result is written, and close the channel.
     pub fn finished(&mut self, record: &ResultRecord) {
         self.sent = true;
-        write_line(&finished_report(record));
+        write_bytes(finished_line(record));
         if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
             use std::os::fd::AsRawFd;
             // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
@@ -260,16 +260,29 @@ impl Reporter {
     }
 }
 
-/// The `Finished` report for `record`: with the record when it is small enough.
-fn finished_report(record: &ResultRecord) -> MonitorReport {
-    let inline = serde_json::to_vec(record)
-        .is_ok_and(|v| v.len() <= INLINE_RESULT_MAX)
-        .then(|| Box::new(record.clone()));
-    MonitorReport::Finished { record: inline }
+/// The `Finished` line for `record` (without the newline): [`MonitorReport::Finished`] with the
+/// record when that stays small enough, serialized once and without copying the record.
+fn finished_line(record: &ResultRecord) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(tag = "status", rename = "finished")]
+    struct WithRecord<'a> {
+        record: &'a ResultRecord,
+    }
+    match serde_json::to_vec(&WithRecord { record }) {
+        Ok(line) if line.len() <= INLINE_RESULT_MAX => line,
+        _ => report_line(&MonitorReport::Finished { record: None }),
+    }
+}
+
+fn report_line(report: &MonitorReport) -> Vec<u8> {
+    serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 fn write_line(report: &MonitorReport) {
-    let mut line = serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec());
+    write_bytes(report_line(report));
+}
+
+fn write_bytes(mut line: Vec<u8>) {
     line.push(b'\n');
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
     // closing it.
@@ -623,13 +636,13 @@ mod tests {
             notes: Default::default(),
             usage: None,
         };
-        let line = serde_json::to_string(&finished_report(&rec)).unwrap();
+        let line = String::from_utf8(finished_line(&rec)).unwrap();
         match serde_json::from_str::<MonitorReport>(&line).unwrap() {
             MonitorReport::Finished { record: Some(r) } => assert_eq!(*r, rec),
             other => panic!("{other:?}"),
         }
         rec.result.stdout = "y".repeat(INLINE_RESULT_MAX);
-        let line = serde_json::to_string(&finished_report(&rec)).unwrap();
+        let line = String::from_utf8(finished_line(&rec)).unwrap();
         assert_eq!(line, r#"{"status":"finished"}"#);
         assert!(matches!(
             serde_json::from_str::<MonitorReport>(&line).unwrap(),

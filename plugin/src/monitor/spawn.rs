@@ -276,7 +276,7 @@ pub fn spawn_job(
     }
     .map_err(SpawnError::Exec)?;
     // In a private root the sandbox validates the working directory and changes into it
-    // itself; std's chdir would run before the root exists.
+    // itself; the child's chdir would run before the root exists.
     if let Some(wd) = spec.working_dir.as_ref().filter(|_| jail.is_none()) {
         if !wd.is_dir() {
             return Err(SpawnError::Exec(format!(
@@ -407,8 +407,19 @@ impl ExecPlan {
     }
 }
 
+/// A pipe with `flags` (`pipe2(2)`): (read end, write end).
+fn pipe2(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2, owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// An errno no system call returns: the child could not change into the working directory
-/// (std's spawn reported that as the exec failing with ENOENT; this keeps the two apart).
+/// (it would otherwise read as the program missing, ENOENT).
 const ERRNO_CHDIR_MARK: i32 = -2;
 
 enum Launched {
@@ -492,15 +503,7 @@ const CHILD_STACK: usize = 256 * 1024;
 /// itself). No page tables are copied, and neither side takes copy-on-write faults while the
 /// child sets up: on this host that halved a fork/exec/wait from a process the monitor's size.
 fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::Result<Launched> {
-    let pipe = || -> io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two descriptors, which we own from here on.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptors from pipe2, owned by nothing else.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-    };
+    let pipe = || pipe2(libc::O_CLOEXEC);
     let null = std::fs::File::open("/dev/null")?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -567,7 +570,7 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
             stderr: err_r,
         });
     }
-    // The child is gone (it exits right after writing): reap it here, as std's spawn did.
+    // The child is gone (it exits right after writing): reap it here.
     let mut status = 0;
     // SAFETY: our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -581,34 +584,22 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
 }
 
 /// A close-on-exec pipe from the job's child side to the monitor: a failing pre_exec step writes
-/// its index, sub-step and errno there before std reports the errno. Nothing is written when
+/// its index, sub-step and errno there before the child reports the errno. Nothing is written when
 /// everything before exec worked, and the job never inherits the descriptors.
 struct StepReport {
-    read: std::os::fd::OwnedFd,
-    write: std::os::fd::OwnedFd,
+    read: OwnedFd,
+    write: OwnedFd,
 }
 
 const REPORT_LEN: usize = 12;
 
 impl StepReport {
     fn new() -> io::Result<StepReport> {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two descriptors, which we own from here on.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptors from pipe2, owned by nothing else.
-        Ok(unsafe {
-            StepReport {
-                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
+        let (read, write) = pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+        Ok(StepReport { read, write })
     }
 
     fn write_fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
         self.write.as_raw_fd()
     }
 
@@ -623,9 +614,8 @@ impl StepReport {
     }
 
     /// In the monitor, after spawn failed: which step failed, if one said so. The child has
-    /// written its report before std's own, which spawn has already read.
+    /// written its report before its errno, which spawn has already read.
     fn received(&self) -> Option<(u32, StepFailure)> {
-        use std::os::fd::AsRawFd;
         let mut buf = [0u8; REPORT_LEN];
         // SAFETY: reading into our own buffer from our own non-blocking descriptor.
         let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), REPORT_LEN) };
@@ -643,7 +633,7 @@ impl StepReport {
     }
 }
 
-/// std's spawn reports the exec errno of the child (and has reaped it). Errors that mean "this
+/// The errno of a child that failed at exec (and has been reaped). Errors that mean "this
 /// program cannot run" become the job's outcome; anything else failed in our own setup.
 fn classify_spawn_error(program: &str, e: io::Error) -> SpawnError {
     match e.raw_os_error() {

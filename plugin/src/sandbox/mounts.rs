@@ -20,6 +20,8 @@ use std::ptr;
 
 use libc::c_ulong;
 
+use crate::memo::LastFor;
+
 /// The host directories a job sees read-only when the spec does not name others.
 pub const DEFAULT_SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
@@ -684,19 +686,10 @@ enum SystemHow {
 /// Every job of a plugin asks for the same system directories, and the host's answer (which
 /// are symlinks, where they lead) does not change under a running plugin: it is worked out
 /// once per process, in the fork server before it forks monitors ([`warm`]).
-static SYSTEM_DIRS: std::sync::Mutex<Option<(Vec<PathBuf>, Vec<SystemDir>)>> =
-    std::sync::Mutex::new(None);
+static SYSTEM_DIRS: LastFor<Vec<PathBuf>, Vec<SystemDir>> = LastFor::new();
 
 fn resolve_system_dirs(system_ro: &[PathBuf]) -> Result<Vec<SystemDir>, FsError> {
-    let mut cache = SYSTEM_DIRS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((key, dirs)) = cache.as_ref() {
-        if key == system_ro {
-            return Ok(dirs.clone());
-        }
-    }
-    let dirs = resolve_system_dirs_now(system_ro)?;
-    *cache = Some((system_ro.to_vec(), dirs.clone()));
-    Ok(dirs)
+    SYSTEM_DIRS.get_or_try(system_ro, || resolve_system_dirs_now(system_ro))
 }
 
 /// Work out, in this process, what planning a job's root needs to know about the host, for the
@@ -1128,16 +1121,8 @@ fn mount_point_steps(
 fn prepare_root(root_dir: &Path) -> Result<PathBuf, FsError> {
     // Every job of a plugin shares one root directory (each mounts its own tmpfs on it): made
     // ready once per process.
-    static PREPARED: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::new(None);
-    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((dir, canon)) = prepared.as_ref() {
-        if dir == root_dir {
-            return Ok(canon.clone());
-        }
-    }
-    let canon = prepare_root_now(root_dir)?;
-    *prepared = Some((root_dir.to_owned(), canon.clone()));
-    Ok(canon)
+    static PREPARED: LastFor<PathBuf, PathBuf> = LastFor::new();
+    PREPARED.get_or_try(root_dir, || prepare_root_now(root_dir))
 }
 
 fn prepare_root_now(root_dir: &Path) -> Result<PathBuf, FsError> {

@@ -202,6 +202,14 @@ pub struct UidPool {
 /// How long a user-database verdict on an id is reused.
 pub const VERDICT_TTL: Duration = Duration::from_secs(10);
 
+/// `id`'s verdict (unknown to the databases?) when it is younger than [`VERDICT_TTL`].
+fn fresh_verdict(verdicts: &HashMap<u32, (Instant, bool)>, id: u32, now: Instant) -> Option<bool> {
+    verdicts
+        .get(&id)
+        .filter(|(at, _)| now.duration_since(*at) < VERDICT_TTL)
+        .map(|(_, unknown)| *unknown)
+}
+
 impl UidPool {
     pub fn new(range: UidRange, lock_dir: impl Into<PathBuf>) -> UidPool {
         UidPool {
@@ -221,12 +229,7 @@ impl UidPool {
     /// reaches an id with no fresh verdict (the caller then allocates where lookups may block).
     pub fn allocate_cached(&mut self) -> Option<Result<UidLease, UidError>> {
         let now = Instant::now();
-        let fresh = |id: u32| {
-            self.verdicts
-                .get(&id)
-                .filter(|(at, _)| now.duration_since(*at) < VERDICT_TTL)
-                .map(|(_, unknown)| *unknown)
-        };
+        let fresh = |id: u32| fresh_verdict(&self.verdicts, id, now);
         let mut candidate = self.next;
         for _ in 0..self.range.size() {
             match fresh(candidate)? {
@@ -235,9 +238,7 @@ impl UidPool {
             }
         }
         let verdicts = std::mem::take(&mut self.verdicts);
-        let lease = self.allocate_where(|id| {
-            matches!(verdicts.get(&id), Some((at, true)) if now.duration_since(*at) < VERDICT_TTL)
-        });
+        let lease = self.allocate_where(|id| fresh_verdict(&verdicts, id, now) == Some(true));
         self.verdicts = verdicts;
         match lease {
             // Ids without a verdict were passed over: only a full lookup can say.
@@ -253,9 +254,7 @@ impl UidPool {
         let mut out = Vec::new();
         let mut candidate = self.next;
         for _ in 0..self.range.size().min(n as u64 * 4) {
-            let fresh = matches!(self.verdicts.get(&candidate),
-                Some((at, _)) if now.duration_since(*at) < VERDICT_TTL);
-            if !fresh {
+            if fresh_verdict(&self.verdicts, candidate, now).is_none() {
                 out.push(candidate);
                 if out.len() == n {
                     break;
@@ -283,9 +282,9 @@ impl UidPool {
         if verdicts.len() > 4096 {
             verdicts.retain(|_, (at, _)| now.duration_since(*at) < VERDICT_TTL);
         }
-        let lease = self.allocate_where(|id| match verdicts.get(&id) {
-            Some((at, unknown)) if now.duration_since(*at) < VERDICT_TTL => *unknown,
-            _ => {
+        let lease = self.allocate_where(|id| match fresh_verdict(&verdicts, id, now) {
+            Some(unknown) => unknown,
+            None => {
                 let unknown = unknown_to_system(id);
                 verdicts.insert(id, (now, unknown));
                 unknown

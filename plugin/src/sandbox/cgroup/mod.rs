@@ -185,8 +185,7 @@ pub struct CgroupManager {
 /// The last successful detection in this process, and its config. A monitor is a fork of the
 /// fork server, which detects once ([`CgroupManager::warm_cache`]): every monitor then starts
 /// with the host's layout known instead of probing a dozen paths again.
-static DETECTED: std::sync::Mutex<Option<(CgroupConfig, CgroupManager)>> =
-    std::sync::Mutex::new(None);
+static DETECTED: crate::memo::LastFor<CgroupConfig, CgroupManager> = crate::memo::LastFor::new();
 
 /// The default base for a process in cgroup `own`.
 fn default_base(own: &Path) -> PathBuf {
@@ -297,17 +296,13 @@ impl CgroupManager {
     /// cannot be made with a cached manager should be tried again with a fresh one
     /// ([`forget_cached`](Self::forget_cached)), in case the host changed since.
     pub fn detect_cached(config: &CgroupConfig) -> Result<(CgroupManager, bool), CgroupError> {
-        let cache = DETECTED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, m)) = cache.as_ref() {
-            if c == config {
-                return Ok((m.clone(), true));
-            }
+        if let Some(m) = DETECTED.get(config) {
+            return Ok((m, true));
         }
-        drop(cache);
         let m = Self::detect(config)?;
         // "No usable cgroups" is not kept: a base delegated later must still be found.
         if m.mode() != Mode::None {
-            *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = Some((config.clone(), m.clone()));
+            DETECTED.put(config.clone(), m.clone());
         }
         Ok((m, false))
     }
@@ -319,7 +314,7 @@ impl CgroupManager {
 
     /// Drop the cached detection.
     pub fn forget_cached() {
-        *DETECTED.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        DETECTED.clear();
     }
 
     pub fn mode(&self) -> Mode {
