@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use executor_plugin::sandbox::mounts::{self, Bind, FsError, FsPlan, FsSpec};
+use executor_plugin::sandbox::mounts::{self, Bind, FsError, FsPlan, FsSpec, RootTemplate};
 use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
 use executor_plugin::sandbox::user::{chown_tree, UserError, UserPlan};
 
@@ -79,6 +79,20 @@ fn run(
     cmd.output().unwrap()
 }
 
+/// The plan for `spec` both ways a job gets its root: assembled by its child alone, and added
+/// to a [`RootTemplate`] made ahead (kept with the plan: it must outlive the job).
+fn both_ways(spec: &FsSpec) -> Vec<(&'static str, FsPlan, Option<RootTemplate>)> {
+    let full = FsPlan::new(spec).unwrap();
+    let template = RootTemplate::build(&spec.root_dir, &spec.system_ro).unwrap();
+    let on = FsPlan::on_template(spec, &template)
+        .unwrap()
+        .expect("a template made for this spec fits it");
+    vec![
+        ("assembled", full, None),
+        ("on a template", on, Some(template)),
+    ]
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -104,7 +118,6 @@ fn job_sees_system_dirs_but_not_the_state_root() {
         return;
     }
     let l = Layout::new();
-    let plan = FsPlan::new(&l.spec()).unwrap();
     let script = format!(
         "test -x /usr/bin/sh && echo sh-ok; ls /; ls /bin/ls >/dev/null && echo ls-ok; \
          if test -e {m}; then echo marker-visible; fi; \
@@ -118,30 +131,35 @@ fn job_sees_system_dirs_but_not_the_state_root() {
         m = l.marker().display(),
         s = l.state.path().display()
     );
-    let out = ok(&run(&script, Some(plan), None, true));
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.contains(&"sh-ok"), "{out}");
-    assert!(lines.contains(&"ls-ok"), "{out}");
-    for dir in ["usr", "etc", "tmp", "proc", "dev", "bin"] {
-        assert!(lines.contains(&dir), "{dir} missing in {out}");
+    for (how, plan, _template) in both_ways(&l.spec()) {
+        let out = ok(&run(&script, Some(plan), None, true));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.contains(&"sh-ok"), "{how}: {out}");
+        assert!(lines.contains(&"ls-ok"), "{how}: {out}");
+        for dir in ["usr", "etc", "tmp", "proc", "dev", "bin"] {
+            assert!(lines.contains(&dir), "{how}: {dir} missing in {out}");
+        }
+        for bad in [
+            "marker-visible",
+            "state-visible",
+            "host-work-visible",
+            "root-writable",
+            "usr-writable",
+        ] {
+            assert!(!lines.contains(&bad), "{how}: {bad}: {out}");
+        }
+        assert!(lines.contains(&"4"), "{how}: /dev/urandom: {out}");
+        for dev in ["null", "zero", "urandom", "shm", "fd"] {
+            assert!(lines.contains(&dev), "{how}: /dev/{dev} missing: {out}");
+        }
+        assert!(
+            !lines.contains(&"vda"),
+            "{how}: host block device visible: {out}"
+        );
+        // The job's root is a tmpfs of its own mount namespace: its mount points and symlinks
+        // (`/bin -> usr/bin`) are made there, nothing in the directory on the host.
+        assert_eq!(fs::read_dir(l.root()).unwrap().count(), 0, "{how}");
     }
-    for bad in [
-        "marker-visible",
-        "state-visible",
-        "host-work-visible",
-        "root-writable",
-        "usr-writable",
-    ] {
-        assert!(!lines.contains(&bad), "{bad}: {out}");
-    }
-    assert!(lines.contains(&"4"), "/dev/urandom: {out}");
-    for dev in ["null", "zero", "urandom", "shm", "fd"] {
-        assert!(lines.contains(&dev), "/dev/{dev} missing: {out}");
-    }
-    assert!(!lines.contains(&"vda"), "host block device visible: {out}");
-    // The job's root is a tmpfs of its own mount namespace: its mount points and symlinks
-    // (`/bin -> usr/bin`) are made there, nothing in the directory on the host.
-    assert_eq!(fs::read_dir(l.root()).unwrap().count(), 0);
 }
 
 #[test]
@@ -179,38 +197,40 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
         },
     ];
     spec.working_dir = Some("/outputs".into());
-    let plan = FsPlan::new(&spec).unwrap();
-    let out = run(
-        "cat /inputs/data/data.txt; echo; cat /inputs/single.txt; echo; \
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = run(
+            "cat /inputs/data/data.txt; echo; cat /inputs/single.txt; echo; \
          cat /tmp/deep/in/data.txt; echo; \
          echo x > /inputs/data/new; echo x > /inputs/single.txt; \
          pwd; echo result > result.txt",
-        Some(plan),
-        None,
-        true,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout} {stderr}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines,
-        ["input-data", "one-file", "input-data", "/outputs"],
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.matches("Read-only file system").count(),
-        2,
-        "{stderr}"
-    );
-    assert!(!input.path().join("new").exists());
-    assert_eq!(fs::read_to_string(&single).unwrap(), "one-file");
-    assert_eq!(
-        fs::read_to_string(l.results().join("out/result.txt")).unwrap(),
-        "result\n"
-    );
-    // The job's mount points were made in its own tmpfs root, not on the host.
-    assert!(!l.root().join("inputs").exists());
+            Some(plan),
+            None,
+            true,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout} {stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines,
+            ["input-data", "one-file", "input-data", "/outputs"],
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("Read-only file system").count(),
+            2,
+            "{stderr}"
+        );
+        assert!(!input.path().join("new").exists());
+        assert_eq!(fs::read_to_string(&single).unwrap(), "one-file");
+        assert_eq!(
+            fs::read_to_string(l.results().join("out/result.txt")).unwrap(),
+            "result\n"
+        );
+        // The job's mount points were made in its own tmpfs root, not on the host.
+        assert!(!l.root().join("inputs").exists(), "{how}");
+        fs::remove_file(l.results().join("out/result.txt")).unwrap();
+    }
 }
 
 #[test]
@@ -221,32 +241,39 @@ fn tmp_is_private_and_the_host_mount_table_is_unchanged() {
     let l = Layout::new();
     let before = mountinfo();
     let name = format!("sandbox-fs-private-{}", std::process::id());
-    let plan = FsPlan::new(&l.spec()).unwrap();
-    let out = ok(&run(
-        &format!("echo secret > /tmp/{name} && cat /tmp/{name} && cat /proc/self/mountinfo"),
-        Some(plan),
-        None,
-        true,
-    ));
-    assert!(out.starts_with("secret\n"), "{out}");
-    // After pivot_root only the job's own mounts remain in its namespace.
-    let jail_mounts: Vec<&str> = out
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split(' ').nth(4))
-        .collect();
-    assert!(jail_mounts.contains(&"/"), "{out}");
-    for host_only in ["/sys", "/sys/fs/cgroup", "/work"] {
-        assert!(!jail_mounts.contains(&host_only), "{host_only}: {out}");
+    let ways = both_ways(&l.spec());
+    // Made ahead: the templates' namespaces are not the host's.
+    let before = before.len();
+    for (how, plan, _template) in ways {
+        let out = ok(&run(
+            &format!("echo secret > /tmp/{name} && cat /tmp/{name} && cat /proc/self/mountinfo"),
+            Some(plan),
+            None,
+            true,
+        ));
+        assert!(out.starts_with("secret\n"), "{how}: {out}");
+        // After pivot_root only the job's own mounts remain in its namespace.
+        let jail_mounts: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split(' ').nth(4))
+            .collect();
+        assert!(jail_mounts.contains(&"/"), "{out}");
+        for host_only in ["/sys", "/sys/fs/cgroup", "/work"] {
+            assert!(
+                !jail_mounts.contains(&host_only),
+                "{how}: {host_only}: {out}"
+            );
+        }
+        assert!(!Path::new("/tmp").join(&name).exists());
+        let after = mountinfo();
+        let root = l.root().display().to_string();
+        assert!(
+            !after.iter().any(|line| line.contains(&root)),
+            "{how}: a job mount leaked to the host"
+        );
+        assert_eq!(before, after.len(), "{how}: host mount table changed");
     }
-    assert!(!Path::new("/tmp").join(&name).exists());
-    let after = mountinfo();
-    let root = l.root().display().to_string();
-    assert!(
-        !after.iter().any(|line| line.contains(&root)),
-        "a job mount leaked to the host"
-    );
-    assert_eq!(before.len(), after.len(), "host mount table changed");
 }
 
 #[test]
@@ -359,14 +386,15 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
         },
     ];
     spec.working_dir = Some("/work/dir".into());
-    let plan = FsPlan::new(&spec).unwrap();
-    let out = ok(&run(
-        "cat /in/sub/inner.txt; echo; pwd",
-        Some(plan),
-        None,
-        true,
-    ));
-    assert_eq!(out, "inner\n/work/dir\n");
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = ok(&run(
+            "cat /in/sub/inner.txt; echo; pwd",
+            Some(plan),
+            None,
+            true,
+        ));
+        assert_eq!(out, "inner\n/work/dir\n", "{how}");
+    }
 }
 
 #[test]
@@ -386,17 +414,18 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         target: "/job/work/in".into(),
         read_only: true,
     }];
-    let plan = FsPlan::new(&spec).unwrap();
-    let out = ok(&run(
-        "pwd; echo scratch > note && cat note; cat in/data.txt",
-        Some(plan),
-        Some(user),
-        true,
-    ));
-    assert_eq!(out, "/job/work\nscratch\nin-work");
-    // The scratch lived in the job's namespace only.
-    assert!(!l.root().join("job/work/note").exists());
-    assert!(!input.path().join("note").exists());
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = ok(&run(
+            "pwd; echo scratch > note && cat note; cat in/data.txt",
+            Some(plan),
+            Some(user.clone()),
+            true,
+        ));
+        assert_eq!(out, "/job/work\nscratch\nin-work", "{how}");
+        // The scratch lived in the job's namespace only.
+        assert!(!l.root().join("job/work/note").exists(), "{how}");
+        assert!(!input.path().join("note").exists(), "{how}");
+    }
 
     // Inside a bind the working directory must already exist in the source.
     let mut spec = l.spec();
@@ -546,14 +575,11 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
     chown_tree(&l.results(), user.uid, user.gid).unwrap();
     let meta = fs::metadata(l.results().join("out/nested")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
-    let out = ok(&run(
-        script,
-        Some(FsPlan::new(&spec).unwrap()),
-        Some(user.clone()),
-        true,
-    ));
-    // hidepid: the root-owned processes of the host (the plugin, init) are not even listed.
-    assert_eq!(out, format!("wrote\n{}\nself-ok\n", user.uid));
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = ok(&run(script, Some(plan), Some(user.clone()), true));
+        // hidepid: the root-owned processes of the host (the plugin, init) are not even listed.
+        assert_eq!(out, format!("wrote\n{}\nself-ok\n", user.uid), "{how}");
+    }
     assert_eq!(
         fs::read_to_string(l.results().join("out/nested/b")).unwrap(),
         "b\n"
@@ -614,25 +640,80 @@ fn mounts_below_a_system_dir_are_read_only_too_and_device_nodes_work() {
     fs::write(sub.join("seen"), "below").unwrap();
     let mut spec = l.spec();
     spec.system_ro.push(sys.path().to_owned());
-    let plan = FsPlan::new(&spec).unwrap();
-    let out = run(
-        &format!(
-            "cat {sub}/seen; echo; \
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = run(
+            &format!(
+                "cat {sub}/seen; echo; \
              touch {sub}/new 2>/dev/null && echo sub-writable; \
              touch {top}/new 2>/dev/null && echo top-writable; \
              echo x > /dev/null && echo null-ok; head -c 3 /dev/zero | wc -c; \
              head -c 5 /dev/urandom | wc -c; ls -l /dev/null | cut -c1-10",
-            sub = sub.display(),
-            top = sys.path().display()
-        ),
-        Some(plan),
-        None,
-        true,
-    );
-    assert_eq!(
-        ok(&out).lines().collect::<Vec<_>>(),
-        ["below", "null-ok", "3", "5", "crw-rw-rw-"]
-    );
+                sub = sub.display(),
+                top = sys.path().display()
+            ),
+            Some(plan),
+            None,
+            true,
+        );
+        assert_eq!(
+            ok(&out).lines().collect::<Vec<_>>(),
+            ["below", "null-ok", "3", "5", "crw-rw-rw-"],
+            "{how}"
+        );
+    }
     // Only the job's view was read-only.
     fs::write(sub.join("host-can"), "yes").unwrap();
+}
+
+#[test]
+fn a_bind_inside_a_shared_bind_stays_in_the_job() {
+    if skip_unless_supported("a_bind_inside_a_shared_bind_stays_in_the_job") {
+        return;
+    }
+    let l = Layout::new();
+    // An input on a shared mount (as most of a systemd host is): a copy of it made for the job
+    // would stay its peer, and a bind mounted inside that copy would appear on the host.
+    let shared = tempfile::tempdir_in("/var/tmp").unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        shared.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _mounted = HostMount(shared.path().to_owned());
+    nix::mount::mount(
+        None::<&str>,
+        shared.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    fs::create_dir(shared.path().join("sub")).unwrap();
+    let inner = tempfile::tempdir().unwrap();
+    fs::write(inner.path().join("inner.txt"), "inner").unwrap();
+    let mut spec = l.spec();
+    spec.binds = vec![
+        Bind {
+            source: shared.path().to_owned(),
+            target: "/in".into(),
+            read_only: true,
+        },
+        Bind {
+            source: inner.path().to_owned(),
+            target: "/in/sub".into(),
+            read_only: true,
+        },
+    ];
+    let below = shared.path().join("sub").display().to_string();
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = ok(&run("cat /in/sub/inner.txt", Some(plan), None, true));
+        assert_eq!(out, "inner", "{how}");
+        assert!(
+            !mountinfo().iter().any(|line| line.contains(&below)),
+            "{how}: the job's bind appeared on the host at {below}"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use crate::sandbox::cgroup::{
     self, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord, JobCgroup, Mode,
 };
 use crate::sandbox::gpu;
-use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec};
+use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
@@ -23,6 +23,7 @@ use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::spawn::{JobSandbox, PreExecStep, SandboxError, StepFailure};
 
@@ -34,6 +35,53 @@ pub struct HostSandbox {
     /// The job's own uid, held while anything of the job may run, and the outputs given to it
     /// (handed back to root at cleanup, so a later job given the same uid cannot alter them).
     own_uid: Option<(UidLease, Vec<PathBuf>)>,
+    /// What was made before the request came.
+    ahead: Ahead,
+    /// The template the job's root was built on: its namespace lives until cleanup, so its
+    /// teardown comes after the report, not in the job's exit.
+    template: Option<RootTemplate>,
+}
+
+/// The job root a spare monitor can make before its request: the root directory and system
+/// directories of the executions the fork server has seen (the fork server learns them from
+/// the first start, and spares forked after that inherit them).
+static TEMPLATE_FOR: Mutex<Option<(PathBuf, Vec<PathBuf>)>> = Mutex::new(None);
+
+/// What a spare monitor makes while it waits for its request, for whichever job it gets.
+#[derive(Default)]
+pub struct Ahead {
+    root: Option<RootTemplate>,
+    /// Why no root could be made ahead, for the monitor's log.
+    problem: Option<String>,
+}
+
+impl Ahead {
+    /// Make what this process knows how to make ahead (nothing before [`HostSandbox::warm`]).
+    pub fn prepare() -> Ahead {
+        let key = TEMPLATE_FOR
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((root_dir, system_ro)) = key else {
+            return Ahead::default();
+        };
+        match RootTemplate::build(&root_dir, &system_ro) {
+            Ok(t) => Ahead {
+                root: Some(t),
+                problem: None,
+            },
+            Err(e) => Ahead {
+                root: None,
+                problem: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// Whether making it again would be worth it: something was made (and may go stale), or
+    /// nothing failed. A failure (no privilege, an old kernel) would only fail again.
+    pub fn renewable(&self) -> bool {
+        self.problem.is_none()
+    }
 }
 
 impl HostSandbox {
@@ -41,12 +89,23 @@ impl HostSandbox {
         HostSandbox::default()
     }
 
+    /// A sandbox that uses what was made ahead for its job, where that fits.
+    pub fn with_ahead(ahead: Ahead) -> Self {
+        HostSandbox {
+            ahead,
+            ..HostSandbox::default()
+        }
+    }
+
     /// Learn, in this process, what every monitor of an execution like `spec` would otherwise
     /// look up again: the fork server calls it so that the monitors it forks inherit the answer.
     pub fn warm(spec: &MonitorSpec) {
         CgroupManager::warm_cache(&cgroup_config(spec));
         if let Some(fs) = &spec.sandbox.filesystem {
-            mounts::warm(&mounts::default_system_dirs(), &fs.root_dir);
+            let system_ro = mounts::default_system_dirs();
+            mounts::warm(&system_ro, &fs.root_dir);
+            *TEMPLATE_FOR.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((fs.root_dir.clone(), system_ro));
         }
     }
 }
@@ -126,7 +185,23 @@ impl HostSandbox {
             working_dir: working_dir.map(Path::to_path_buf),
             devices,
         };
-        FsPlan::new(&spec).map_err(|e| fs_error(e, job))
+        let planned = match self.ahead.root.take() {
+            Some(template) => match FsPlan::on_template(&spec, &template) {
+                Ok(Some(plan)) => {
+                    self.template = Some(template);
+                    Ok(plan)
+                }
+                Ok(None) => FsPlan::new(&spec),
+                Err(e) => Err(e),
+            },
+            None => {
+                if let Some(problem) = self.ahead.problem.take() {
+                    eprintln!("monitor: no job root was made ahead ({problem}); assembling it now");
+                }
+                FsPlan::new(&spec)
+            }
+        };
+        planned.map_err(|e| fs_error(e, job))
     }
 }
 
@@ -135,7 +210,10 @@ impl HostSandbox {
 /// setup error.
 fn fs_error(e: FsError, spec: &MonitorSpec) -> SandboxError {
     let path = match &e {
-        FsError::RootDir { .. } | FsError::Prepare { .. } | FsError::MountTable { .. } => {
+        FsError::RootDir { .. }
+        | FsError::Prepare { .. }
+        | FsError::MountTable { .. }
+        | FsError::Template(_) => {
             return SandboxError::Setup(format!("assembling the job's filesystem: {e}"));
         }
         FsError::NotAbsolute { path, .. }
@@ -350,6 +428,15 @@ impl JobSandbox for HostSandbox {
         Ok(())
     }
 
+    fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ahead
+            .root
+            .iter()
+            .map(|t| t.as_fd().as_raw_fd())
+            .collect()
+    }
+
     fn cgroup_record(&self) -> Option<CgroupRecord> {
         self.cgroup.as_ref().map(JobCgroup::record)
     }
@@ -393,6 +480,9 @@ impl JobSandbox for HostSandbox {
         self.reclaim_outputs();
         // Only now may the uid go to another job.
         self.own_uid = None;
+        // Every process of the job is gone: the last hold on its mount namespace.
+        self.template = None;
+        self.ahead = Ahead::default();
     }
 
     fn reclaim_outputs(&mut self) {

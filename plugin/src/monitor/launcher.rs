@@ -18,6 +18,7 @@
 //! pidfd. When the plugin goes away the server sees end-of-file and exits; monitors live on,
 //! as they do when they were exec'd.
 
+use super::host_sandbox::Ahead;
 use crate::state::{self, ExecDir, RequestRecord};
 use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -331,7 +332,7 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
             drop(gate_r);
             // SAFETY: the server's socket is not the monitor's to hold.
             unsafe { libc::close(sock.as_raw_fd()) };
-            become_monitor(dir, &stdio)
+            become_monitor(dir, &stdio, Ahead::default())
         }
         pid => {
             drop(stdio);
@@ -356,7 +357,7 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
 
 /// In a forked child of the server: run the monitor of `dir` on the given standard descriptors,
 /// then exit.
-fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3]) -> ! {
+fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3], ahead: Ahead) -> ! {
     // SAFETY: the child owns copies of every descriptor; the standard ones are replaced by the
     // monitor's, and the monitor closes everything above 2 itself.
     unsafe {
@@ -370,7 +371,7 @@ fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3]) -> ! {
         };
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    let code = super::main_in_dir(dir);
+    let code = super::main_in_dir(dir, ahead);
     // SAFETY: the monitor's work is done and flushed; nothing of the plugin's may run.
     unsafe { libc::_exit(code) }
 }
@@ -404,7 +405,17 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                 libc::close(server.as_raw_fd());
                 libc::prctl(libc::PR_SET_NAME, c"exec-spare".as_ptr(), 0, 0, 0);
             }
+            // While it waits, the spare makes what it can of a job's sandbox ahead; made again
+            // now and then, so that it never hands a job the host as it was long ago.
+            let mut ahead = Ahead::prepare();
             let (path, fds) = loop {
+                if !wait_readable(&theirs, AHEAD_RENEW_MS) {
+                    if ahead.renewable() {
+                        drop(ahead);
+                        ahead = Ahead::prepare();
+                    }
+                    continue;
+                }
                 match recv(theirs.as_raw_fd(), MAX_PATH + 1) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Ok((path, fds)) if !path.is_empty() => break (path, fds),
@@ -419,7 +430,7 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
             };
             drop(theirs);
             match <[OwnedFd; 3]>::try_from(fds) {
-                Ok(stdio) => become_monitor(PathBuf::from(OsStr::from_bytes(&path)), &stdio),
+                Ok(stdio) => become_monitor(PathBuf::from(OsStr::from_bytes(&path)), &stdio, ahead),
                 // SAFETY: as above.
                 Err(_) => unsafe { libc::_exit(1) },
             }
@@ -467,6 +478,21 @@ impl Spare {
             }
         }
     }
+}
+
+/// How long a spare keeps what it made ahead before making it again.
+const AHEAD_RENEW_MS: libc::c_int = 30_000;
+
+/// Whether `fd` became readable (or hung up) within `timeout_ms`; false on timeout. An
+/// interrupted or failed poll counts as readable: the read that follows tells.
+fn wait_readable(fd: &OwnedFd, timeout_ms: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd entry.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) != 0 }
 }
 
 fn errno() -> i32 {

@@ -19,7 +19,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use crate::results::{self, OutputSink, StreamSummary};
 use crate::state::{
     self, ExecDir, MonitorRecord, MonitorSpec, ProcId, RequestRecord, ResultRecord, StateError,
 };
-use host_sandbox::HostSandbox;
+use host_sandbox::{Ahead, HostSandbox};
 use spawn::{JobSandbox, SandboxError, SpawnError};
 use supervise::{Outcome, Stop, Supervisor};
 
@@ -201,13 +201,13 @@ where
         Reporter::stdout().send(&e.report());
         return 2;
     };
-    main_in_dir(dir)
+    main_in_dir(dir, Ahead::default())
 }
 
 /// The monitor of the execution whose state directory is `dir`, with its report channel on fd 1
 /// and its own log on fd 2; whether it was exec'd or forked by the [`launcher`]. Returns the
 /// process exit code.
-pub fn main_in_dir(dir: PathBuf) -> i32 {
+pub fn main_in_dir(dir: PathBuf, ahead: Ahead) -> i32 {
     // A forked monitor carries the plugin's command line: its name tells them apart in `ps`.
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"exec-monitor".as_ptr(), 0, 0, 0) };
@@ -217,7 +217,11 @@ pub fn main_in_dir(dir: PathBuf) -> i32 {
         eprintln!("monitor: blocking signals: {e}");
     }
     let mut reporter = Reporter::stdout();
-    match run(&ExecDir::at(dir), &mut HostSandbox::new(), &mut reporter) {
+    match run(
+        &ExecDir::at(dir),
+        &mut HostSandbox::with_ahead(ahead),
+        &mut reporter,
+    ) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("monitor: {e}");
@@ -298,7 +302,7 @@ pub fn run(
     sandbox: &mut dyn JobSandbox,
     reporter: &mut Reporter,
 ) -> Result<(), MonitorError> {
-    detach();
+    detach(&sandbox.kept_fds());
     let record: RequestRecord = state::read_json(&dir.request())?;
     let spec = record.monitor;
     let me = ProcId::of(std::process::id() as i32).map_err(setup("reading own start time"))?;
@@ -484,7 +488,7 @@ fn supervise_job(
 
 /// Own session (the plugin's signals and terminal don't reach us), child subreaper (orphans of
 /// the job come to us), and nothing inherited from the plugin kept open.
-fn detach() {
+fn detach(keep: &[RawFd]) {
     // SAFETY: plain syscalls. setsid fails only if we already lead a group, which is fine.
     unsafe {
         libc::setsid();
@@ -495,16 +499,37 @@ fn detach() {
             );
         }
     }
-    close_from(3);
+    close_from(3, keep);
 }
 
 /// Close every descriptor from `first` up, whatever the plugin left open: an inherited copy of
 /// the plugin's protocol pipe would keep its host from ever seeing EOF, and nothing of it may
-/// reach the job. Everything the monitor needs is opened after this.
-fn close_from(first: u32) {
-    // SAFETY: nothing of ours is open at or above `first` yet.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    if rc == 0 {
+/// reach the job. Everything the monitor needs is opened after this, but for `keep`: what its
+/// sandbox made ahead (a spare's).
+fn close_from(first: u32, keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|fd| u32::try_from(*fd).ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = first;
+    let mut closed = true;
+    for kept in keep.iter().copied().map(Some).chain([None]) {
+        let to = match kept {
+            Some(k) if k == from => {
+                from = k + 1;
+                continue;
+            }
+            Some(k) => k - 1,
+            None => u32::MAX,
+        };
+        // SAFETY: nothing of ours is open in this range yet.
+        closed &= unsafe { libc::syscall(libc::SYS_close_range, from, to, 0) } == 0;
+        from = kept.map_or(u32::MAX, |k| k + 1);
+    }
+    if closed {
         return;
     }
     // Older kernels: walk our descriptors (collected first: read_dir holds one itself).
@@ -512,7 +537,7 @@ fn close_from(first: u32) {
         let fds: Vec<i32> = entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd >= first as i32)
+            .filter(|fd| *fd >= first as i32 && !keep.contains(&(*fd as u32)))
             .collect();
         for fd in fds {
             // SAFETY: closing a descriptor nothing of ours uses; a stale one just fails.

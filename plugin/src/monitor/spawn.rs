@@ -106,6 +106,11 @@ pub enum SandboxError {
 /// What a sandbox (cgroups, rlimits, namespaces) adds to the plain process-tree monitor.
 /// Every method has a default that does nothing, so the monitor works without one.
 pub trait JobSandbox {
+    /// Descriptors made before the monitor started (by a spare, ahead of its request) that it
+    /// must keep when it closes everything it inherited.
+    fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
     /// Everything that can fail, done before the fork (e.g. create the cgroup). After an error
     /// the monitor still calls [`cleanup`](Self::cleanup).
     fn prepare(&mut self, _spec: &MonitorSpec) -> Result<(), SandboxError> {

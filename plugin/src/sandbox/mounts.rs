@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -138,6 +139,8 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+    #[error("preparing a job root ahead of time: {0}")]
+    Template(String),
     #[error("reading the mount table: {source}")]
     MountTable {
         #[source]
@@ -259,6 +262,16 @@ enum Step {
     Chdir {
         path: CString,
     },
+    /// Enters the mount namespace of a [`RootTemplate`] (`setns`): its root becomes ours.
+    EnterTemplate {
+        ns: RawFd,
+    },
+    /// Attaches a detached bind (made with `open_tree` before the fork, its flags already set)
+    /// at `target` (`move_mount`).
+    Attach {
+        tree: RawFd,
+        target: CString,
+    },
 }
 
 /// `struct mount_attr` of mount_setattr(2).
@@ -271,6 +284,8 @@ struct MountAttr {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 
@@ -471,6 +486,25 @@ impl Step {
             Step::PivotRoot { root } => pivot_root(root),
             // SAFETY: `path` is NUL-terminated.
             Step::Chdir { path } => cvt(unsafe { libc::chdir(path.as_ptr()) }),
+            // SAFETY: a namespace descriptor the plan's template keeps open.
+            Step::EnterTemplate { ns } => cvt(unsafe { libc::setns(*ns, libc::CLONE_NEWNS) }),
+            Step::Attach { tree, target } => {
+                // SAFETY: a detached mount the plan keeps open, a NUL-terminated target.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        *tree,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                if r == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -498,10 +532,199 @@ fn pivot_root(root: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::chdir(c"/".as_ptr()) })
 }
 
+/// A copy of `source` as a detached mount (`open_tree(OPEN_TREE_CLONE)`), private, nosuid,
+/// nodev and, when asked, read-only: made where `source` can be reached, attached by a child
+/// that has entered a [`RootTemplate`].
+fn detached_bind(source: &Path, read_only: bool, recursive: bool) -> Result<OwnedFd, FsError> {
+    let fail = |e: io::Error| FsError::Source {
+        what: "bind source",
+        path: source.to_owned(),
+        source: e,
+    };
+    let c = cstring("bind source", source)?;
+    let recursive_flag = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive_flag,
+        )
+    };
+    if fd < 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor from open_tree, owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        // A copy of a shared mount would stay a peer of the host's: a bind mounted inside it
+        // later would appear on the host.
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | recursive_flag;
+    if mount_setattr(tree.as_raw_fd(), c"", flags, &attr) == -1 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    Ok(tree)
+}
+
+/// A mount namespace holding what every job's root has — the system directories read-only,
+/// `/tmp`, `/proc`, `/dev` — already made its root, built before any job asks for it (a spare
+/// monitor builds one while it waits). A job's child then enters it with one `setns` and adds
+/// only its own binds ([`FsPlan::on_template`]), instead of copying the host's namespace and
+/// making some twenty mounts, inodes and an unmount on the start path. The namespace lives as
+/// long as this descriptor, so dropping it after the result is reported also moves its teardown
+/// off the path. One template serves one job: the job's binds are added to it.
+pub struct RootTemplate {
+    ns: OwnedFd,
+    root_dir: PathBuf,
+    system_ro: Vec<PathBuf>,
+}
+
+impl RootTemplate {
+    /// Build one in a forked child, which assembles the root, enters it and waits until this
+    /// process holds its namespace.
+    pub fn build(root_dir: &Path, system_ro: &[PathBuf]) -> Result<RootTemplate, FsError> {
+        let fail = |what: &str, e: io::Error| FsError::Template(format!("{what}: {e}"));
+        if !has_mount_setattr() {
+            return Err(FsError::Template(
+                "the kernel lacks mount_setattr (Linux 5.12) or refuses it".into(),
+            ));
+        }
+        let spec = FsSpec {
+            root_dir: root_dir.to_owned(),
+            system_ro: system_ro.to_vec(),
+            binds: Vec::new(),
+            working_dir: None,
+            devices: Vec::new(),
+        };
+        let plan = FsPlan::build(&spec, Layout::Template)?;
+        let (ready_r, ready_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
+        let (hold_r, hold_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
+        // SAFETY: the child makes only async-signal-safe system calls on data prepared before
+        // the fork, and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(fail("fork", io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: the child's copies of the descriptors; raw system calls, then `_exit`.
+            unsafe {
+                libc::close(ready_r.as_raw_fd());
+                libc::close(hold_w.as_raw_fd());
+                let mut report = [0u8; 12];
+                if let Err((i, e)) = plan.apply_at() {
+                    report[..4].copy_from_slice(&1u32.to_ne_bytes());
+                    report[4..8].copy_from_slice(&(i as u32).to_ne_bytes());
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    report[8..].copy_from_slice(&errno.to_ne_bytes());
+                }
+                libc::write(ready_w.as_raw_fd(), report.as_ptr().cast(), report.len());
+                // Alive until the parent holds the namespace (it closes its end).
+                let mut b = [0u8; 1];
+                while libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::_exit(0)
+            }
+        }
+        drop((ready_w, hold_r));
+        let mut report = [0u8; 12];
+        let n = loop {
+            // SAFETY: reading into our own buffer.
+            let n = unsafe { libc::read(ready_r.as_raw_fd(), report.as_mut_ptr().cast(), 12) };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
+        let word = |i: usize| [report[i], report[i + 1], report[i + 2], report[i + 3]];
+        let built = if n != 12 {
+            Err(FsError::Template(
+                "the child building it exited without a word".into(),
+            ))
+        } else if u32::from_ne_bytes(word(0)) != 0 {
+            let step = plan.describe_step(u32::from_ne_bytes(word(4)) as usize);
+            let e = io::Error::from_raw_os_error(i32::from_ne_bytes(word(8)));
+            Err(FsError::Template(format!("{step}: {e}")))
+        } else {
+            fs::File::open(format!("/proc/{pid}/ns/mnt"))
+                .map(OwnedFd::from)
+                .map_err(|e| fail("opening its namespace", e))
+        };
+        drop(hold_w);
+        let mut status = 0;
+        // SAFETY: our own child, which leaves now that its hold is closed.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+        Ok(RootTemplate {
+            ns: built?,
+            root_dir: root_dir.to_owned(),
+            system_ro: system_ro.to_vec(),
+        })
+    }
+
+    /// Whether it was made for jobs like `spec`'s: the same root directory and system
+    /// directories, and no device nodes to add (its `/dev` is read-only).
+    fn fits(&self, spec: &FsSpec) -> bool {
+        spec.root_dir == self.root_dir
+            && spec.system_ro == self.system_ro
+            && spec.devices.is_empty()
+    }
+}
+
+impl std::os::fd::AsFd for RootTemplate {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ns.as_fd()
+    }
+}
+
+impl std::fmt::Debug for RootTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootTemplate")
+            .field("root_dir", &self.root_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// The validated, fully prepared filesystem of one job.
 #[derive(Debug, Clone)]
 pub struct FsPlan {
     steps: Vec<Step>,
+    /// The detached binds that [`Step::Attach`] steps name by descriptor: held open here.
+    _trees: std::sync::Arc<Vec<OwnedFd>>,
+}
+
+/// What [`FsPlan::build`] plans.
+#[derive(Clone, Copy)]
+enum Layout<'a> {
+    /// Everything, in a copy of the host's mount namespace: what a job's child does alone.
+    Full,
+    /// Only what every job gets (system directories, `/tmp`, `/proc`, `/dev`), ending in the
+    /// root: the plan of a [`RootTemplate`].
+    Template,
+    /// Only the job's own mounts, inside a [`RootTemplate`].
+    OnTemplate(&'a RootTemplate),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,6 +769,16 @@ enum Entry {
 }
 
 impl Entry {
+    /// Whether every job has this mount (a system directory, `/tmp`, `/proc`, `/dev`): what a
+    /// [`RootTemplate`] holds. Only system directories are bound recursively.
+    fn in_template(&self) -> bool {
+        match self {
+            Entry::Bind { recursive, .. } => *recursive,
+            Entry::Tmpfs(target) => target == Path::new("/tmp"),
+            Entry::Proc | Entry::Dev => true,
+        }
+    }
+
     fn target(&self) -> &Path {
         match self {
             Entry::Bind { target, .. } => target,
@@ -761,7 +994,30 @@ impl FsPlan {
     /// Validates `spec`, creates the mount points that belong in `root_dir` and plans every
     /// system call the child makes.
     pub fn new(spec: &FsSpec) -> Result<FsPlan, FsError> {
+        FsPlan::build(spec, Layout::Full)
+    }
+
+    /// The plan for `spec` on top of `template`: the child enters the template's namespace and
+    /// adds only what is the job's own (its binds, a scratch working directory). `None` when
+    /// the template was not made for this spec (another root, other system directories, or
+    /// device nodes to add to its read-only `/dev`): then [`FsPlan::new`] is the plan.
+    pub fn on_template(spec: &FsSpec, template: &RootTemplate) -> Result<Option<FsPlan>, FsError> {
+        if !template.fits(spec) {
+            return Ok(None);
+        }
+        FsPlan::build(spec, Layout::OnTemplate(template)).map(Some)
+    }
+
+    fn build(spec: &FsSpec, layout: Layout<'_>) -> Result<FsPlan, FsError> {
         let root = prepare_root(&spec.root_dir)?;
+        let on_template = matches!(layout, Layout::OnTemplate(_));
+        // Where the child makes its mounts: below the root directory in a copy of the host's
+        // namespace, or at the job's own paths once it is inside the template.
+        let base = if on_template {
+            PathBuf::from("/")
+        } else {
+            root.clone()
+        };
         let table = if has_mount_setattr() {
             String::new()
         } else {
@@ -843,37 +1099,51 @@ impl FsPlan {
         // directories come before the sandbox's own mounts, which come before the job's binds.
         entries.sort_by_key(|e| depth(e.target()));
 
-        let mut steps = vec![
-            Step::Unshare,
-            // Nothing mounted from here on may propagate back to the host.
-            Step::Mount {
-                source: None,
-                target: c"/".to_owned(),
-                fstype: None,
-                flags: libc::MS_REC | libc::MS_PRIVATE,
-                data: None,
-            },
-            // The root is a fresh tmpfs that only this mount namespace sees: pivot_root needs a
-            // mount point, and its mount points are made by the child in memory, where making
-            // them costs nothing and leaves nothing to clean up, instead of as a dozen inodes on
-            // the state directory's disk for every execution.
-            Step::Mount {
-                source: Some(c"tmpfs".to_owned()),
-                target: cstring("root directory", &root)?,
-                fstype: Some(c"tmpfs".to_owned()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(c"mode=755,size=64k".to_owned()),
-            },
-        ];
-        for (link, text) in &link_steps {
-            steps.push(Step::Symlink {
-                target: cstring("system directory", text)?,
-                link: cstring("system directory", link)?,
+        let mut steps = Vec::new();
+        let mut trees = Vec::new();
+        if let Layout::OnTemplate(t) = layout {
+            steps.push(Step::EnterTemplate {
+                ns: t.ns.as_raw_fd(),
             });
+        } else {
+            steps.extend([
+                Step::Unshare,
+                // Nothing mounted from here on may propagate back to the host.
+                Step::Mount {
+                    source: None,
+                    target: c"/".to_owned(),
+                    fstype: None,
+                    flags: libc::MS_REC | libc::MS_PRIVATE,
+                    data: None,
+                },
+                // The root is a fresh tmpfs that only this mount namespace sees: pivot_root
+                // needs a mount point, and its mount points are made by the child in memory,
+                // where making them costs nothing and leaves nothing to clean up, instead of as
+                // a dozen inodes on the state directory's disk for every execution.
+                Step::Mount {
+                    source: Some(c"tmpfs".to_owned()),
+                    target: cstring("root directory", &root)?,
+                    fstype: Some(c"tmpfs".to_owned()),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    data: Some(c"mode=755,size=64k".to_owned()),
+                },
+            ]);
+            for (link, text) in &link_steps {
+                steps.push(Step::Symlink {
+                    target: cstring("system directory", text)?,
+                    link: cstring("system directory", link)?,
+                });
+            }
         }
         for (i, entry) in entries.iter().enumerate() {
+            if on_template && entry.in_template() {
+                continue;
+            }
+            if matches!(layout, Layout::Template) && !entry.in_template() {
+                continue;
+            }
             let target = entry.target();
-            let host_target = root.join(relative(target));
+            let host_target = base.join(relative(target));
             let host_c = cstring("bind target", &host_target)?;
             // Where the mount point lives: in the root or another of the child's tmpfs mounts
             // (made by the child), or inside an earlier bind (must already exist there).
@@ -886,11 +1156,11 @@ impl FsPlan {
                 _ => ("sandbox mount", Kind::Dir),
             };
             match outer {
-                None => mount_point_steps(&mut steps, what, &root, &relative(target), kind)?,
+                None => mount_point_steps(&mut steps, what, &base, &relative(target), kind)?,
                 Some(Entry::Tmpfs(tmpfs)) => mount_point_steps(
                     &mut steps,
                     what,
-                    &root.join(relative(tmpfs)),
+                    &base.join(relative(tmpfs)),
                     &relative(target.strip_prefix(tmpfs).unwrap_or(target)),
                     kind,
                 )?,
@@ -917,6 +1187,20 @@ impl FsPlan {
             }
 
             match entry {
+                Entry::Bind {
+                    source,
+                    read_only,
+                    recursive,
+                    ..
+                } if on_template => {
+                    // Outside the template's namespace the source is out of reach: the bind is
+                    // made here, detached, and attached by the child.
+                    trees.push(detached_bind(source, *read_only, *recursive)?);
+                    steps.push(Step::Attach {
+                        tree: trees.last().map_or(-1, |t: &OwnedFd| t.as_raw_fd()),
+                        target: host_c,
+                    });
+                }
                 Entry::Bind {
                     source,
                     read_only,
@@ -985,21 +1269,44 @@ impl FsPlan {
             }
         }
 
-        // Every mount point exists now; the root itself becomes read-only so a job running as
-        // root cannot leave files in the execution's directory.
         let root_c = cstring("root directory", &root)?;
-        steps.push(Step::Mount {
-            source: None,
-            target: root_c.clone(),
-            fstype: None,
-            flags: RO_BIND,
-            data: None,
-        });
-        steps.push(Step::PivotRoot { root: root_c });
+        match layout {
+            Layout::Template => {
+                // Enter the root, as a job would; the root stays writable until a job's own
+                // mount points are made in it.
+                steps.push(Step::PivotRoot { root: root_c });
+            }
+            Layout::OnTemplate(_) => {
+                // The child's root is the template's: every mount point exists now, and the
+                // root becomes read-only as below.
+                steps.push(Step::Mount {
+                    source: None,
+                    target: c"/".to_owned(),
+                    fstype: None,
+                    flags: RO_BIND,
+                    data: None,
+                });
+            }
+            Layout::Full => {
+                // Every mount point exists now; the root itself becomes read-only so a job
+                // running as root cannot leave files in the execution's directory.
+                steps.push(Step::Mount {
+                    source: None,
+                    target: root_c.clone(),
+                    fstype: None,
+                    flags: RO_BIND,
+                    data: None,
+                });
+                steps.push(Step::PivotRoot { root: root_c });
+            }
+        }
         steps.push(Step::Chdir {
             path: cstring("working directory", &workdir)?,
         });
-        Ok(FsPlan { steps })
+        Ok(FsPlan {
+            steps,
+            _trees: std::sync::Arc::new(trees),
+        })
     }
 
     /// Builds the job's filesystem and makes it the calling process's root. Async-signal-safe
@@ -1057,6 +1364,8 @@ impl FsPlan {
             Step::Proc { target } => format!("mount proc on {}", show(target)),
             Step::PivotRoot { root } => format!("entering the job's root {}", show(root)),
             Step::Chdir { path } => format!("changing into the working directory {}", show(path)),
+            Step::EnterTemplate { .. } => "entering the job's prepared root".into(),
+            Step::Attach { target, .. } => format!("attaching the bind at {}", show(target)),
         }
     }
 }
