@@ -121,6 +121,27 @@ fn jailed_job_over_stdio() {
     );
     assert!(!data.join("g").exists());
     assert!(!state.join("executions/good/root").exists());
+
+    // The plugin's next monitors have a job root made ahead (a template their job's child
+    // enters and adds its binds to): the same job sees the same filesystem.
+    for (id, exec) in [(5, "again"), (6, "and-again")] {
+        let r = p.call(
+            id,
+            "executor_run",
+            json!([request(exec, local_input(&data, "/data"), &script)]),
+        );
+        let r = &r["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {r}");
+        assert_eq!(
+            r["Stdout"], "4242\n/outputs\ninput data\nread-only\nstate-hidden\n",
+            "{exec}: {r}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(results.join(exec).join("out/made.txt")).unwrap(),
+            "made here\n"
+        );
+    }
+    assert!(!data.join("g").exists());
 }
 
 /// The field problems of an `InvalidParams` answer, as `field: message` lines.

@@ -601,6 +601,12 @@ impl RootTemplate {
                 "the kernel lacks mount_setattr (Linux 5.12) or refuses it".into(),
             ));
         }
+        // As a monitor makes it for its job (shared by every job, never removed).
+        match fs::create_dir(root_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(&format!("creating {}", root_dir.display()), e)),
+        }
         let spec = FsSpec {
             root_dir: root_dir.to_owned(),
             system_ro: system_ro.to_vec(),
