@@ -1010,6 +1010,7 @@ type Launch = (Option<Child>, OwnedFd, Option<ReportChannel>);
 /// detaches into its own session so it outlives us.
 fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, ExecutorError> {
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
+    crate::timing::mark("p.blocking");
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
     std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
@@ -1028,6 +1029,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
     let log =
         std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    crate::timing::mark("p.files");
     let (child, fd, mut channel) = match launcher::installed() {
         Some(l) => match fork_monitor(l, dir, &lock, &log) {
             Err(LaunchError::Unavailable(e)) => {

@@ -458,6 +458,22 @@ impl JobSandbox for HostSandbox {
         }
     }
 
+    fn final_usage(&self) -> Option<crate::state::FinalUsage> {
+        match self.cgroup.as_ref()?.final_stats() {
+            Ok(s) => Some(crate::state::FinalUsage {
+                memory_peak_bytes: s.memory_peak,
+                cpu_usec: s.cpu_usage_usec,
+                pids: s.pids_current,
+                throttled_periods: s.nr_throttled,
+                throttled_usec: s.throttled_usec,
+            }),
+            Err(e) => {
+                eprintln!("monitor: reading the job's final usage: {e}");
+                None
+            }
+        }
+    }
+
     fn oom_killed(&self) -> bool {
         match self.cgroup.as_ref().map(JobCgroup::oom_killed) {
             Some(Ok(killed)) => killed,

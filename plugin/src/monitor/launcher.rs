@@ -19,6 +19,7 @@
 //! as they do when they were exec'd.
 
 use super::host_sandbox::Ahead;
+use super::Early;
 use crate::state::{self, ExecDir, RequestRecord};
 use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -138,6 +139,7 @@ impl Launcher {
             unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
             return Err(LaunchError::Unavailable(e.into()));
         }
+        crate::timing::mark("p.sent");
         let (answer, fds) = recv(sock.as_raw_fd(), 8).map_err(LaunchError::Server)?;
         drop(sock);
         if std::env::var_os(SELFTEST_LOSE_ANSWER).is_some() {
@@ -254,6 +256,7 @@ fn serve(sock: OwnedFd) -> ! {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
+            crate::timing::mark("s.recv");
             let (pid, errno, pidfd) = match <[OwnedFd; 3]>::try_from(fds) {
                 Ok(stdio) => match spare.take().map(|s| s.hand(&path, &stdio)) {
                     Some(Ok((pid, pidfd))) => (pid, 0, Some(pidfd)),
@@ -332,7 +335,7 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
             drop(gate_r);
             // SAFETY: the server's socket is not the monitor's to hold.
             unsafe { libc::close(sock.as_raw_fd()) };
-            become_monitor(dir, &stdio, Ahead::default())
+            become_monitor(dir, &stdio, Ahead::default(), Early::default())
         }
         pid => {
             drop(stdio);
@@ -357,7 +360,7 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
 
 /// In a forked child of the server: run the monitor of `dir` on the given standard descriptors,
 /// then exit.
-fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3], ahead: Ahead) -> ! {
+fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3], ahead: Ahead, early: Early) -> ! {
     // SAFETY: the child owns copies of every descriptor; the standard ones are replaced by the
     // monitor's, and the monitor closes everything above 2 itself.
     unsafe {
@@ -371,7 +374,7 @@ fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3], ahead: Ahead) -> ! {
         };
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    let code = super::main_in_dir(dir, ahead);
+    let code = super::main_in_dir(dir, ahead, early);
     // SAFETY: the monitor's work is done and flushed; nothing of the plugin's may run.
     unsafe { libc::_exit(code) }
 }
@@ -407,6 +410,7 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
             }
             // While it waits, the spare makes what it can of a job's sandbox ahead; made again
             // now and then, so that it never hands a job the host as it was long ago.
+            let early = Early::now();
             let mut ahead = Ahead::prepare();
             let (path, fds) = loop {
                 if !wait_readable(&theirs, AHEAD_RENEW_MS) {
@@ -428,9 +432,15 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                     Err(_) => unsafe { libc::_exit(1) },
                 }
             };
+            crate::timing::mark("s.spare_recv");
             drop(theirs);
             match <[OwnedFd; 3]>::try_from(fds) {
-                Ok(stdio) => become_monitor(PathBuf::from(OsStr::from_bytes(&path)), &stdio, ahead),
+                Ok(stdio) => become_monitor(
+                    PathBuf::from(OsStr::from_bytes(&path)),
+                    &stdio,
+                    ahead,
+                    early,
+                ),
                 // SAFETY: as above.
                 Err(_) => unsafe { libc::_exit(1) },
             }

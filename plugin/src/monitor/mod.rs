@@ -27,9 +27,7 @@ use executor_schema::RunCommandResult;
 use serde::{Deserialize, Serialize};
 
 use crate::results::{self, OutputSink, StreamSummary};
-use crate::state::{
-    self, ExecDir, MonitorRecord, MonitorSpec, ProcId, RequestRecord, ResultRecord, StateError,
-};
+use crate::state::{self, ExecDir, MonitorRecord, MonitorSpec, ProcId, ResultRecord, StateError};
 use host_sandbox::{Ahead, HostSandbox};
 use spawn::{JobSandbox, SandboxError, SpawnError};
 use supervise::{Outcome, Stop, Supervisor};
@@ -201,13 +199,13 @@ where
         Reporter::stdout().send(&e.report());
         return 2;
     };
-    main_in_dir(dir, Ahead::default())
+    main_in_dir(dir, Ahead::default(), Early::default())
 }
 
 /// The monitor of the execution whose state directory is `dir`, with its report channel on fd 1
 /// and its own log on fd 2; whether it was exec'd or forked by the [`launcher`]. Returns the
 /// process exit code.
-pub fn main_in_dir(dir: PathBuf, ahead: Ahead) -> i32 {
+pub fn main_in_dir(dir: PathBuf, ahead: Ahead, early: Early) -> i32 {
     // A forked monitor carries the plugin's command line: its name tells them apart in `ps`.
     // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"exec-monitor".as_ptr(), 0, 0, 0) };
@@ -221,6 +219,7 @@ pub fn main_in_dir(dir: PathBuf, ahead: Ahead) -> i32 {
         &ExecDir::at(dir),
         &mut HostSandbox::with_ahead(ahead),
         &mut reporter,
+        early,
     ) {
         Ok(()) => 0,
         Err(e) => {
@@ -301,11 +300,20 @@ pub fn run(
     dir: &ExecDir,
     sandbox: &mut dyn JobSandbox,
     reporter: &mut Reporter,
+    early: Early,
 ) -> Result<(), MonitorError> {
-    detach(&sandbox.kept_fds());
-    let record: RequestRecord = state::read_json(&dir.request())?;
-    let spec = record.monitor;
-    let me = ProcId::of(std::process::id() as i32).map_err(setup("reading own start time"))?;
+    if !early.detached {
+        detach_session();
+    }
+    close_from(3, &sandbox.kept_fds());
+    crate::timing::mark("m.detached");
+    let spec = state::read_json::<MonitorPart>(&dir.request())?.monitor;
+    crate::timing::mark("m.read");
+    let me = match early.me {
+        Some(me) => me,
+        None => ProcId::of(std::process::id() as i32).map_err(setup("reading own start time"))?,
+    };
+    crate::timing::mark("m.procid");
     let mut mon = MonitorRecord {
         monitor: me,
         job: None,
@@ -329,7 +337,7 @@ pub fn run(
     // The OOM counter lives in the cgroup: read before cleanup removes it.
     crate::timing::mark("m.supervised");
     let oom_killed = sandbox.oom_killed();
-    let usage = final_usage(&mon);
+    let usage = sandbox.final_usage();
     crate::timing::mark("m.cleaned");
     // When supervision ended normally the supervisor has killed and reaped the whole job.
     // Otherwise (its loop failed, or the job never ran) kill through the cgroup now and wait
@@ -383,24 +391,6 @@ fn flush(dir: &ExecDir, spec: &MonitorSpec) {
         });
         if let Err(e) = synced {
             eprintln!("monitor: flushing {} to disk: {e}", path.display());
-        }
-    }
-}
-
-/// The job's totals from its cgroup, which cleanup is about to remove (none without a cgroup).
-fn final_usage(mon: &MonitorRecord) -> Option<state::FinalUsage> {
-    let cg = crate::sandbox::cgroup::JobCgroup::from_record(mon.cgroup.as_ref()?).ok()?;
-    match cg.stats() {
-        Ok(s) => Some(state::FinalUsage {
-            memory_peak_bytes: s.memory_peak,
-            cpu_usec: s.cpu_usage_usec,
-            pids: s.pids_current,
-            throttled_periods: s.nr_throttled,
-            throttled_usec: s.throttled_usec,
-        }),
-        Err(e) => {
-            eprintln!("monitor: reading the job's final usage: {e}");
-            None
         }
     }
 }
@@ -488,7 +478,7 @@ fn supervise_job(
 
 /// Own session (the plugin's signals and terminal don't reach us), child subreaper (orphans of
 /// the job come to us), and nothing inherited from the plugin kept open.
-fn detach(keep: &[RawFd]) {
+fn detach_session() {
     // SAFETY: plain syscalls. setsid fails only if we already lead a group, which is fine.
     unsafe {
         libc::setsid();
@@ -499,7 +489,30 @@ fn detach(keep: &[RawFd]) {
             );
         }
     }
-    close_from(3, keep);
+}
+
+/// What a spare monitor does for itself before its request comes: its own session (and
+/// subreaper role), and its start time read once.
+#[derive(Debug, Default)]
+pub struct Early {
+    detached: bool,
+    me: Option<ProcId>,
+}
+
+impl Early {
+    pub fn now() -> Early {
+        detach_session();
+        Early {
+            detached: true,
+            me: ProcId::of(std::process::id() as i32).ok(),
+        }
+    }
+}
+
+/// The part of `request.json` the monitor reads: the wire request in it is only skipped over.
+#[derive(Deserialize)]
+struct MonitorPart {
+    monitor: MonitorSpec,
 }
 
 /// Close every descriptor from `first` up, whatever the plugin left open: an inherited copy of

@@ -131,6 +131,11 @@ pub trait JobSandbox {
     fn kill_all(&mut self) -> bool {
         false
     }
+    /// The job's totals from its cgroup, read once everything of it has exited and before
+    /// cleanup removes the cgroup (none without one).
+    fn final_usage(&self) -> Option<crate::state::FinalUsage> {
+        None
+    }
     /// Whether the kernel's OOM killer killed a process of the job.
     fn oom_killed(&self) -> bool {
         false

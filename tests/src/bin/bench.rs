@@ -485,17 +485,25 @@ fn check_ok(what: &str, r: &RunCommandResult) -> Res<()> {
 
 /// The timing marks of `executor_plugin::timing`, in the order a start normally passes them,
 /// with what happens between the previous mark and this one.
-const MARKS: [(&str, &str); 18] = [
+const MARKS: [(&str, &str); 26] = [
     ("p.start_request", "plugin: request read and decoded"),
     ("p.uid_leased", "validate, lease a job uid"),
     (
         "p.before_launch",
         "build the monitor spec, register the execution",
     ),
+    ("p.blocking", "TEMP"),
+    ("p.files", "TEMP"),
+    ("p.sent", "TEMP"),
+    ("s.recv", "TEMP"),
+    ("s.spare_recv", "TEMP"),
     (
         "m.main",
         "state dir (its flock is the start lock), request.json, monitor log; handed to the spare",
     ),
+    ("m.detached", "TEMP"),
+    ("m.read", "TEMP"),
+    ("m.procid", "TEMP"),
     (
         "m.request_read",
         "monitor: detach, read request.json and its own start time, write monitor.json",
@@ -609,6 +617,16 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
         plug.push(t.elapsed().as_secs_f64() * 1e3);
         check_ok("latency run", &r)?;
     }
+    let mut nulls = Vec::new();
+    for _ in 0..400 {
+        let t = Instant::now();
+        h.exec.is_installed().await?;
+        nulls.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    rep.note(
+        "TEMP_null_rpc_p50_ms",
+        json!(percentile(&sorted(nulls), 0.5)),
+    );
     // Where the time goes: executor_start answers once the monitor reports the job running,
     // executor_wait once the monitor has written the result and exited.
     let mut starts = Vec::new();

@@ -146,6 +146,14 @@ pub(crate) struct ResolvedLimits {
     pub pids: Option<u64>,
 }
 
+/// Which figures [`JobCgroup`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    All,
+    /// Not the current memory use or the refused forks.
+    Totals,
+}
+
 /// Live usage of a job cgroup; `None` where this host does not account it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupStats {
@@ -869,10 +877,26 @@ impl JobCgroup {
     }
 
     pub fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        self.read_stats(Reading::All)
+    }
+
+    /// What a finished job's totals need (peak memory, CPU time and throttling, processes
+    /// left), read once everything of it has exited: none of the figures that only mean
+    /// something while it runs. Each file less is one read less between the job's exit and
+    /// its result.
+    pub fn final_stats(&self) -> Result<CgroupStats, CgroupError> {
+        self.read_stats(Reading::Totals)
+    }
+
+    fn read_stats(&self, reading: Reading) -> Result<CgroupStats, CgroupError> {
         let mut stats = CgroupStats::default();
-        v1::stats(|c| self.v1_dir(c).map(Path::to_path_buf), &mut stats)?;
+        v1::stats(
+            |c| self.v1_dir(c).map(Path::to_path_buf),
+            &mut stats,
+            reading,
+        )?;
         if let Some(dir) = self.v2_dir() {
-            v2::stats(dir, &mut stats)?;
+            v2::stats(dir, &mut stats, reading)?;
         }
         Ok(stats)
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::detect::V1Mount;
 use super::fsio;
-use super::{CgroupError, CgroupStats, ResolvedLimits, CPU_PERIOD_US};
+use super::{CgroupError, CgroupStats, Reading, ResolvedLimits, CPU_PERIOD_US};
 
 /// A hierarchy with this plugin's base directory in it.
 #[derive(Debug, Clone)]
@@ -100,9 +100,13 @@ pub(crate) fn oom_kills(memory_leaf: &Path) -> Result<u64, CgroupError> {
 pub(crate) fn stats(
     leaf_of: impl Fn(&str) -> Option<PathBuf>,
     stats: &mut CgroupStats,
+    reading: Reading,
 ) -> Result<(), CgroupError> {
+    let all = reading == Reading::All;
     if let Some(dir) = leaf_of("memory") {
-        stats.memory_current = fsio::read_u64(&dir.join("memory.usage_in_bytes"))?;
+        if all {
+            stats.memory_current = fsio::read_u64(&dir.join("memory.usage_in_bytes"))?;
+        }
         stats.memory_peak = fsio::read_u64(&dir.join("memory.max_usage_in_bytes"))?;
     }
     if let Some(dir) = leaf_of("cpuacct") {
@@ -117,8 +121,10 @@ pub(crate) fn stats(
     }
     if let Some(dir) = leaf_of("pids") {
         stats.pids_current = fsio::read_u64(&dir.join("pids.current"))?;
-        stats.fork_failures = fsio::read_optional(&dir.join("pids.events"))?
-            .and_then(|text| fsio::keyed(&text, "max"));
+        if all {
+            stats.fork_failures = fsio::read_optional(&dir.join("pids.events"))?
+                .and_then(|text| fsio::keyed(&text, "max"));
+        }
     }
     Ok(())
 }

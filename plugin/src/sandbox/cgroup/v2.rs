@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::fsio::{self, io_err};
-use super::{CgroupError, CgroupStats, ResolvedLimits, CPU_PERIOD_US, SUPERVISOR_LEAF};
+use super::{CgroupError, CgroupStats, Reading, ResolvedLimits, CPU_PERIOD_US, SUPERVISOR_LEAF};
 
 /// Controllers this module enables on v2, in the order the kernel lists them.
 const WANTED: [&str; 3] = ["cpu", "memory", "pids"];
@@ -212,9 +212,14 @@ pub(crate) fn oom_kills(leaf: &Path) -> Result<u64, CgroupError> {
 
 /// Fills what a v2 leaf knows. `cpu.stat` `usage_usec` exists without the cpu controller; the
 /// throttling lines only with it.
-pub(crate) fn stats(leaf: &Path, stats: &mut CgroupStats) -> Result<(), CgroupError> {
+pub(crate) fn stats(
+    leaf: &Path,
+    stats: &mut CgroupStats,
+    reading: Reading,
+) -> Result<(), CgroupError> {
+    let all = reading == Reading::All;
     // On a hybrid host v1 has filled the memory and pids figures: those files are not read.
-    if stats.memory_current.is_none() {
+    if all && stats.memory_current.is_none() {
         stats.memory_current = fsio::read_u64(&leaf.join("memory.current"))?;
     }
     if stats.memory_peak.is_none() {
@@ -223,7 +228,7 @@ pub(crate) fn stats(leaf: &Path, stats: &mut CgroupStats) -> Result<(), CgroupEr
     if stats.pids_current.is_none() {
         stats.pids_current = fsio::read_u64(&leaf.join("pids.current"))?;
     }
-    if stats.fork_failures.is_none() {
+    if all && stats.fork_failures.is_none() {
         if let Some(text) = fsio::read_optional(&leaf.join("pids.events"))? {
             stats.fork_failures = fsio::keyed(&text, "max");
         }
