@@ -7,16 +7,20 @@
 //! per request, which runs [`super::main_in_dir`] with no `exec` at all. A fork of a small,
 //! single-threaded process is cheap, and the monitor only maps in the pages it touches.
 //!
-//! The server keeps one monitor forked ahead of time, a *spare*, idle until a request comes:
-//! then the request goes to the spare and the answer to the plugin at once, with no fork on the
-//! start path; the next spare is forked after the answer. Without a spare (it died, or could
-//! not be forked) the server forks the monitor for the request itself.
+//! The plugin keeps one monitor forked ahead of time, a *spare*, idle until a request comes: the
+//! server forks it when the plugin asks and sends the plugin the spare's socket and pidfd; a
+//! start then goes from the plugin straight to the spare, with no fork and no process in between
+//! on its path, and the plugin asks for the next one. Without a spare (it died, or could not be
+//! forked) the server forks the monitor for the request itself. While it waits, a spare makes
+//! what it can of a job's sandbox ahead ([`Ahead`]).
 //!
-//! Protocol over a `SOCK_SEQPACKET` pair: the plugin sends the execution directory with the
-//! monitor's stdin, stdout and stderr as `SCM_RIGHTS`; the server answers the monitor's pid (or
-//! an errno) with a pidfd for it. The server reaps its children; the plugin watches them by
-//! pidfd. When the plugin goes away the server sees end-of-file and exits; monitors live on,
-//! as they do when they were exec'd.
+//! Protocol over a `SOCK_SEQPACKET` pair, one request and its answer at a time: `M` and the
+//! execution directory, with the monitor's stdin, stdout and stderr as `SCM_RIGHTS`, asks for a
+//! monitor, answered with its pid (or an errno) and a pidfd for it; `S` and optionally a started
+//! execution's directory (to learn the host from) asks for a spare, answered with its pid (or an
+//! errno), its pidfd and its socket. The server reaps its children; the plugin watches them by
+//! pidfd. When the plugin goes away the server sees end-of-file and exits, and so does every
+//! idle spare; monitors live on, as they do when they were exec'd.
 
 use super::host_sandbox::Ahead;
 use super::Early;
@@ -55,8 +59,58 @@ pub fn installed() -> Option<&'static Launcher> {
 /// The plugin's end of the fork server.
 pub struct Launcher {
     /// One request/answer pair at a time: the answer must match its request.
-    sock: Mutex<OwnedFd>,
+    conn: Mutex<Conn>,
     pid: i32,
+}
+
+/// The server's socket, and the spare it forked for the next start.
+struct Conn {
+    server: OwnedFd,
+    spare: Option<Spare>,
+    /// A spare was asked for and the server's answer is not read yet.
+    asked: bool,
+}
+
+/// What a message to the server asks for: a monitor for the execution directory that follows
+/// (with its standard descriptors), or a spare (the directory that follows, if any, is a
+/// started execution to learn the host from).
+const ASK_MONITOR: u8 = b'M';
+const ASK_SPARE: u8 = b'S';
+
+impl Conn {
+    /// Ask the server for the next spare; its answer is read at the next start ([`collect`]).
+    fn ask_spare(&mut self, learn_from: &[u8]) {
+        let mut msg = Vec::with_capacity(1 + learn_from.len());
+        msg.push(ASK_SPARE);
+        msg.extend_from_slice(learn_from);
+        let sent = sendmsg::<()>(
+            self.server.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        // A server that is gone shows at the next request for a monitor.
+        self.asked = sent.is_ok();
+    }
+
+    /// The spare asked for, once the server has answered (it forks it at once, long before
+    /// the next start as a rule).
+    fn collect(&mut self) {
+        if !std::mem::take(&mut self.asked) {
+            return;
+        }
+        let Ok((answer, fds)) = recv(self.server.as_raw_fd(), 8) else {
+            return;
+        };
+        let Ok([pidfd, sock]) = <[OwnedFd; 2]>::try_from(fds) else {
+            return;
+        };
+        if answer.len() == 8 && answer[4..] == [0; 4] {
+            let pid = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
+            self.spare = Some(Spare { pid, pidfd, sock });
+        }
+    }
 }
 
 /// A monitor the server started.
@@ -101,8 +155,14 @@ impl Launcher {
             }
             pid => {
                 drop(theirs);
+                let mut conn = Conn {
+                    server: ours,
+                    spare: None,
+                    asked: false,
+                };
+                conn.ask_spare(&[]);
                 Ok(Launcher {
-                    sock: Mutex::new(ours),
+                    conn: Mutex::new(conn),
                     pid,
                 })
             }
@@ -124,12 +184,31 @@ impl Launcher {
                 format!("unusable execution directory {}", dir.display()),
             )));
         }
-        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+        conn.collect();
+        // Straight to the spare the server forked ahead: no process in between.
+        if let Some(spare) = conn.spare.take() {
+            if let Ok((pid, pidfd)) = spare.hand(path, &fds) {
+                conn.ask_spare(path);
+                drop(conn);
+                crate::timing::mark("p.sent");
+                if std::env::var_os(SELFTEST_LOSE_ANSWER).is_some() {
+                    return Err(LaunchError::Server(io::Error::other(
+                        "answer lost (self-test)",
+                    )));
+                }
+                return Ok(Launched { pid, pidfd });
+            }
+            // It died idle: the server forks the monitor instead.
+        }
+        let mut msg = Vec::with_capacity(1 + path.len());
+        msg.push(ASK_MONITOR);
+        msg.extend_from_slice(path);
         let cmsg = [ControlMessage::ScmRights(&fds)];
         if let Err(e) = sendmsg::<()>(
-            sock.as_raw_fd(),
-            &[IoSlice::new(path)],
+            conn.server.as_raw_fd(),
+            &[IoSlice::new(&msg)],
             &cmsg,
             MsgFlags::MSG_NOSIGNAL,
             None,
@@ -140,8 +219,9 @@ impl Launcher {
             return Err(LaunchError::Unavailable(e.into()));
         }
         crate::timing::mark("p.sent");
-        let (answer, fds) = recv(sock.as_raw_fd(), 8).map_err(LaunchError::Server)?;
-        drop(sock);
+        let (answer, fds) = recv(conn.server.as_raw_fd(), 8).map_err(LaunchError::Server)?;
+        conn.ask_spare(path);
+        drop(conn);
         if std::env::var_os(SELFTEST_LOSE_ANSWER).is_some() {
             // Self-test: the answer (and the pidfd with it) lost, as when this process is out
             // of descriptors; the monitor was forked all the same.
@@ -222,7 +302,18 @@ fn serve(sock: OwnedFd) -> ! {
         Err(_) => unsafe { libc::_exit(1) },
     };
     let mut warmed = false;
-    let mut spare = fork_spare(&sock);
+    // What the next monitors need to know about the host, learnt once here from a started
+    // execution (off every start's path), is theirs from birth.
+    let mut learn = |path: &[u8]| {
+        if warmed || path.is_empty() {
+            return;
+        }
+        let dir = ExecDir::at(PathBuf::from(OsStr::from_bytes(path)));
+        if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
+            super::host_sandbox::HostSandbox::warm(&record.monitor);
+            warmed = true;
+        }
+    };
     loop {
         let mut pfd = [
             libc::pollfd {
@@ -249,52 +340,57 @@ fn serve(sock: OwnedFd) -> ! {
             drain(sigchld.as_raw_fd());
             reap();
         }
-        if pfd[0].revents != 0 {
-            let (path, fds) = match recv(sock.as_raw_fd(), MAX_PATH + 1) {
-                Ok((path, _)) if path.is_empty() => break,
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            crate::timing::mark("s.recv");
-            let (pid, errno, pidfd) = match <[OwnedFd; 3]>::try_from(fds) {
-                Ok(stdio) => match spare.take().map(|s| s.hand(&path, &stdio)) {
-                    Some(Ok((pid, pidfd))) => (pid, 0, Some(pidfd)),
-                    _ => fork_monitor(Path::new(OsStr::from_bytes(&path)), stdio, &sock),
-                },
-                Err(_) => (0, libc::EINVAL, None),
-            };
-            let mut answer = [0u8; 8];
-            answer[..4].copy_from_slice(&pid.to_ne_bytes());
-            answer[4..].copy_from_slice(&errno.to_ne_bytes());
-            let raw: Vec<RawFd> = pidfd.iter().map(|f| f.as_raw_fd()).collect();
-            let cmsg = [ControlMessage::ScmRights(&raw)];
-            let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
-            let sent = sendmsg::<()>(
-                sock.as_raw_fd(),
-                &[IoSlice::new(&answer)],
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-            // Not ours to keep, nor the next spare's to inherit.
-            drop(pidfd);
-            if sent.is_err() {
-                break;
-            }
-            reap();
-            // After the answer, off this start's path: what the next monitors need to know
-            // about the host, learnt once here, is theirs from birth.
-            if !warmed && pid != 0 {
-                let dir = ExecDir::at(PathBuf::from(OsStr::from_bytes(&path)));
-                if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
-                    super::host_sandbox::HostSandbox::warm(&record.monitor);
-                    warmed = true;
+        if pfd[0].revents == 0 {
+            continue;
+        }
+        let (msg, fds) = match recv(sock.as_raw_fd(), MAX_PATH + 1) {
+            Ok((msg, _)) if msg.is_empty() => break,
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        crate::timing::mark("s.recv");
+        let (ask, path) = msg.split_first().map_or((0, &[][..]), |(a, p)| (*a, p));
+        let (pid, errno, give): (i32, i32, Vec<OwnedFd>) = match ask {
+            ASK_MONITOR => match <[OwnedFd; 3]>::try_from(fds) {
+                Ok(stdio) => {
+                    let (pid, errno, pidfd) =
+                        fork_monitor(Path::new(OsStr::from_bytes(path)), stdio, &sock);
+                    (pid, errno, pidfd.into_iter().collect())
+                }
+                Err(_) => (0, libc::EINVAL, Vec::new()),
+            },
+            ASK_SPARE => {
+                drop(fds);
+                learn(path);
+                match fork_spare(&sock) {
+                    Some(s) => (s.pid, 0, vec![s.pidfd, s.sock]),
+                    None => (0, libc::EAGAIN, Vec::new()),
                 }
             }
-            if spare.is_none() {
-                spare = fork_spare(&sock);
-            }
+            _ => (0, libc::EINVAL, Vec::new()),
+        };
+        let mut answer = [0u8; 8];
+        answer[..4].copy_from_slice(&pid.to_ne_bytes());
+        answer[4..].copy_from_slice(&errno.to_ne_bytes());
+        let raw: Vec<RawFd> = give.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+        let sent = sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&answer)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        // The plugin's now: not ours to keep, nor the next spare's to inherit.
+        drop(give);
+        if sent.is_err() {
+            break;
+        }
+        reap();
+        if ask == ASK_MONITOR && pid != 0 {
+            learn(path);
         }
     }
     // SAFETY: leaving without running the plugin's destructors (its runtime is not ours).
@@ -467,16 +563,11 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
 impl Spare {
     /// Give the spare its execution: (pid, pidfd) of the monitor it now is, or the error when
     /// it is gone (its end of the socket closed with it).
-    fn hand(self, path: &[u8], stdio: &[OwnedFd; 3]) -> io::Result<(i32, OwnedFd)> {
-        let fds = [
-            stdio[0].as_raw_fd(),
-            stdio[1].as_raw_fd(),
-            stdio[2].as_raw_fd(),
-        ];
+    fn hand(self, path: &[u8], stdio: &[RawFd; 3]) -> io::Result<(i32, OwnedFd)> {
         let sent = sendmsg::<()>(
             self.sock.as_raw_fd(),
             &[IoSlice::new(path)],
-            &[ControlMessage::ScmRights(&fds)],
+            &[ControlMessage::ScmRights(stdio)],
             MsgFlags::MSG_NOSIGNAL,
             None,
         );
