@@ -388,6 +388,31 @@ fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
     assert!(m.open_existing(&name("reopen")).unwrap().is_none());
 }
 
+/// Creating a job cgroup where a leftover of the same name still holds a process (a rerun of an
+/// execution whose monitor died) kills that process first and starts from fresh directories.
+#[test]
+fn creating_over_a_leftover_kills_what_it_holds() {
+    let Some(m) = manager("replace") else { return };
+    let job = create(&m, "replace", CgroupLimits::default());
+    let mut child = spawn(&job, "exec sleep 60");
+    let pid = child.id() as i32;
+    wait_until("the job", Duration::from_secs(10), || {
+        job.pids().unwrap().contains(&pid)
+    });
+    std::mem::forget(job.take());
+
+    let fresh = Guard(Some(
+        m.create_replacing(&name("replace"), &CgroupLimits::default())
+            .unwrap(),
+    ));
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "the leftover's process was not killed: {status}"
+    );
+    assert!(fresh.pids().unwrap().is_empty());
+}
+
 /// Unprivileged, cgroups are either really writable (delegated) or reported as unusable.
 #[test]
 fn unprivileged_detect_never_claims_what_it_cannot_create() {

@@ -469,16 +469,31 @@ impl CgroupManager {
 
     /// As [`create`](Self::create), but a leftover cgroup of the same name (an earlier attempt
     /// of the same execution whose monitor died) is killed and removed first.
+    ///
+    /// Leftovers are rare, so they are looked for only when a directory of the name already
+    /// exists: every process of a job is in the directory it makes in every hierarchy it joins
+    /// (the v2 one always, where there is one), so a leftover that still holds a process makes
+    /// one of the new directories collide. Looking first would cost a lookup in every
+    /// hierarchy on every start.
     pub fn create_replacing(
         &self,
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<JobCgroup, CgroupError> {
-        if let Some(old) = self.open_existing(name)? {
-            old.kill_all()?;
-            old.remove()?;
+        match self.create(name, limits) {
+            Err(CgroupError::Io {
+                op: "mkdir",
+                source,
+                ..
+            }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                if let Some(old) = self.open_existing(name)? {
+                    old.kill_all()?;
+                    old.remove()?;
+                }
+                self.create(name, limits)
+            }
+            created => created,
         }
-        self.create(name, limits)
     }
 
     /// Whether a job gets a directory in `leaf`'s hierarchy. All of them, except on a hybrid
