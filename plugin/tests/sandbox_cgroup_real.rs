@@ -413,6 +413,87 @@ fn creating_over_a_leftover_kills_what_it_holds() {
     assert!(fresh.pids().unwrap().is_empty());
 }
 
+/// Directories made ahead (a spare monitor's) become a job's: renamed to its name, limits
+/// written as usual, a leftover of the same name still found and killed; what no job takes is
+/// removed on drop, by its owner's pid, or by a sweep.
+#[test]
+fn directories_made_ahead_become_the_jobs() {
+    let Some(m) = manager("ahead") else { return };
+    // An owner no process of this test is: the directories are only named for it.
+    let owner = 4_000_000 + (std::process::id() % 100_000) as i32;
+    let made = |owner: i32| -> Vec<std::path::PathBuf> {
+        m.base_dirs()
+            .iter()
+            .map(|b| b.join(format!(".ahead-{owner}")))
+            .filter(|d| d.is_dir())
+            .collect()
+    };
+    let mut ahead = m.make_ahead(owner);
+    let first = made(owner);
+    if m.mode() == Mode::V2 {
+        // v2 directories cannot be renamed: nothing is made ahead there.
+        assert!(first.is_empty(), "{first:?}");
+        return;
+    }
+    assert!(
+        !first.is_empty(),
+        "nothing made ahead in {:?}",
+        m.base_dirs()
+    );
+    let limits = CgroupLimits {
+        memory: Some(64 << 20),
+        ..CgroupLimits::default()
+    };
+    let job = Guard(Some(
+        m.create_replacing_with(&name("ahead"), &limits, Some(&mut ahead))
+            .unwrap(),
+    ));
+    assert!(made(owner).is_empty(), "not taken: {:?}", made(owner));
+    let memory = job
+        .dirs()
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists())
+        .expect("a memory directory");
+    assert_eq!(
+        fs::read_to_string(memory.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        (64u64 << 20).to_string()
+    );
+    let mut child = spawn(&job, "exec sleep 60");
+    let pid = child.id() as i32;
+    wait_until("the job", Duration::from_secs(10), || {
+        job.pids().unwrap().contains(&pid)
+    });
+    drop(ahead);
+
+    // Its monitor died: a rerun renaming fresh directories onto the name finds the leftover.
+    std::mem::forget(job.take());
+    let mut again = m.make_ahead(owner);
+    let rerun = Guard(Some(
+        m.create_replacing_with(&name("ahead"), &limits, Some(&mut again))
+            .unwrap(),
+    ));
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "the leftover's process lives: {status}"
+    );
+    assert!(rerun.pids().unwrap().is_empty());
+    drop(again);
+    assert!(made(owner).is_empty(), "left: {:?}", made(owner));
+
+    // What no job took is removed by whoever outlives its maker.
+    let kept = m.make_ahead(owner);
+    assert!(!made(owner).is_empty());
+    std::mem::forget(kept);
+    m.remove_ahead(owner);
+    assert!(made(owner).is_empty(), "left: {:?}", made(owner));
+    std::mem::forget(m.make_ahead(owner));
+    m.sweep_ahead();
+    assert!(made(owner).is_empty(), "left: {:?}", made(owner));
+}
+
 /// Unprivileged, cgroups are either really writable (delegated) or reported as unusable.
 #[test]
 fn unprivileged_detect_never_claims_what_it_cannot_create() {

@@ -11,7 +11,8 @@
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
 
 use crate::sandbox::cgroup::{
-    self, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord, JobCgroup, Mode,
+    self, AheadDirs, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord,
+    JobCgroup, Mode,
 };
 use crate::sandbox::gpu;
 use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
@@ -47,33 +48,49 @@ pub struct HostSandbox {
 /// the first start, and spares forked after that inherit them).
 static TEMPLATE_FOR: Mutex<Option<(PathBuf, Vec<PathBuf>)>> = Mutex::new(None);
 
+/// The cgroup configuration of the executions the fork server has seen, for the same reason.
+static CGROUP_FOR: Mutex<Option<CgroupConfig>> = Mutex::new(None);
+
 /// What a spare monitor makes while it waits for its request, for whichever job it gets.
 #[derive(Default)]
 pub struct Ahead {
     root: Option<RootTemplate>,
     /// Why no root could be made ahead, for the monitor's log.
     problem: Option<String>,
+    cgroup: Option<AheadDirs>,
+}
+
+fn learnt<T: Clone>(what: &Mutex<Option<T>>) -> Option<T> {
+    what.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Ahead {
     /// Make what this process knows how to make ahead (nothing before [`HostSandbox::warm`]).
     pub fn prepare() -> Ahead {
-        let key = TEMPLATE_FOR
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some((root_dir, system_ro)) = key else {
-            return Ahead::default();
-        };
-        match RootTemplate::build(&root_dir, &system_ro) {
-            Ok(t) => Ahead {
-                root: Some(t),
-                problem: None,
-            },
-            Err(e) => Ahead {
-                root: None,
-                problem: Some(e.to_string()),
-            },
+        let mut ahead = Ahead::default();
+        if let Some(config) = learnt(&CGROUP_FOR) {
+            if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
+                if m.mode() != Mode::None {
+                    ahead.cgroup = Some(m.make_ahead(std::process::id() as i32));
+                }
+            }
+        }
+        if let Some((root_dir, system_ro)) = learnt(&TEMPLATE_FOR) {
+            match RootTemplate::build(&root_dir, &system_ro) {
+                Ok(t) => ahead.root = Some(t),
+                Err(e) => ahead.problem = Some(e.to_string()),
+            }
+        }
+        ahead
+    }
+
+    /// In the fork server, once `pid` (a spare, or the monitor it became) has exited: remove
+    /// what it made ahead and did not use (it was killed before it could).
+    pub fn remove_left(pid: i32) {
+        if let Some(config) = learnt(&CGROUP_FOR) {
+            if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
+                m.remove_ahead(pid);
+            }
         }
     }
 
@@ -100,7 +117,13 @@ impl HostSandbox {
     /// Learn, in this process, what every monitor of an execution like `spec` would otherwise
     /// look up again: the fork server calls it so that the monitors it forks inherit the answer.
     pub fn warm(spec: &MonitorSpec) {
-        CgroupManager::warm_cache(&cgroup_config(spec));
+        let config = cgroup_config(spec);
+        CgroupManager::warm_cache(&config);
+        if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
+            // What spares of a plugin that was killed made ahead and left.
+            m.sweep_ahead();
+        }
+        *CGROUP_FOR.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
         if let Some(fs) = &spec.sandbox.filesystem {
             let system_ro = mounts::default_system_dirs();
             mounts::warm(&system_ro, &fs.root_dir);
@@ -320,7 +343,8 @@ impl JobSandbox for HostSandbox {
                     pids: s.pids_max.filter(|_| m.enforces().pids),
                 };
                 let name = cgroup_name(&spec.execution_id);
-                let (m, created) = match m.create_replacing(&name, &limits) {
+                let ahead = self.ahead.cgroup.as_mut();
+                let (m, created) = match m.create_replacing_with(&name, &limits, ahead) {
                     // The layout was detected by the fork server, perhaps long ago: the host
                     // may have changed since (a base removed). Once more, looking afresh.
                     Err(_) if cached => {

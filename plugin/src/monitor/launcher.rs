@@ -516,17 +516,18 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                     }
                     continue;
                 }
-                match recv(theirs.as_raw_fd(), MAX_PATH + 1) {
+                let code = match recv(theirs.as_raw_fd(), MAX_PATH + 1) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Ok((path, fds)) if !path.is_empty() => break (path, fds),
-                    // The server is gone: there is nothing to do.
-                    // SAFETY: leaving without running the plugin's destructors.
-                    Ok(_) => unsafe { libc::_exit(0) },
+                    // The plugin is gone: there is nothing to do.
+                    Ok(_) => 0,
                     // A request we could not take whole (out of descriptors): the plugin sees
                     // this monitor exit without a report and fails the execution.
-                    // SAFETY: as above.
-                    Err(_) => unsafe { libc::_exit(1) },
-                }
+                    Err(_) => 1,
+                };
+                drop(ahead);
+                // SAFETY: leaving without running the plugin's destructors.
+                unsafe { libc::_exit(code) }
             };
             crate::timing::mark("s.spare_recv");
             drop(theirs);
@@ -537,8 +538,11 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                     ahead,
                     early,
                 ),
-                // SAFETY: as above.
-                Err(_) => unsafe { libc::_exit(1) },
+                Err(_) => {
+                    drop(ahead);
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(1) }
+                }
             }
         }
         pid => {
@@ -656,6 +660,12 @@ fn drain(fd: RawFd) {
 
 fn reap() {
     let mut status = 0;
-    // SAFETY: reaping our own children without blocking.
-    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+    loop {
+        // SAFETY: reaping our own children without blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+        Ahead::remove_left(pid);
+    }
 }
