@@ -1010,7 +1010,6 @@ type Launch = (Option<Child>, OwnedFd, Option<ReportChannel>);
 /// detaches into its own session so it outlives us.
 fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, ExecutorError> {
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
-    crate::timing::mark("p.blocking");
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
     std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;

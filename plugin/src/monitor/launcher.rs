@@ -192,7 +192,6 @@ impl Launcher {
             if let Ok((pid, pidfd)) = spare.hand(path, &fds) {
                 conn.ask_spare(path);
                 drop(conn);
-                crate::timing::mark("p.sent");
                 if std::env::var_os(SELFTEST_LOSE_ANSWER).is_some() {
                     return Err(LaunchError::Server(io::Error::other(
                         "answer lost (self-test)",
@@ -218,7 +217,6 @@ impl Launcher {
             unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
             return Err(LaunchError::Unavailable(e.into()));
         }
-        crate::timing::mark("p.sent");
         let (answer, fds) = recv(conn.server.as_raw_fd(), 8).map_err(LaunchError::Server)?;
         conn.ask_spare(path);
         drop(conn);
@@ -349,7 +347,6 @@ fn serve(sock: OwnedFd) -> ! {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        crate::timing::mark("s.recv");
         let (ask, path) = msg.split_first().map_or((0, &[][..]), |(a, p)| (*a, p));
         let (pid, errno, give): (i32, i32, Vec<OwnedFd>) = match ask {
             ASK_MONITOR => match <[OwnedFd; 3]>::try_from(fds) {
@@ -529,7 +526,6 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
                 // SAFETY: leaving without running the plugin's destructors.
                 unsafe { libc::_exit(code) }
             };
-            crate::timing::mark("s.spare_recv");
             drop(theirs);
             match <[OwnedFd; 3]>::try_from(fds) {
                 Ok(stdio) => become_monitor(

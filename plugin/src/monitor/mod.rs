@@ -306,14 +306,11 @@ pub fn run(
         detach_session();
     }
     close_from(3, &sandbox.kept_fds());
-    crate::timing::mark("m.detached");
     let spec = state::read_json::<MonitorPart>(&dir.request())?.monitor;
-    crate::timing::mark("m.read");
     let me = match early.me {
         Some(me) => me,
         None => ProcId::of(std::process::id() as i32).map_err(setup("reading own start time"))?,
     };
-    crate::timing::mark("m.procid");
     let mut mon = MonitorRecord {
         monitor: me,
         job: None,
