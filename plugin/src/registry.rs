@@ -5,7 +5,6 @@
 //! in-memory map is rebuilt from it by [`Registry::open`].
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -361,10 +360,15 @@ impl Registry {
         };
         crate::timing::mark("p.before_launch");
         let exe = self.config.monitor_exe.clone();
+        let report_dir = dir.clone();
         let launched = tokio::task::spawn_blocking(move || launch(&exe, &dir, &record))
             .await
             .map_err(|e| ExecutorError::internal(format!("launching the monitor: {e}")))
             .and_then(|r| r);
+        let launched = match launched {
+            Ok(l) => start_report(&report_dir, l).await,
+            Err(e) => Err(e),
+        };
         match launched {
             Ok((child, fd, channel)) => {
                 crate::timing::mark("p.launched");
@@ -1006,8 +1010,8 @@ async fn janitor(reg: Weak<Registry>, period: Duration) {
 /// start report; none when the monitor was found without one).
 type Launch = (Option<Child>, OwnedFd, Option<ReportChannel>);
 
-/// Start the monitor (forked by the fork server, or exec'd) and read its start report. It
-/// detaches into its own session so it outlives us.
+/// Start the monitor (handed to a spare, forked by the fork server, or exec'd); its start
+/// report is read by [`start_report`]. It detaches into its own session so it outlives us.
 fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, ExecutorError> {
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     // A leftover directory of an execution nobody knows (a start that failed half-way).
@@ -1029,7 +1033,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     let log =
         std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
     crate::timing::mark("p.files");
-    let (child, fd, mut channel) = match launcher::installed() {
+    let (child, fd, channel) = match launcher::installed() {
         Some(l) => match fork_monitor(l, dir, &lock, &log) {
             Err(LaunchError::Unavailable(e)) => {
                 // The fork server is gone (it should live as long as we do): re-executing the
@@ -1054,15 +1058,34 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
         },
         None => exec_monitor(exe, dir, lock, log)?,
     };
-    let line = channel
-        .as_mut()
-        .map(ReportChannel::first_line)
-        .unwrap_or_default();
-    match serde_json::from_str::<MonitorReport>(line.trim()) {
+    Ok((child, fd, channel))
+}
+
+/// Read the monitor's start report: the job runs (or could not be started, its outcome), or
+/// the monitor says why it could not set the job up, or it died before saying anything.
+/// Awaited on the runtime: the report wakes this task, with no thread in between.
+async fn start_report(dir: &ExecDir, launched: Launch) -> Result<Launch, ExecutorError> {
+    let (child, fd, mut channel) = launched;
+    let Some(ch) = channel.as_mut() else {
+        // A monitor found after its answer was lost: it is past its start (it has written its
+        // record), and its report goes to nobody.
+        return Ok((child, fd, channel));
+    };
+    let line = ch.next_line().await.unwrap_or_default();
+    // A monitor that failed exits right after saying so: reaped off the runtime thread.
+    let reap = |child: Option<Child>| async move {
+        match child {
+            Some(mut c) => tokio::task::spawn_blocking(move || c.wait().ok())
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.to_string()),
+            None => None,
+        }
+    };
+    match serde_json::from_slice::<MonitorReport>(line.trim_ascii()) {
         Ok(MonitorReport::Failed { error, code, field }) => {
-            if let Some(mut c) = child {
-                let _ = c.wait();
-            }
+            reap(child).await;
             Err(match code.as_deref() {
                 Some("Unsupported") => ExecutorError::unsupported(error),
                 Some("InvalidParams") => {
@@ -1076,10 +1099,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
         }
         Ok(_) => Ok((child, fd, channel)),
         Err(_) => {
-            let status = match child {
-                Some(mut c) => c.wait().map(|s| s.to_string()).unwrap_or_default(),
-                None => "exited".to_string(),
-            };
+            let status = reap(child).await.unwrap_or_else(|| "exited".to_string());
             let log = std::fs::read_to_string(dir.monitor_log()).unwrap_or_default();
             Err(ExecutorError::internal(format!(
                 "the execution monitor exited before the job started ({status}): {}",
@@ -1090,50 +1110,61 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
 }
 
 /// The monitor's report pipe: its start report, then (while we are the plugin that started it)
-/// the news that the result is written.
+/// the news that the result is written. Read asynchronously; registered with the runtime at the
+/// first read (it is made on a blocking thread).
 pub struct ReportChannel {
-    reader: BufReader<std::fs::File>,
+    fd: Option<OwnedFd>,
+    rx: Option<tokio::net::unix::pipe::Receiver>,
+    buf: Vec<u8>,
 }
+
+/// Longest report line taken: the `finished` line carries the record only when under 16 KiB.
+const REPORT_LINE_MAX: usize = 64 * 1024;
 
 impl ReportChannel {
     fn new(fd: OwnedFd) -> Self {
         ReportChannel {
-            reader: BufReader::new(std::fs::File::from(fd)),
+            fd: Some(fd),
+            rx: None,
+            buf: Vec::new(),
         }
     }
 
-    /// The start report (blocking).
-    fn first_line(&mut self) -> String {
-        let mut line = String::new();
-        let _ = self.reader.read_line(&mut line);
-        line
+    /// The next line without its newline; `None` at end-of-file, on an error, or past
+    /// [`REPORT_LINE_MAX`].
+    async fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                return Some(line);
+            }
+            if self.buf.len() > REPORT_LINE_MAX {
+                return None;
+            }
+            if self.rx.is_none() {
+                let fd = self.fd.take()?;
+                self.rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok();
+            }
+            let rx = self.rx.as_mut()?;
+            let mut chunk = [0u8; 4096];
+            match tokio::io::AsyncReadExt::read(rx, &mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 
     /// Whether the monitor says its result is written, before it closes the pipe or exits;
     /// with the record when the monitor sent it along.
-    async fn finished(self) -> Option<Option<ResultRecord>> {
-        let mut buf = self.reader.buffer().to_vec();
-        let fd = OwnedFd::from(self.reader.into_inner());
-        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-            return None;
-        };
-        loop {
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(MonitorReport::Finished { record }) = serde_json::from_slice(&line) {
-                    crate::timing::mark("p.finished_line");
-                    return Some(record.map(|r| *r));
-                }
-            }
-            if buf.len() > 64 * 1024 {
-                return None;
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::io::AsyncReadExt::read(&mut rx, &mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    async fn finished(mut self) -> Option<Option<ResultRecord>> {
+        while let Some(line) = self.next_line().await {
+            if let Ok(MonitorReport::Finished { record }) = serde_json::from_slice(&line) {
+                crate::timing::mark("p.finished_line");
+                return Some(record.map(|r| *r));
             }
         }
+        None
     }
 }
 
