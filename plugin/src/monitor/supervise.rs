@@ -83,6 +83,12 @@ impl Supervisor<'_> {
                 }
             }
             let grace_over = kill_at.is_some_and(|k| now >= k);
+            if !tree_killed && out.main_status.is_some() && !children_remain {
+                // Nothing of the job is left: this monitor is its subreaper, so every process
+                // it started, however orphaned, would still be our child. Nothing to kill, and
+                // no cgroup to write to and read back on the way to the result.
+                tree_killed = true;
+            }
             if !tree_killed && (out.main_status.is_some() || grace_over) {
                 if out.main_status.is_none() {
                     out.killed_after_grace = true;
