@@ -494,6 +494,47 @@ fn directories_made_ahead_become_the_jobs() {
     assert!(made(owner).is_empty(), "left: {:?}", made(owner));
 }
 
+/// A v1 devices cgroup denies every device but the allowed ones; one left by an earlier attempt
+/// of the execution whose removal was cut short (its other directories gone) is replaced.
+#[test]
+fn devices_cgroup_allows_only_its_devices_and_replaces_a_leftover() {
+    let Some(m) = manager("devices") else { return };
+    if !m.has_devices() {
+        eprintln!("skipping devices cgroup: no writable v1 devices hierarchy");
+        return;
+    }
+    let allow = ["c 1:3 rwm".to_string()]; // /dev/null
+    let mut job = m
+        .create(&name("devices"), &CgroupLimits::default())
+        .unwrap();
+    m.restrict_devices(&mut job, &allow).unwrap();
+    let child = spawn(
+        &job,
+        "head -c1 /dev/zero >/dev/null 2>&1 && echo zero-ok; echo x > /dev/null && echo null-ok",
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n");
+
+    // Cut short: every directory but the devices one removed.
+    let dirs: Vec<_> = job.dirs().iter().map(|d| d.to_path_buf()).collect();
+    for d in dirs
+        .iter()
+        .filter(|d| !d.to_string_lossy().contains("/devices/"))
+    {
+        fs::remove_dir(d).unwrap();
+    }
+    std::mem::forget(job);
+    let mut again = m
+        .create_replacing(&name("devices"), &CgroupLimits::default())
+        .unwrap();
+    let restricted = m.restrict_devices(&mut again, &allow);
+    let _ = again.kill_all();
+    let removed = again.remove();
+    restricted.unwrap();
+    removed.unwrap();
+    assert!(dirs.iter().all(|d| !d.exists()), "left: {dirs:?}");
+}
+
 /// Unprivileged, cgroups are either really writable (delegated) or reported as unusable.
 #[test]
 fn unprivileged_detect_never_claims_what_it_cannot_create() {

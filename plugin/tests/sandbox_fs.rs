@@ -717,3 +717,47 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
         );
     }
 }
+
+#[test]
+fn a_bind_gets_the_same_flags_either_way() {
+    if skip_unless_supported("a_bind_gets_the_same_flags_either_way") {
+        return;
+    }
+    let l = Layout::new();
+    // An input on a noexec mount: the job's bind is remounted with the sandbox's own flags
+    // (nosuid, nodev, read-only), so a script in it runs; whichever way the root is built.
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        src.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .unwrap();
+    let _mounted = HostMount(src.path().to_owned());
+    let script = src.path().join("run.sh");
+    fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = l.spec();
+    spec.binds = vec![Bind {
+        source: src.path().to_owned(),
+        target: "/in".into(),
+        read_only: true,
+    }];
+    for (how, plan, _template) in both_ways(&spec) {
+        let out = ok(&run(
+            "/in/run.sh; grep ' /in ' /proc/self/mountinfo | cut -d' ' -f6",
+            Some(plan),
+            None,
+            true,
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "ran", "{how}: {out}");
+        let opts: Vec<&str> = lines[1].split(',').collect();
+        for want in ["ro", "nosuid", "nodev", "relatime"] {
+            assert!(opts.contains(&want), "{how}: {want} missing in {opts:?}");
+        }
+        assert!(!opts.contains(&"noexec"), "{how}: {opts:?}");
+    }
+}

@@ -118,18 +118,31 @@ impl HostSandbox {
     /// look up again: the fork server calls it so that the monitors it forks inherit the answer.
     pub fn warm(spec: &MonitorSpec) {
         let config = cgroup_config(spec);
-        CgroupManager::warm_cache(&config);
-        if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
-            // What spares of a plugin that was killed made ahead and left.
-            m.sweep_ahead();
+        let mut known = CGROUP_FOR.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
+                if m.mode() != Mode::None {
+                    // What spares of a plugin that was killed made ahead and left.
+                    m.sweep_ahead();
+                    // Only usable cgroups are remembered: "none" is not cached, and would be
+                    // detected afresh for every spare and every reaped monitor.
+                    *known = Some(config);
+                }
+            }
         }
-        *CGROUP_FOR.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        drop(known);
         if let Some(fs) = &spec.sandbox.filesystem {
             let system_ro = mounts::default_system_dirs();
             mounts::warm(&system_ro, &fs.root_dir);
             *TEMPLATE_FOR.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((fs.root_dir.clone(), system_ro));
         }
+    }
+
+    /// Whether [`warm`](Self::warm) has learnt all it can: usable cgroups and a private root.
+    /// Until then the fork server keeps learning from the executions it sees.
+    pub fn learnt_all() -> bool {
+        learnt(&CGROUP_FOR).is_some() && learnt(&TEMPLATE_FOR).is_some()
     }
 }
 
@@ -215,6 +228,11 @@ impl HostSandbox {
                     Ok(plan)
                 }
                 Ok(None) => FsPlan::new(&spec),
+                Err(FsError::Template(why)) => {
+                    // The host refused something of the fast path: the full plan may still work.
+                    eprintln!("monitor: the job root made ahead cannot be used ({why}); assembling it now");
+                    FsPlan::new(&spec)
+                }
                 Err(e) => Err(e),
             },
             None => {

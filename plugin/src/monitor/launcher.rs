@@ -299,17 +299,19 @@ fn serve(sock: OwnedFd) -> ! {
         // SAFETY: leaving without running the plugin's destructors.
         Err(_) => unsafe { libc::_exit(1) },
     };
-    let mut warmed = false;
-    // What the next monitors need to know about the host, learnt once here from a started
-    // execution (off every start's path), is theirs from birth.
+    // What the next monitors need to know about the host, learnt here from started executions
+    // (off every start's path) until there is nothing more to learn, is theirs from birth.
+    // A host where some of it cannot be learnt (no usable cgroups, no private roots) stops
+    // being asked after a few executions: each lesson delays the next spare a little.
+    let mut lessons = 0;
     let mut learn = |path: &[u8]| {
-        if warmed || path.is_empty() {
+        if path.is_empty() || lessons >= 8 || super::host_sandbox::HostSandbox::learnt_all() {
             return;
         }
         let dir = ExecDir::at(PathBuf::from(OsStr::from_bytes(path)));
         if let Ok(record) = state::read_json::<RequestRecord>(&dir.request()) {
             super::host_sandbox::HostSandbox::warm(&record.monitor);
-            warmed = true;
+            lessons += 1;
         }
     };
     loop {
@@ -473,8 +475,8 @@ fn become_monitor(dir: PathBuf, stdio: &[OwnedFd; 3], ahead: Ahead, early: Early
 }
 
 /// A monitor forked before its request, waiting on its own socket for the execution directory
-/// and standard descriptors the plugin sent the server. Its pidfd is held from the start, so,
-/// unlike a monitor forked for a request, it needs no gate.
+/// and standard descriptors, which the plugin (holding the other end) sends it directly. Its
+/// pidfd is held from the start, so, unlike a monitor forked for a request, it needs no gate.
 struct Spare {
     pid: i32,
     pidfd: OwnedFd,
@@ -585,15 +587,23 @@ impl Spare {
 const AHEAD_RENEW_MS: libc::c_int = 30_000;
 
 /// Whether `fd` became readable (or hung up) within `timeout_ms`; false on timeout. An
-/// interrupted or failed poll counts as readable: the read that follows tells.
+/// interrupted poll is retried (each time with the whole timeout: a signal can only delay the
+/// renewal); a failed one counts as readable, and the read that follows tells.
 fn wait_readable(fd: &OwnedFd, timeout_ms: libc::c_int) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd entry.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) != 0 }
+    loop {
+        // SAFETY: one valid pollfd entry.
+        match unsafe { libc::poll(&mut pfd, 1, timeout_ms) } {
+            0 => return false,
+            n if n > 0 => return true,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return true,
+        }
+    }
 }
 
 fn errno() -> i32 {

@@ -4,10 +4,17 @@
 //! bubblewrap build a chroot).
 //!
 //! [`FsPlan::new`] validates the spec, creates the mount points that live in the execution's root
-//! directory, and turns everything into a list of steps holding only `CString`s. [`FsPlan::apply`]
-//! runs those steps in the child (`pre_exec`) with raw system calls: no allocation, no locks.
-//! It must run before anything that drops privileges (user switch) and after anything that needs
-//! the host's paths (joining cgroups through `/sys/fs/cgroup`).
+//! directory, and turns everything into a list of steps holding only `CString`s and descriptors
+//! the plan keeps open. [`FsPlan::apply`] runs those steps in the child (`pre_exec`) with raw
+//! system calls: no allocation, no locks. It must run before anything that drops privileges
+//! (user switch) and after anything that needs the host's paths (joining cgroups through
+//! `/sys/fs/cgroup`).
+//!
+//! The fast path: a [`RootTemplate`] is a namespace with everything every job's root has, made
+//! ahead of any job (a spare monitor makes one while it waits); [`FsPlan::on_template`] plans
+//! only what is the job's own on top of it — enter it, attach the job's binds (made before the
+//! fork as detached mounts), make the root read-only. Both paths give the job the same tree;
+//! the tests run every case both ways.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
@@ -288,6 +295,11 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// The access-time mode bits; relatime is their zero value.
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
 
 fn mount_setattr(dirfd: libc::c_int, path: &CStr, flags: libc::c_uint, attr: &MountAttr) -> i64 {
     // SAFETY: a NUL-terminated path and a mount_attr that outlive the call, with its size.
@@ -532,14 +544,14 @@ fn pivot_root(root: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::chdir(c"/".as_ptr()) })
 }
 
-/// A copy of `source` as a detached mount (`open_tree(OPEN_TREE_CLONE)`), private, nosuid,
-/// nodev and, when asked, read-only: made where `source` can be reached, attached by a child
-/// that has entered a [`RootTemplate`].
+/// A copy of `source` as a detached mount (`open_tree(OPEN_TREE_CLONE)`), private, with the
+/// flags the full plan's bind remount gives it (nosuid, nodev, relatime, read-only when asked;
+/// whatever else the source mount had, such as noexec, cleared): made where `source` can be
+/// reached, attached by a child that has entered a [`RootTemplate`]. A failure is the host's
+/// (the source was checked): [`FsError::Template`], and the full plan is used instead.
 fn detached_bind(source: &Path, read_only: bool, recursive: bool) -> Result<OwnedFd, FsError> {
-    let fail = |e: io::Error| FsError::Source {
-        what: "bind source",
-        path: source.to_owned(),
-        source: e,
+    let fail = |what: &str, e: io::Error| {
+        FsError::Template(format!("{what} of {}: {e}", source.display()))
     };
     let c = cstring("bind source", source)?;
     let recursive_flag = if recursive {
@@ -557,15 +569,18 @@ fn detached_bind(source: &Path, read_only: bool, recursive: bool) -> Result<Owne
         )
     };
     if fd < 0 {
-        return Err(fail(io::Error::last_os_error()));
+        return Err(fail("a detached copy", io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor from open_tree, owned by nothing else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let read_only_bit = MOUNT_ATTR_RDONLY;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_NOSUID
-            | MOUNT_ATTR_NODEV
-            | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
-        attr_clr: 0,
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { read_only_bit } else { 0 },
+        attr_clr: MOUNT_ATTR_NOEXEC
+            | MOUNT_ATTR_NOSYMFOLLOW
+            | MOUNT_ATTR_NODIRATIME
+            | MOUNT_ATTR_ATIME_MASK
+            | if read_only { 0 } else { read_only_bit },
         // A copy of a shared mount would stay a peer of the host's: a bind mounted inside it
         // later would appear on the host.
         propagation: libc::MS_PRIVATE,
@@ -573,7 +588,7 @@ fn detached_bind(source: &Path, read_only: bool, recursive: bool) -> Result<Owne
     };
     let flags = libc::AT_EMPTY_PATH as libc::c_uint | recursive_flag;
     if mount_setattr(tree.as_raw_fd(), c"", flags, &attr) == -1 {
-        return Err(fail(io::Error::last_os_error()));
+        return Err(fail("setting the flags", io::Error::last_os_error()));
     }
     Ok(tree)
 }
@@ -615,6 +630,10 @@ impl RootTemplate {
             devices: Vec::new(),
         };
         let plan = FsPlan::build(&spec, Layout::Template)?;
+        // One build at a time per process: a helper forked while another build's pipes are
+        // open would hold copies of them.
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let (ready_r, ready_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
         let (hold_r, hold_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
         // SAFETY: the child makes only async-signal-safe system calls on data prepared before
@@ -626,8 +645,9 @@ impl RootTemplate {
         if pid == 0 {
             // SAFETY: the child's copies of the descriptors; raw system calls, then `_exit`.
             unsafe {
-                libc::close(ready_r.as_raw_fd());
-                libc::close(hold_w.as_raw_fd());
+                // Nothing but its own two pipe ends: a copy of another process's pipe (a fork
+                // of another thread) must not outlive that process's wait because of us.
+                close_all_but([ready_w.as_raw_fd(), hold_r.as_raw_fd()]);
                 let mut report = [0u8; 12];
                 if let Err((i, e)) = plan.apply_at() {
                     report[..4].copy_from_slice(&1u32.to_ne_bytes());
@@ -636,7 +656,7 @@ impl RootTemplate {
                     report[8..].copy_from_slice(&errno.to_ne_bytes());
                 }
                 libc::write(ready_w.as_raw_fd(), report.as_ptr().cast(), report.len());
-                // Alive until the parent holds the namespace (it closes its end).
+                // Alive until the parent holds the namespace: it sends a byte (or is gone).
                 let mut b = [0u8; 1];
                 while libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
@@ -667,6 +687,8 @@ impl RootTemplate {
                 .map(OwnedFd::from)
                 .map_err(|e| fail("opening its namespace", e))
         };
+        // SAFETY: one byte from a local buffer to our own pipe.
+        unsafe { libc::write(hold_w.as_raw_fd(), b"r".as_ptr().cast(), 1) };
         drop(hold_w);
         let mut status = 0;
         // SAFETY: our own child, which leaves now that its hold is closed.
@@ -703,6 +725,22 @@ impl std::fmt::Debug for RootTemplate {
     }
 }
 
+/// Close every descriptor but `keep` (async-signal-safe: `close_range` only).
+fn close_all_but(mut keep: [RawFd; 2]) {
+    keep.sort_unstable();
+    let mut from: libc::c_uint = 0;
+    for k in keep {
+        let k = k as libc::c_uint;
+        if k > from {
+            // SAFETY: closing descriptors of this (forked) process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) };
+}
+
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two descriptors, which we own from here on.
@@ -717,7 +755,8 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug, Clone)]
 pub struct FsPlan {
     steps: Vec<Step>,
-    /// The detached binds that [`Step::Attach`] steps name by descriptor: held open here.
+    /// The descriptors [`Step::EnterTemplate`] and [`Step::Attach`] name by number (the
+    /// template's namespace, the detached binds): held open here.
     _trees: std::sync::Arc<Vec<OwnedFd>>,
 }
 
@@ -1108,9 +1147,12 @@ impl FsPlan {
         let mut steps = Vec::new();
         let mut trees = Vec::new();
         if let Layout::OnTemplate(t) = layout {
-            steps.push(Step::EnterTemplate {
-                ns: t.ns.as_raw_fd(),
-            });
+            // The plan holds its own descriptor: it may outlive the template.
+            let ns =
+                t.ns.try_clone()
+                    .map_err(|e| FsError::Template(format!("holding its namespace: {e}")))?;
+            steps.push(Step::EnterTemplate { ns: ns.as_raw_fd() });
+            trees.push(ns);
         } else {
             steps.extend([
                 Step::Unshare,

@@ -628,10 +628,7 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
         h.exec.is_installed().await?;
         nulls.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    rep.note(
-        "null_rpc_p50_ms",
-        json!(percentile(&sorted(nulls), 0.5)),
-    );
+    rep.note("null_rpc_p50_ms", json!(percentile(&sorted(nulls), 0.5)));
     // Where the time goes: executor_start answers once the monitor reports the job running,
     // executor_wait once the monitor has written the result and exited.
     let mut starts = Vec::new();

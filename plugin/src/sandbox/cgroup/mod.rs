@@ -671,7 +671,20 @@ impl CgroupManager {
                 "no writable v1 devices hierarchy".to_owned(),
             ));
         };
-        fsio::mkdir_new(&leaf.dir)?;
+        match fsio::mkdir_new(&leaf.dir) {
+            // Left by an earlier attempt of the execution whose removal was cut short: its
+            // other directories are gone (the job's own would have collided), so this one holds
+            // no process and goes.
+            Err(CgroupError::Io {
+                op: "mkdir",
+                source,
+                ..
+            }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                fsio::rmdir_retry(&leaf.dir, RMDIR_PATIENCE)?;
+                fsio::mkdir_new(&leaf.dir)?;
+            }
+            made => made?,
+        }
         let written = v1::write_device_rules(&leaf.dir, allow);
         if let Err(first) = written {
             return match fsio::rmdir_retry(&leaf.dir, RMDIR_PATIENCE) {
