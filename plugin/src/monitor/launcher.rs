@@ -506,7 +506,14 @@ fn fork_spare(server: &OwnedFd) -> Option<Spare> {
             // While it waits, the spare makes what it can of a job's sandbox ahead; made again
             // now and then, so that it never hands a job the host as it was long ago.
             let early = Early::now();
-            let mut ahead = Ahead::prepare();
+            // Made ahead only if no request is waiting already (starts arriving faster than
+            // spares): then making it first would only delay that start, which assembles its
+            // sandbox itself.
+            let mut ahead = if wait_readable(&theirs, 0) {
+                Ahead::default()
+            } else {
+                Ahead::prepare()
+            };
             let (path, fds) = loop {
                 if !wait_readable(&theirs, AHEAD_RENEW_MS) {
                     if ahead.renewable() {
