@@ -351,7 +351,11 @@ impl Registry {
             execs.insert(id.clone(), exec.clone());
             exec
         };
-        self.evict().await;
+        // Only the count can be over on a start; age is the janitor's, every few seconds. Not
+        // a pass over every retained execution (there can be a thousand) on every start.
+        if lock(&self.execs).len() > self.config.max_retained {
+            self.evict().await;
+        }
 
         let record = RequestRecord {
             request,
