@@ -1,5 +1,6 @@
 pub mod bid;
 pub mod capabilities;
+pub mod fds;
 pub mod logstore;
 pub mod memo;
 pub mod monitor;

@@ -63,6 +63,16 @@ fn create(m: &CgroupManager, test: &str, limits: CgroupLimits) -> Guard {
     Guard(Some(m.create(&name(test), &limits).unwrap()))
 }
 
+/// A `sleep 60` in `job`, once the cgroup lists it: (child, pid).
+fn sleeper(job: &JobCgroup) -> (Child, i32) {
+    let child = spawn(job, "exec sleep 60");
+    let pid = child.id() as i32;
+    wait_until("the job", Duration::from_secs(10), || {
+        job.pids().unwrap().contains(&pid)
+    });
+    (child, pid)
+}
+
 fn spawn(job: &JobCgroup, script: &str) -> Child {
     let join = job.join_handle().unwrap();
     let mut cmd = Command::new("sh");
@@ -285,11 +295,7 @@ fn kill_all_reaches_a_setsid_grandchild() {
 fn exit_status_of_a_killed_job_is_sigkill() {
     let Some(m) = manager("status") else { return };
     let job = create(&m, "status", CgroupLimits::default());
-    let mut child = spawn(&job, "exec sleep 60");
-    let pid = child.id() as i32;
-    wait_until("the job", Duration::from_secs(10), || {
-        job.pids().unwrap().contains(&pid)
-    });
+    let (mut child, _) = sleeper(&job);
     job.kill_all().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(9));
@@ -301,11 +307,7 @@ fn remove_refuses_while_processes_live() {
     let Some(m) = manager("busy") else { return };
     let job = create(&m, "busy", CgroupLimits::default());
     let dirs: Vec<_> = job.dirs().iter().map(|p| p.to_path_buf()).collect();
-    let mut child = spawn(&job, "exec sleep 60");
-    let pid = child.id() as i32;
-    wait_until("the job", Duration::from_secs(10), || {
-        job.pids().unwrap().contains(&pid)
-    });
+    let (mut child, _) = sleeper(&job);
     // Keep a handle on the directories to clean up after the expected failure.
     let err = job.take().remove().unwrap_err();
     assert!(err.to_string().contains("rmdir"), "{err}");
@@ -366,11 +368,7 @@ fn v1_freeze_kill_thaw_without_the_unified_tree() {
 fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
     let Some(m) = manager("reopen") else { return };
     let job = create(&m, "reopen", CgroupLimits::default());
-    let mut child = spawn(&job, "exec sleep 60");
-    let pid = child.id() as i32;
-    wait_until("the job", Duration::from_secs(10), || {
-        job.pids().unwrap().contains(&pid)
-    });
+    let (mut child, pid) = sleeper(&job);
     let dirs: Vec<_> = job.dirs().iter().map(|p| p.to_path_buf()).collect();
     // Forget the handle as a crashed monitor would.
     std::mem::forget(job.take());
@@ -394,11 +392,7 @@ fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
 fn creating_over_a_leftover_kills_what_it_holds() {
     let Some(m) = manager("replace") else { return };
     let job = create(&m, "replace", CgroupLimits::default());
-    let mut child = spawn(&job, "exec sleep 60");
-    let pid = child.id() as i32;
-    wait_until("the job", Duration::from_secs(10), || {
-        job.pids().unwrap().contains(&pid)
-    });
+    let (mut child, _) = sleeper(&job);
     std::mem::forget(job.take());
 
     let fresh = Guard(Some(
@@ -460,11 +454,7 @@ fn directories_made_ahead_become_the_jobs() {
             .trim(),
         (64u64 << 20).to_string()
     );
-    let mut child = spawn(&job, "exec sleep 60");
-    let pid = child.id() as i32;
-    wait_until("the job", Duration::from_secs(10), || {
-        job.pids().unwrap().contains(&pid)
-    });
+    let (mut child, _) = sleeper(&job);
     drop(ahead);
 
     // Its monitor died: a rerun renaming fresh directories onto the name finds the leftover.

@@ -611,6 +611,14 @@ fn chown_tree_does_not_follow_symlinks() {
 /// Unmounts on drop, so a failing assertion leaves nothing mounted on the host.
 struct HostMount(PathBuf);
 
+impl HostMount {
+    /// A tmpfs mounted on the host at `at`.
+    fn tmpfs(at: &Path, flags: nix::mount::MsFlags, data: Option<&str>) -> HostMount {
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), flags, data).unwrap();
+        HostMount(at.to_owned())
+    }
+}
+
 impl Drop for HostMount {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
@@ -628,15 +636,7 @@ fn mounts_below_a_system_dir_are_read_only_too_and_device_nodes_work() {
     let sys = tempfile::tempdir_in("/var/tmp").unwrap();
     let sub = sys.path().join("sub");
     fs::create_dir(&sub).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _mounted = HostMount(sub.clone());
+    let _mounted = HostMount::tmpfs(&sub, nix::mount::MsFlags::empty(), None);
     fs::write(sub.join("seen"), "below").unwrap();
     let mut spec = l.spec();
     spec.system_ro.push(sys.path().to_owned());
@@ -674,15 +674,7 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
     // An input on a shared mount (as most of a systemd host is): a copy of it made for the job
     // would stay its peer, and a bind mounted inside that copy would appear on the host.
     let shared = tempfile::tempdir_in("/var/tmp").unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        shared.path(),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _mounted = HostMount(shared.path().to_owned());
+    let _mounted = HostMount::tmpfs(shared.path(), nix::mount::MsFlags::empty(), None);
     nix::mount::mount(
         None::<&str>,
         shared.path(),
@@ -727,15 +719,7 @@ fn a_bind_gets_the_same_flags_either_way() {
     // An input on a noexec mount: the job's bind is remounted with the sandbox's own flags
     // (nosuid, nodev, read-only), so a script in it runs; whichever way the root is built.
     let src = tempfile::tempdir_in("/var/tmp").unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        src.path(),
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOEXEC,
-        Some("mode=755"),
-    )
-    .unwrap();
-    let _mounted = HostMount(src.path().to_owned());
+    let _mounted = HostMount::tmpfs(src.path(), nix::mount::MsFlags::MS_NOEXEC, Some("mode=755"));
     let script = src.path().join("run.sh");
     fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();

@@ -64,17 +64,19 @@ fn learnt<T: Clone>(what: &Mutex<Option<T>>) -> Option<T> {
     what.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// The usable cgroup layout the fork server learnt, if it did.
+fn learnt_cgroups() -> Option<CgroupManager> {
+    let (m, _) = CgroupManager::detect_cached(&learnt(&CGROUP_FOR)?).ok()?;
+    (m.mode() != Mode::None).then_some(m)
+}
+
 impl Ahead {
     /// Make what this process knows how to make ahead (nothing before [`HostSandbox::warm`]).
     pub fn prepare() -> Ahead {
-        let mut ahead = Ahead::default();
-        if let Some(config) = learnt(&CGROUP_FOR) {
-            if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
-                if m.mode() != Mode::None {
-                    ahead.cgroup = Some(m.make_ahead(std::process::id() as i32));
-                }
-            }
-        }
+        let mut ahead = Ahead {
+            cgroup: learnt_cgroups().map(|m| m.make_ahead(std::process::id() as i32)),
+            ..Ahead::default()
+        };
         if let Some((root_dir, system_ro)) = learnt(&TEMPLATE_FOR) {
             match RootTemplate::build(&root_dir, &system_ro) {
                 Ok(t) => ahead.root = Some(t),
@@ -87,10 +89,8 @@ impl Ahead {
     /// In the fork server, once `pid` (a spare, or the monitor it became) has exited: remove
     /// what it made ahead and did not use (it was killed before it could).
     pub fn remove_left(pid: i32) {
-        if let Some(config) = learnt(&CGROUP_FOR) {
-            if let Ok((m, _)) = CgroupManager::detect_cached(&config) {
-                m.remove_ahead(pid);
-            }
+        if let Some(m) = learnt_cgroups() {
+            m.remove_ahead(pid);
         }
     }
 

@@ -80,9 +80,7 @@ const ASK_SPARE: u8 = b'S';
 impl Conn {
     /// Ask the server for the next spare; its answer is read at the next start ([`collect`]).
     fn ask_spare(&mut self, learn_from: &[u8]) {
-        let mut msg = Vec::with_capacity(1 + learn_from.len());
-        msg.push(ASK_SPARE);
-        msg.extend_from_slice(learn_from);
+        let msg = request(ASK_SPARE, learn_from);
         let sent = sendmsg::<()>(
             self.server.as_raw_fd(),
             &[IoSlice::new(&msg)],
@@ -106,8 +104,7 @@ impl Conn {
         let Ok([pidfd, sock]) = <[OwnedFd; 2]>::try_from(fds) else {
             return;
         };
-        if answer.len() == 8 && answer[4..] == [0; 4] {
-            let pid = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
+        if let Some((pid, 0)) = answer_of(&answer) {
             self.spare = Some(Spare { pid, pidfd, sock });
         }
     }
@@ -201,9 +198,7 @@ impl Launcher {
             }
             // It died idle: the server forks the monitor instead.
         }
-        let mut msg = Vec::with_capacity(1 + path.len());
-        msg.push(ASK_MONITOR);
-        msg.extend_from_slice(path);
+        let msg = request(ASK_MONITOR, path);
         let cmsg = [ControlMessage::ScmRights(&fds)];
         if let Err(e) = sendmsg::<()>(
             conn.server.as_raw_fd(),
@@ -228,14 +223,12 @@ impl Launcher {
             )));
         }
         let mut fds = fds.into_iter();
-        if answer.len() != 8 {
+        let Some((pid, errno)) = answer_of(&answer) else {
             return Err(LaunchError::Server(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the fork server closed its socket",
             )));
-        }
-        let pid = i32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]);
-        let errno = i32::from_ne_bytes([answer[4], answer[5], answer[6], answer[7]]);
+        };
         if errno != 0 {
             return Err(LaunchError::Fork(io::Error::from_raw_os_error(errno)));
         }
@@ -244,6 +237,29 @@ impl Launcher {
         })?;
         Ok(Launched { pid, pidfd })
     }
+}
+
+/// A request to the server: what it asks for, then the path.
+fn request(ask: u8, path: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(1 + path.len());
+    msg.push(ask);
+    msg.extend_from_slice(path);
+    msg
+}
+
+/// The server's answer: a pid and an errno (0: none).
+fn answer(pid: i32, errno: i32) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&pid.to_ne_bytes());
+    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+    bytes
+}
+
+/// (pid, errno) of an [`answer`]; `None` for anything else (end-of-file).
+fn answer_of(bytes: &[u8]) -> Option<(i32, i32)> {
+    let bytes: &[u8; 8] = bytes.try_into().ok()?;
+    let word = |i: usize| i32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((word(0), word(4)))
 }
 
 /// Receive one message of at most `max` bytes and the descriptors that came with it (owned, and
@@ -369,15 +385,13 @@ fn serve(sock: OwnedFd) -> ! {
             }
             _ => (0, libc::EINVAL, Vec::new()),
         };
-        let mut answer = [0u8; 8];
-        answer[..4].copy_from_slice(&pid.to_ne_bytes());
-        answer[4..].copy_from_slice(&errno.to_ne_bytes());
+        let reply = answer(pid, errno);
         let raw: Vec<RawFd> = give.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
         let sent = sendmsg::<()>(
             sock.as_raw_fd(),
-            &[IoSlice::new(&answer)],
+            &[IoSlice::new(&reply)],
             cmsgs,
             MsgFlags::MSG_NOSIGNAL,
             None,
@@ -401,14 +415,10 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
     let dir: PathBuf = dir.to_path_buf();
     // The child waits at this gate until we hold its pidfd: if we cannot get one, it must not
     // have created a cgroup or started a job by the time it is killed.
-    let mut gate = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills the two descriptors.
-    if unsafe { libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return (0, errno(), None);
-    }
-    // SAFETY: fresh descriptors, each owned once.
-    let (gate_r, gate_w) =
-        unsafe { (OwnedFd::from_raw_fd(gate[0]), OwnedFd::from_raw_fd(gate[1])) };
+    let (gate_r, gate_w) = match crate::fds::pipe2(libc::O_CLOEXEC) {
+        Ok(gate) => gate,
+        Err(e) => return (0, e.raw_os_error().unwrap_or(libc::EIO), None),
+    };
     // SAFETY: this server is single-threaded.
     match unsafe { libc::fork() } {
         -1 => (0, errno(), None),
@@ -637,7 +647,7 @@ fn keep_only(sock: OwnedFd) -> OwnedFd {
             fd
         };
         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+        if !crate::fds::close_range_except(4, &mut []) {
             for other in 4..1024 {
                 libc::close(other);
             }

@@ -517,29 +517,7 @@ struct MonitorPart {
 /// reach the job. Everything the monitor needs is opened after this, but for `keep`: what its
 /// sandbox made ahead (a spare's).
 fn close_from(first: u32, keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter_map(|fd| u32::try_from(*fd).ok())
-        .filter(|fd| *fd >= first)
-        .collect();
-    keep.sort_unstable();
-    keep.dedup();
-    let mut from = first;
-    let mut closed = true;
-    for kept in keep.iter().copied().map(Some).chain([None]) {
-        let to = match kept {
-            Some(k) if k == from => {
-                from = k + 1;
-                continue;
-            }
-            Some(k) => k - 1,
-            None => u32::MAX,
-        };
-        // SAFETY: nothing of ours is open in this range yet.
-        closed &= unsafe { libc::syscall(libc::SYS_close_range, from, to, 0) } == 0;
-        from = kept.map_or(u32::MAX, |k| k + 1);
-    }
-    if closed {
+    if crate::fds::close_range_except(first, &mut keep.to_vec()) {
         return;
     }
     // Older kernels: walk our descriptors (collected first: read_dir holds one itself).
@@ -547,7 +525,7 @@ fn close_from(first: u32, keep: &[RawFd]) {
         let fds: Vec<i32> = entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd >= first as i32 && !keep.contains(&(*fd as u32)))
+            .filter(|fd| *fd >= first as i32 && !keep.contains(fd))
             .collect();
         for fd in fds {
             // SAFETY: closing a descriptor nothing of ours uses; a stale one just fails.

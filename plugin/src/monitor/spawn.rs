@@ -3,12 +3,13 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout};
 
+use crate::fds::pipe2;
 use crate::sandbox::cgroup::CgroupRecord;
 use crate::state::{FsSandbox, MonitorSpec};
 
@@ -415,17 +416,6 @@ impl ExecPlan {
             cwd,
         })
     }
-}
-
-/// A pipe with `flags` (`pipe2(2)`): (read end, write end).
-fn pipe2(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two descriptors, which we own from here on.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2, owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// An errno no system call returns: the child could not change into the working directory

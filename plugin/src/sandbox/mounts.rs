@@ -634,8 +634,9 @@ impl RootTemplate {
         // open would hold copies of them.
         static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-        let (ready_r, ready_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
-        let (hold_r, hold_w) = pipe_cloexec().map_err(|e| fail("pipe", e))?;
+        let pipe = || crate::fds::pipe2(libc::O_CLOEXEC).map_err(|e| fail("pipe", e));
+        let (ready_r, ready_w) = pipe()?;
+        let (hold_r, hold_w) = pipe()?;
         // SAFETY: the child makes only async-signal-safe system calls on data prepared before
         // the fork, and leaves with `_exit`.
         let pid = unsafe { libc::fork() };
@@ -647,7 +648,7 @@ impl RootTemplate {
             unsafe {
                 // Nothing but its own two pipe ends: a copy of another process's pipe (a fork
                 // of another thread) must not outlive that process's wait because of us.
-                close_all_but([ready_w.as_raw_fd(), hold_r.as_raw_fd()]);
+                crate::fds::close_range_except(0, &mut [ready_w.as_raw_fd(), hold_r.as_raw_fd()]);
                 let mut report = [0u8; 12];
                 if let Err((i, e)) = plan.apply_at() {
                     report[..4].copy_from_slice(&1u32.to_ne_bytes());
@@ -725,32 +726,6 @@ impl std::fmt::Debug for RootTemplate {
     }
 }
 
-/// Close every descriptor but `keep` (async-signal-safe: `close_range` only).
-fn close_all_but(mut keep: [RawFd; 2]) {
-    keep.sort_unstable();
-    let mut from: libc::c_uint = 0;
-    for k in keep {
-        let k = k as libc::c_uint;
-        if k > from {
-            // SAFETY: closing descriptors of this (forked) process.
-            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
-        }
-        from = k + 1;
-    }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) };
-}
-
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two descriptors, which we own from here on.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// The validated, fully prepared filesystem of one job.
 #[derive(Debug, Clone)]
 pub struct FsPlan {
@@ -770,6 +745,18 @@ enum Layout<'a> {
     Template,
     /// Only the job's own mounts, inside a [`RootTemplate`].
     OnTemplate(&'a RootTemplate),
+}
+
+impl Layout<'_> {
+    /// Whether this layout makes `entry`'s mount: a template holds what every job has, a job
+    /// on a template adds the rest.
+    fn plans(self, entry: &Entry) -> bool {
+        match self {
+            Layout::Full => true,
+            Layout::Template => entry.in_template(),
+            Layout::OnTemplate(_) => !entry.in_template(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1184,10 +1171,7 @@ impl FsPlan {
             }
         }
         for (i, entry) in entries.iter().enumerate() {
-            if on_template && entry.in_template() {
-                continue;
-            }
-            if matches!(layout, Layout::Template) && !entry.in_template() {
+            if !layout.plans(entry) {
                 continue;
             }
             let target = entry.target();
@@ -1243,11 +1227,12 @@ impl FsPlan {
                 } if on_template => {
                     // Outside the template's namespace the source is out of reach: the bind is
                     // made here, detached, and attached by the child.
-                    trees.push(detached_bind(source, *read_only, *recursive)?);
+                    let tree = detached_bind(source, *read_only, *recursive)?;
                     steps.push(Step::Attach {
-                        tree: trees.last().map_or(-1, |t: &OwnedFd| t.as_raw_fd()),
+                        tree: tree.as_raw_fd(),
                         target: host_c,
                     });
+                    trees.push(tree);
                 }
                 Entry::Bind {
                     source,
@@ -1317,36 +1302,22 @@ impl FsPlan {
             }
         }
 
-        let root_c = cstring("root directory", &root)?;
-        match layout {
-            Layout::Template => {
-                // Enter the root, as a job would; the root stays writable until a job's own
-                // mount points are made in it.
-                steps.push(Step::PivotRoot { root: root_c });
-            }
-            Layout::OnTemplate(_) => {
-                // The child's root is the template's: every mount point exists now, and the
-                // root becomes read-only as below.
-                steps.push(Step::Mount {
-                    source: None,
-                    target: c"/".to_owned(),
-                    fstype: None,
-                    flags: RO_BIND,
-                    data: None,
-                });
-            }
-            Layout::Full => {
-                // Every mount point exists now; the root itself becomes read-only so a job
-                // running as root cannot leave files in the execution's directory.
-                steps.push(Step::Mount {
-                    source: None,
-                    target: root_c.clone(),
-                    fstype: None,
-                    flags: RO_BIND,
-                    data: None,
-                });
-                steps.push(Step::PivotRoot { root: root_c });
-            }
+        // A template's root stays writable until a job's own mount points are made in it.
+        // Otherwise every mount point exists now: the root becomes read-only, so a job running
+        // as root cannot leave files in it (on a template, the job's child is already inside).
+        if !matches!(layout, Layout::Template) {
+            steps.push(Step::Mount {
+                source: None,
+                target: cstring("root directory", &base)?,
+                fstype: None,
+                flags: RO_BIND,
+                data: None,
+            });
+        }
+        if !on_template {
+            steps.push(Step::PivotRoot {
+                root: cstring("root directory", &root)?,
+            });
         }
         steps.push(Step::Chdir {
             path: cstring("working directory", &workdir)?,
@@ -1532,8 +1503,9 @@ fn standard_devices() -> &'static [(&'static str, libc::dev_t)] {
     })
 }
 
-/// A minimal `/dev`: a tmpfs with the harmless device nodes (made) and any extra ones (bound from the host), `/dev/shm`, and
-/// the `/proc/self/fd` symlinks; read-only afterwards so a job cannot add nodes.
+/// A minimal `/dev`: a tmpfs with the harmless device nodes (made) and any extra ones (bound
+/// from the host), `/dev/shm`, and the `/proc/self/fd` symlinks; read-only afterwards so a job
+/// cannot add nodes.
 fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(), FsError> {
     let dev_c = cstring("sandbox mount", dev)?;
     steps.push(Step::Mount {

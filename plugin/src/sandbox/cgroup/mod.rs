@@ -146,6 +146,14 @@ pub(crate) struct ResolvedLimits {
     pub pids: Option<u64>,
 }
 
+impl CgroupError {
+    /// A directory to make was there already (a leftover of the same name).
+    fn is_existing_dir(&self) -> bool {
+        matches!(self, CgroupError::Io { op: "mkdir", source, .. }
+            if source.kind() == io::ErrorKind::AlreadyExists)
+    }
+}
+
 /// Which figures [`JobCgroup`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reading {
@@ -521,11 +529,7 @@ impl CgroupManager {
         ahead: Option<&mut AheadDirs>,
     ) -> Result<JobCgroup, CgroupError> {
         match self.create_with(name, limits, ahead) {
-            Err(CgroupError::Io {
-                op: "mkdir",
-                source,
-                ..
-            }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Err(e) if e.is_existing_dir() => {
                 if let Some(old) = self.open_existing(name)? {
                     old.kill_all()?;
                     old.remove()?;
@@ -675,11 +679,7 @@ impl CgroupManager {
             // Left by an earlier attempt of the execution whose removal was cut short: its
             // other directories are gone (the job's own would have collided), so this one holds
             // no process and goes.
-            Err(CgroupError::Io {
-                op: "mkdir",
-                source,
-                ..
-            }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Err(e) if e.is_existing_dir() => {
                 fsio::rmdir_retry(&leaf.dir, RMDIR_PATIENCE)?;
                 fsio::mkdir_new(&leaf.dir)?;
             }
