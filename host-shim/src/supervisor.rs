@@ -327,8 +327,11 @@ impl Inner {
         let spec = &self.spec;
         let plugin = spec.program.display().to_string();
         let mut opts = SpawnOptions::new(&spec.program);
-        if let Some(pin) = &spec.sha256 {
-            opts.binary = Some(OpenBinary::open(&spec.program, Some(pin))?);
+        match &spec.sha256 {
+            Some(pin) => opts.binary = Some(OpenBinary::open(&spec.program, Some(pin))?),
+            // Unpinned, the file runs from its path; it must at least be one nobody but root
+            // or this user can change.
+            None => drop(crate::pin::open_trusted(&spec.program)?),
         }
         let process = PluginProcess::spawn(opts).await?;
         let init = tokio::time::timeout(

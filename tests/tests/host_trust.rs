@@ -1,0 +1,240 @@
+//! The host's trust boundary (issue 19): pins that cannot be beaten, plugin files nobody else
+//! can change, results directories nobody else made, and plugins that cannot hang or flood the
+//! host.
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use executor_host::pin::{OpenBinary, PinError};
+use executor_host::process::{PluginProcess, SpawnOptions};
+use executor_host::{
+    ConfigError, Executor, Host, HostConfig, HostError, PluginExecutor, PluginSpec,
+};
+use executor_schema::PluginConfig;
+use executor_tests::bin_path;
+
+const GOOD: &[u8] = b"PIN-TRAILER:GOOD";
+const EVIL: &[u8] = b"PIN-TRAILER:EVIL";
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn write_exe(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    chmod(path, 0o755);
+}
+
+/// A racer rewrites the pinned file in place (the same length, only its trailer differs)
+/// between the host's hash and its exec. Whatever starts must be the hashed bytes.
+#[tokio::test]
+async fn an_in_place_rewrite_never_runs_instead_of_the_pinned_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::fs::read(bin_path("pin-race-probe")).unwrap();
+    let plugin = dir.path().join("executor-pinrace");
+    let good = [&probe[..], GOOD].concat();
+    write_exe(&plugin, &good);
+    let pin = executor_host::pin::sha256_file(&plugin).unwrap();
+    let marker = PathBuf::from(format!("{}.evil", plugin.display()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewrites = Arc::new(AtomicUsize::new(0));
+    let racer = {
+        let (stop, rewrites, plugin) = (stop.clone(), rewrites.clone(), plugin.clone());
+        let at = probe.len() as u64;
+        std::thread::spawn(move || {
+            let rewrite = |bytes: &[u8]| {
+                // ETXTBSY while a probe runs from the file itself (the old way): skip a turn.
+                // The descriptor is closed at once, so an exec of the file can find it closed.
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&plugin) {
+                    let _ = f.write_all_at(bytes, at);
+                }
+            };
+            let mut turn = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                rewrite(EVIL);
+                for _ in 0..turn % 64 {
+                    std::thread::yield_now();
+                }
+                rewrite(GOOD);
+                std::thread::yield_now();
+                turn = turn.wrapping_add(7);
+                rewrites.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let binary = match OpenBinary::open(&plugin, Some(&pin)) {
+            Ok(b) => b,
+            // A copy taken mid-rewrite: refused, so never run.
+            Err(PinError::Mismatch { .. }) => {
+                refused += 1;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let mut opts = SpawnOptions::new(&plugin);
+        opts.binary = Some(binary);
+        // Executing the file itself fails with ETXTBSY while the racer holds it open for
+        // writing; that start simply did not happen.
+        let Ok(mut process) = PluginProcess::spawn(opts).await else {
+            refused += 1;
+            continue;
+        };
+        let status = tokio::time::timeout(Duration::from_secs(30), process.wait_exit())
+            .await
+            .expect("the probe exits");
+        assert!(status.contains("exit status: 0"), "{status}");
+        started += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    let evil_runs = std::fs::read_to_string(&marker)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    eprintln!(
+        "{started} started, {refused} refused or not executable mid-rewrite, {} rewrites, {evil_runs} ran the \
+         other bytes",
+        rewrites.load(Ordering::Relaxed)
+    );
+    assert!(started > 0, "nothing started: the test proves nothing");
+    assert!(rewrites.load(Ordering::Relaxed) > 0, "the racer never ran");
+    assert_eq!(evil_runs, 0, "the unpinned bytes ran {evil_runs} times");
+    // Sanity: the evil bytes, run, do leave the marker (so the count above can be non-zero).
+    let evil = dir.path().join("executor-evil");
+    write_exe(&evil, &[&probe[..], EVIL].concat());
+    let status = std::process::Command::new(&evil).status().unwrap();
+    assert!(status.success());
+    assert!(Path::new(&format!("{}.evil", evil.display())).exists());
+}
+
+/// A script plugin that only records that it ran.
+fn marking_plugin(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let marker = dir.join(format!("{name}.ran"));
+    let plugin = dir.join(name);
+    write_exe(
+        &plugin,
+        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()).as_bytes(),
+    );
+    (plugin, marker)
+}
+
+fn copy_native(dir: &Path) -> PathBuf {
+    let to = dir.join("executor-native");
+    std::fs::copy(executor_tests::native_plugin(), &to).unwrap();
+    to
+}
+
+fn config(dirs: &[&Path], state: &Path) -> HostConfig {
+    let mut config = HostConfig {
+        plugin_dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+        ..HostConfig::default()
+    };
+    config.engines.insert(
+        "native".into(),
+        PluginConfig {
+            state_dir: Some(state.to_path_buf()),
+            ..Default::default()
+        },
+    );
+    config
+}
+
+#[tokio::test]
+async fn with_pins_configured_unpinned_and_disabled_files_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let native = copy_native(dir.path());
+    let (stray, stray_ran) = marking_plugin(dir.path(), "executor-stray");
+    let mut cfg = config(&[dir.path()], state.path());
+    cfg.pins.insert(
+        native.clone(),
+        executor_host::pin::sha256_file(&native).unwrap(),
+    );
+    let host = Host::from_config(&cfg).await.unwrap();
+    assert!(host.plugin("native").is_some());
+    let listed = host.plugins.iter().find(|p| p.path == stray).unwrap();
+    assert!(
+        listed.error.as_deref().unwrap_or("").contains("not pinned"),
+        "{listed:?}"
+    );
+    host.shutdown().await;
+    assert!(
+        !stray_ran.exists(),
+        "an unpinned plugin ran although pins are configured"
+    );
+
+    // Disabled by name: not run either, pins or not.
+    let mut cfg = config(&[dir.path()], state.path());
+    cfg.disabled = vec!["Stray".into()];
+    let host = Host::from_config(&cfg).await.unwrap();
+    let listed = host.plugins.iter().find(|p| p.path == stray).unwrap();
+    assert!(listed.disabled, "{listed:?}");
+    host.shutdown().await;
+    assert!(!stray_ran.exists(), "a disabled plugin ran");
+}
+
+#[tokio::test]
+async fn a_pin_naming_no_plugin_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    copy_native(dir.path());
+    let mut cfg = config(&[dir.path()], state.path());
+    let typo = dir.path().join("executor-natvie");
+    cfg.pins.insert(typo.clone(), "ab".repeat(32));
+    let err = Host::from_config(&cfg).await.err().expect("refused");
+    assert!(matches!(err, ConfigError::UnmatchedPin { .. }), "{err}");
+    assert!(err.to_string().contains("executor-natvie"), "{err}");
+}
+
+#[tokio::test]
+async fn plugins_or_directories_others_can_write_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        // As another user the tempdir tree is ours all the same; the modes decide.
+        eprintln!("note: running unprivileged; ownership checks see our own uid");
+    }
+    let state = tempfile::tempdir().unwrap();
+    // A plugin directory anyone can write to.
+    let open_dir = tempfile::tempdir().unwrap();
+    let (_, ran) = marking_plugin(open_dir.path(), "executor-open");
+    chmod(open_dir.path(), 0o777);
+    let err = Host::from_config(&config(&[open_dir.path()], state.path()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ConfigError::UntrustedDir(_)), "{err}");
+    assert!(
+        err.to_string().contains("writable by group or others"),
+        "{err}"
+    );
+    assert!(!ran.exists(), "a plugin in a world-writable directory ran");
+    chmod(open_dir.path(), 0o700);
+
+    // A group-writable plugin file, found in a directory or named explicitly.
+    let dir = tempfile::tempdir().unwrap();
+    let (plugin, ran) = marking_plugin(dir.path(), "executor-loose");
+    chmod(&plugin, 0o775);
+    let host = Host::from_config(&config(&[dir.path()], state.path()))
+        .await
+        .unwrap();
+    let error = host.plugins[0].error.clone().unwrap_or_default();
+    assert!(error.contains("not trusted"), "{error}");
+    let direct = PluginExecutor::new(PluginSpec::new("loose", &plugin));
+    let err = direct.is_installed().await.unwrap_err();
+    assert!(
+        matches!(err, HostError::Pin(PinError::Untrusted { .. })),
+        "{err}"
+    );
+    assert!(!ran.exists(), "a group-writable plugin ran");
+    // Sanity: the same file with sane modes does run.
+    chmod(&plugin, 0o755);
+    let _ = PluginExecutor::new(PluginSpec::new("loose", &plugin))
+        .is_installed()
+        .await;
+    assert!(ran.exists());
+}
