@@ -238,3 +238,107 @@ async fn plugins_or_directories_others_can_write_are_refused() {
         .await;
     assert!(ran.exists());
 }
+
+/// `executor-host` in `cwd` with its own state root; stdout and stderr collected.
+fn host_cli(cwd: &Path, state: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin_path("executor-host"))
+        .current_dir(cwd)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A directory someone else prepared, with `stdout` a symlink to a file they want written.
+fn booby_trapped(dir: &Path, victim: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::symlink(victim, dir.join("stdout")).unwrap();
+    std::os::unix::fs::symlink(victim, dir.join("exitCode")).unwrap();
+}
+
+#[test]
+fn results_never_go_to_a_directory_someone_else_made() {
+    let cwd = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let victim = cwd.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+
+    // The name the results directory would have had for this id, made beforehand.
+    booby_trapped(&cwd.path().join("trust-results-guess"), &victim);
+    let out = host_cli(
+        cwd.path(),
+        state.path(),
+        &["run", "--id", "trust-results-guess", "--", "echo", "owned"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("--- results: "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_ne!(results, cwd.path().join("trust-results-guess"));
+    assert!(results.starts_with(cwd.path()), "{}", results.display());
+    let meta = std::fs::symlink_metadata(&results).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::read(results.join("stdout")).unwrap(), b"owned\n");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+
+    // An existing --results is refused, symlinks inside or not.
+    let given = cwd.path().join("given");
+    booby_trapped(&given, &victim);
+    let out = host_cli(
+        cwd.path(),
+        state.path(),
+        &[
+            "run",
+            "--id",
+            "trust-results-given",
+            "--results",
+            given.to_str().unwrap(),
+            "--",
+            "echo",
+            "owned",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+#[test]
+fn an_id_that_climbs_out_is_refused_before_anything_is_made() {
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cwd = root.path().join("a/b");
+    std::fs::create_dir_all(&cwd).unwrap();
+    for id in ["../../x", "-x", ".x", "a/b"] {
+        let arg = format!("--id={id}");
+        let out = host_cli(&cwd, state.path(), &["run", &arg, "--", "true"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{id}: {stderr}");
+        assert!(stderr.contains("execution id"), "{id}: {stderr}");
+    }
+    let made: Vec<_> = walk(root.path());
+    assert_eq!(made, vec![root.path().join("a"), cwd.clone()], "{made:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}

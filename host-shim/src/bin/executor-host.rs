@@ -342,6 +342,10 @@ fn build_request(args: &RunArgs) -> Result<RunCommandRequest, Failure> {
     if req.execution_id.is_empty() {
         req.execution_id = args.id.clone().unwrap_or_else(new_execution_id);
     }
+    // Before anything is made from it.
+    if let Some(why) = id_problem(&req.execution_id) {
+        return fail(format!("execution id {why}; pick another --id"));
+    }
     if req.job_id.is_empty() {
         req.job_id = req.execution_id.clone();
     }
@@ -376,18 +380,73 @@ fn build_request(args: &RunArgs) -> Result<RunCommandRequest, Failure> {
     }
     if req.results_dir.is_empty() && req.execution_dir.is_empty() {
         let dir = match &args.results {
-            Some(d) => absolute(d)?,
-            None => absolute(Path::new(&req.execution_id))?,
+            Some(d) => new_results_dir(&absolute(d)?)?,
+            None => fresh_results_dir(&req.execution_id)?,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Failure(format!(
-                "cannot create the results directory {}: {e}; pass --results DIR",
-                dir.display()
-            ))
-        })?;
         req.results_dir = dir.display().to_string();
     }
     Ok(req)
+}
+
+/// Why an execution id is refused before anything is made from it: the schema's rule (it
+/// becomes directory and cgroup names), and a letter or digit first so it never reads as an
+/// option or a hidden or relative name.
+fn id_problem(id: &str) -> Option<String> {
+    if let Some(why) = executor_schema::validate::id_problem(id) {
+        return Some(why);
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("{id:?} must start with a letter or a digit"));
+    }
+    None
+}
+
+/// `--results DIR`: made here, private (0700), and never one that already exists (a directory
+/// someone else made, or a symlink, could send the job's results anywhere).
+fn new_results_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Failure(format!(
+                "cannot create {}, the parent of the results directory: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    // mkdir: fails on anything already there, a symlink included, and follows none.
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(dir.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fail(format!(
+            "the results directory {} already exists; pass a new path (it is created, private \
+             to you) or leave --results out",
+            dir.display()
+        )),
+        Err(e) => fail(format!(
+            "cannot create the results directory {}: {e}; pass --results DIR",
+            dir.display()
+        )),
+    }
+}
+
+/// Without `--results`: a new private directory `<id>-<random>` under the current one. The
+/// random part makes the name unguessable, so nobody can have made it (or a symlink by that
+/// name) beforehand; a name that exists is never used.
+fn fresh_results_dir(id: &str) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure(format!("cannot read the current directory: {e}")))?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .rand_bytes(8)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&cwd)
+        .map_err(|e| {
+            Failure(format!(
+                "cannot create a results directory in {}: {e}; pass --results DIR",
+                cwd.display()
+            ))
+        })?;
+    Ok(dir.keep())
 }
 
 fn parse_input(spec: &str) -> Result<PreparedStorage, Failure> {
