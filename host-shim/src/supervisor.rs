@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::error::{classify, CallFailure, HostError};
 use crate::executor::{apply_deadline, Executor};
 use crate::log_routes::LogRoute;
-use crate::logs::LogStream;
+use crate::logs::{event_bytes, ByteBudget, LogStream};
 use crate::pin::OpenBinary;
 use crate::process::{PluginProcess, SpawnOptions};
 
@@ -124,6 +124,9 @@ pub struct PluginExecutor {
 /// A log subscription ended without an `end` event this many times in a row while the plugin
 /// stayed up: the plugin is refusing to serve it, so stop retrying.
 const MAX_FRUITLESS_RESUBSCRIBES: u32 = 5;
+
+/// Bytes of log data a log stream holds for its reader before the feed waits.
+const LOG_STREAM_BUDGET: usize = 8 << 20;
 
 impl PluginExecutor {
     pub fn new(spec: PluginSpec) -> Self {
@@ -428,6 +431,7 @@ impl Inner {
         self: Arc<Self>,
         request: LogStreamRequest,
         tx: mpsc::Sender<Result<LogEvent, HostError>>,
+        budget: Arc<ByteBudget>,
         first: LogSubscription,
         first_generation: u64,
     ) {
@@ -456,8 +460,11 @@ impl Inner {
                     }
                     LogEvent::End { .. } => true,
                 };
-                let tx = tx.clone();
-                async move { tx.send(Ok(ev)).await.is_ok() && !end }
+                let (tx, budget) = (tx.clone(), budget.clone());
+                async move {
+                    budget.acquire(event_bytes(&ev)).await;
+                    tx.send(Ok(ev)).await.is_ok() && !end
+                }
             };
             let route_lagged = loop {
                 // jsonrpsee's buffer first: it holds whatever came before the route existed.
@@ -699,12 +706,17 @@ impl Executor for PluginExecutor {
         // The first subscription is made here so that its errors (NotFound, ...) are this
         // call's; later ones happen in the background after a restart.
         let (first, generation) = self.inner.subscribe(&request, request.position).await?;
+        // Counted in events by the channel, in bytes by the budget: a plugin picks how large
+        // each event is.
         let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(
-            self.inner
-                .clone()
-                .follow_logs(request, tx, first, generation),
-        );
-        Ok(LogStream::new(rx, task))
+        let budget = ByteBudget::new(LOG_STREAM_BUDGET);
+        let task = tokio::spawn(self.inner.clone().follow_logs(
+            request,
+            tx,
+            budget.clone(),
+            first,
+            generation,
+        ));
+        Ok(LogStream::with_budget(rx, task, budget))
     }
 }

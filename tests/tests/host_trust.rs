@@ -342,3 +342,122 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A fake plugin: `/bin/sh` answering `initialize` (as `engine`), `shutdown` and
+/// `executor_isInstalled`, plus the `case` arms in `arms` (each sees the request as `$line` and
+/// its id as `$id`). `DONE` in the arms is a file the test waits for.
+fn fake_plugin(dir: &Path, engine: &str, arms: &str) -> PathBuf {
+    let init = executor_schema::InitializeResult {
+        protocol_version: "1".into(),
+        engine: engine.into(),
+        plugin: executor_schema::PluginInfo {
+            name: format!("fake-{engine}"),
+            version: "0".into(),
+        },
+        ..Default::default()
+    };
+    let init = serde_json::to_string(&init).unwrap();
+    let path = dir.join(format!("executor-{engine}"));
+    let script = format!(
+        r#"#!/bin/sh
+INIT='{init}'
+DONE='{done}'
+answer() {{ printf '{{"jsonrpc":"2.0","id":%s,"result":%s}}\n' "$1" "$2"; }}
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{{"jsonrpc":"2.0","id":\([0-9]*\).*/\1/p')
+  case "$line" in
+{arms}
+    *'"method":"initialize"'*) answer "$id" "$INIT" ;;
+    *'"method":"shutdown"'*) answer "$id" null; exit 0 ;;
+    *'"method":"executor_isInstalled"'*) answer "$id" true ;;
+  esac
+done
+"#,
+        done = dir.join("DONE").display(),
+    );
+    write_exe(&path, script.as_bytes());
+    path
+}
+
+/// The largest resident size `pid` has had, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Run `executor-host` with `plugin` and `args` until the plugin touches `DONE`; the host's
+/// peak resident size then. Its stdout is never read (a reader that stopped).
+fn host_peak_until_done(plugin: &Path, args: &[&str]) -> u64 {
+    let dir = plugin.parent().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin_path("executor-host"))
+        .current_dir(dir)
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--plugin")
+        .arg(plugin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !dir.join("DONE").exists() {
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the fake plugin never finished: {:?}", child.wait());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = peak_rss(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    peak
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_plugin_flooding_stderr_without_newlines_costs_the_host_little_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 512 MiB in one "line".
+    let plugin = fake_plugin(
+        dir.path(),
+        "stderrflood",
+        r#"    *'"method":"initialize"'*)
+      head -c 536870912 /dev/zero | tr '\0' x >&2
+      touch "$DONE"; sleep 60 ;;"#,
+    );
+    let peak = host_peak_until_done(&plugin, &["plugins"]);
+    eprintln!("host peak RSS {} MiB", peak / MIB);
+    assert!(peak < 200 * MIB, "host peak RSS {} MiB", peak / MIB);
+}
+
+#[test]
+fn huge_log_events_to_a_slow_reader_cost_the_host_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 96 events of 8 MiB each for a reader that never reads.
+    let plugin = fake_plugin(
+        dir.path(),
+        "logflood",
+        r#"    *'"method":"executor_subscribeLogs"'*)
+      answer "$id" 7
+      i=0
+      while [ $i -lt 96 ]; do
+        printf '{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":7,"result":{"type":"data","stream":"stdout","timestamp":"t","data":"'
+        head -c 8388608 /dev/zero | tr '\0' A
+        printf '","offset":%d,"next":%d}}}\n' $((i * 6291456)) $(((i + 1) * 6291456))
+        i=$((i + 1))
+      done
+      touch "$DONE" ;;"#,
+    );
+    let peak = host_peak_until_done(&plugin, &["logs", "--engine", "logflood", "-f", "e1"]);
+    eprintln!("host peak RSS {} MiB", peak / MIB);
+    assert!(peak < 200 * MIB, "host peak RSS {} MiB", peak / MIB);
+}
