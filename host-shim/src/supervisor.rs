@@ -45,6 +45,11 @@ pub struct Supervision {
     pub handshake_timeout: Duration,
     /// After `shutdown`, how long the plugin gets to exit before it is killed.
     pub shutdown_grace: Duration,
+    /// Limit for the calls a plugin answers promptly (`isInstalled`, bids, `start`, `cancel`,
+    /// `list`, `stats`, a log subscription's acknowledgement). A plugin that misses it is
+    /// killed and restarted on next use. `wait`, `run` and log follows are never limited:
+    /// they last as long as the job.
+    pub call_timeout: Duration,
 }
 
 impl Default for Supervision {
@@ -57,6 +62,7 @@ impl Default for Supervision {
             unhealthy_for: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -206,6 +212,21 @@ impl PluginExecutor {
             conn.process.wait_exit_for(grace).await;
         }
     }
+}
+
+/// Calls a plugin answers at once, whatever its jobs do; see `Supervision::call_timeout`.
+fn is_prompt(method: &str) -> bool {
+    matches!(
+        method,
+        "executor_isInstalled"
+            | "executor_shouldBid"
+            | "executor_shouldBidBasedOnUsage"
+            | "executor_start"
+            | "executor_cancel"
+            | "executor_list"
+            | "executor_stats"
+            | "executor_subscribeLogs"
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -400,7 +421,27 @@ impl Inner {
             tries += 1;
             let conn = self.conn().await?;
             let generation = conn.generation;
-            match f(conn).await {
+            let answered = if is_prompt(method) {
+                let limit = self.supervision().call_timeout;
+                let process_conn = conn.clone();
+                match tokio::time::timeout(limit, f(conn)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        tracing::warn!(engine = %self.spec.engine, method, ?limit, "plugin did not answer in time; restarting it");
+                        process_conn.process.kill();
+                        self.mark_dead(generation, &format!("did not answer {method}"))
+                            .await;
+                        return Err(HostError::Timeout {
+                            engine: self.spec.engine.clone(),
+                            method,
+                            limit,
+                        });
+                    }
+                }
+            } else {
+                f(conn).await
+            };
+            match answered {
                 Ok(v) => return Ok(v),
                 Err(e) => match classify(&self.spec.engine, method, e) {
                     CallFailure::Answer(e) => return Err(e),

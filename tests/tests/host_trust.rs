@@ -461,3 +461,44 @@ fn huge_log_events_to_a_slow_reader_cost_the_host_bounded_memory() {
     eprintln!("host peak RSS {} MiB", peak / MIB);
     assert!(peak < 200 * MIB, "host peak RSS {} MiB", peak / MIB);
 }
+
+#[tokio::test]
+async fn a_plugin_that_never_answers_fails_prompt_calls_in_bounded_time_and_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = serde_json::to_string(&executor_schema::RunCommandResult::default()).unwrap();
+    // isInstalled and list are never answered; wait is, after a while.
+    let plugin = fake_plugin(
+        dir.path(),
+        "silent",
+        &format!(
+            r#"    *'"method":"executor_isInstalled"'*|*'"method":"executor_list"'*) ;;
+    *'"method":"executor_wait"'*) ( sleep 3; answer "$id" '{result}' ) & ;;"#
+        ),
+    );
+    let mut spec = PluginSpec::new("silent", &plugin);
+    spec.supervision.call_timeout = Duration::from_secs(1);
+    let executor = PluginExecutor::new(spec);
+    executor.info().await.unwrap();
+    let pid = executor.pid().await.unwrap();
+    // Far beyond the limit: only an unbounded call gets here.
+    let err = tokio::time::timeout(Duration::from_secs(20), executor.is_installed())
+        .await
+        .expect("isInstalled fails instead of hanging")
+        .unwrap_err();
+    assert!(matches!(err, HostError::Timeout { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not answer executor_isInstalled within 1s"),
+        "{text}"
+    );
+    let err = tokio::time::timeout(Duration::from_secs(20), executor.list())
+        .await
+        .expect("list fails instead of hanging")
+        .unwrap_err();
+    assert!(matches!(err, HostError::Timeout { .. }), "{err}");
+    // A wait is as long as the job: longer than the limit is fine.
+    executor.wait("e1").await.expect("an unbounded wait");
+    // On a new plugin: the silent one was stopped.
+    assert_ne!(executor.pid().await, Some(pid));
+    executor.shutdown(false).await;
+}

@@ -40,6 +40,11 @@ struct Cli {
     /// plugin's own (/var/lib/executor-plugins/<engine> as root).
     #[arg(long = "state-dir", global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// How long a plugin gets to answer a call that needs no time (isInstalled, bids, start,
+    /// cancel, list, stats) before it is restarted: 30s, 2m, ... Waiting for a job is never
+    /// limited by this.
+    #[arg(long = "call-timeout", global = true, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    call_timeout: Duration,
     /// Log what the host and plugins do (to stderr).
     #[arg(long, short, global = true)]
     verbose: bool,
@@ -184,6 +189,7 @@ fn host_config(cli: &Cli) -> Result<HostConfig, Failure> {
         disabled: cli.disabled.clone(),
         ..HostConfig::default()
     };
+    config.supervision.call_timeout = cli.call_timeout;
     for pin in &cli.pins {
         let Some((path, hex)) = pin.rsplit_once('=') else {
             return fail(format!("--pin {pin:?}: write PATH=SHA256HEX"));
