@@ -16,6 +16,22 @@ use crate::transport::{Receiver, Sender, StderrTail};
 pub const COOKIE_KEY: &str = "EXECUTOR_PLUGIN_COOKIE";
 pub const COOKIE_VALUE: &str = "executor-plugin";
 
+/// A plugin's `PATH`: fixed, whatever the host's is (a host's `PATH` may name directories its
+/// user can write).
+pub const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a plugin's environment takes from the host's, when set: its log settings, Rust's
+/// backtraces, and what locates a user's default state directory and temporary files. Nothing
+/// else passes (no `LD_PRELOAD`, `LD_LIBRARY_PATH`, secrets): see PROTOCOL.md section 3.
+pub const PLUGIN_ENV_PASSED: [&str; 6] = [
+    "EXECUTOR_PLUGIN_LOG",
+    "EXECUTOR_PLUGIN_TIMING_LOG",
+    "RUST_BACKTRACE",
+    "HOME",
+    "XDG_STATE_HOME",
+    "TMPDIR",
+];
+
 /// Calls such as `executor_wait` legitimately pend for as long as a job runs; deadlines are
 /// applied per call by the caller instead of one client-wide timeout.
 const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -24,6 +40,8 @@ const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub struct SpawnOptions {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Set in the plugin's environment on top of the clean one (`PLUGIN_PATH` and
+    /// `PLUGIN_ENV_PASSED`).
     pub env: Vec<(OsString, OsString)>,
     /// jsonrpsee's per-subscription buffer, in notifications (each up to the 16 MiB frame
     /// limit): only log events that arrive before their route exists, or that do not take the
@@ -85,6 +103,13 @@ impl PluginProcess {
             None => Command::new(&opts.program),
         };
         cmd.args(&opts.args)
+            .env_clear()
+            .env("PATH", PLUGIN_PATH)
+            .envs(
+                PLUGIN_ENV_PASSED
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+            )
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env(COOKIE_KEY, COOKIE_VALUE)
             .stdin(Stdio::piped())
@@ -126,17 +151,20 @@ impl PluginProcess {
         let logs = LogRouter::new(opts.route_budget);
         let client = ClientBuilder::default()
             .request_timeout(NO_TIMEOUT)
-            .max_buffer_capacity_per_subscription(opts.subscription_buffer)
-            .build_with_tokio(
-                Sender::new(name.clone(), stdin),
-                Receiver::new(
-                    name.clone(),
-                    stdout,
-                    exit_rx.clone(),
-                    tail.clone(),
-                    logs.clone(),
-                ),
-            );
+            .max_buffer_capacity_per_subscription(opts.subscription_buffer);
+        let sender = Sender::new(name.clone(), stdin);
+        let pending = sender.pending();
+        let client = client.build_with_tokio(
+            sender,
+            Receiver::new(
+                name.clone(),
+                stdout,
+                exit_rx.clone(),
+                tail.clone(),
+                logs.clone(),
+                pending,
+            ),
+        );
         Ok(PluginProcess {
             client,
             pid,

@@ -350,12 +350,19 @@ impl Inner {
     async fn launch(&self, generation: u64) -> Result<Conn, HostError> {
         let spec = &self.spec;
         let plugin = spec.program.display().to_string();
-        let mut opts = SpawnOptions::new(&spec.program);
+        // A bare name is a file in the current directory, never one looked up on PATH.
+        let program = std::path::absolute(&spec.program).map_err(|source| {
+            HostError::Pin(crate::pin::PinError::Open {
+                path: spec.program.clone(),
+                source,
+            })
+        })?;
+        let mut opts = SpawnOptions::new(&program);
         match &spec.sha256 {
-            Some(pin) => opts.binary = Some(OpenBinary::open(&spec.program, Some(pin))?),
+            Some(pin) => opts.binary = Some(OpenBinary::open(&program, Some(pin))?),
             // Unpinned, the file runs from its path; it must at least be one nobody but root
             // or this user can change.
-            None => drop(crate::pin::open_trusted(&spec.program)?),
+            None => drop(crate::pin::open_trusted(&program)?),
         }
         let process = PluginProcess::spawn(opts).await?;
         let init = tokio::time::timeout(

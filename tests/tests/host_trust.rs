@@ -502,3 +502,138 @@ async fn a_plugin_that_never_answers_fails_prompt_calls_in_bounded_time_and_is_r
     assert_ne!(executor.pid().await, Some(pid));
     executor.shutdown(false).await;
 }
+
+#[test]
+fn plugin_and_request_text_reaches_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let esc = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let json_esc = serde_json::to_string(esc).unwrap();
+    let json_esc = json_esc.trim_matches('"');
+    let list = format!(
+        r#"[{{"executionId":"x{json_esc}","jobId":"j","state":"failed","exitCode":1,"errorMsg":"boom{json_esc}"}}]"#
+    );
+    let plugin = fake_plugin(
+        dir.path(),
+        "loud",
+        &format!(
+            r#"    *'"method":"executor_list"'*) printf 'listing \033[2J now\n' >&2; answer "$id" '{list}' ;;
+    *'"method":"executor_cancel"'*) printf '{{"jsonrpc":"2.0","id":%s,"error":{{"code":-32001,"message":"no{json_esc}"}}}}\n' "$id" ;;"#
+        ),
+    );
+    // The plugin's name and version in `plugins`, too.
+    let script = std::fs::read_to_string(&plugin).unwrap();
+    write_exe(
+        &plugin,
+        script
+            .replace("\"fake-loud\"", &format!("\"fake{json_esc}\""))
+            .as_bytes(),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let p = plugin.to_str().unwrap();
+    for args in [
+        vec!["--plugin", p, "plugins"],
+        vec!["--plugin", p, "list", "--engine", "loud"],
+        vec!["--plugin", p, "cancel", "--engine", "loud", "e1"],
+        vec!["-v", "--plugin", p, "list", "--engine", "loud"],
+    ] {
+        let out = host_cli(dir.path(), state.path(), &args);
+        let all = [out.stdout, out.stderr].concat();
+        let shown = text(&all);
+        assert!(
+            !all.contains(&0x1b) && !all.contains(&0x07),
+            "{args:?} printed control characters: {shown:?}"
+        );
+        assert!(shown.contains("\\u{1b}"), "{args:?}: {shown}");
+        if args[0] == "-v" {
+            assert!(shown.contains("listing \\u{1b}[2J now"), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn non_utf8_plugin_stderr_does_not_stop_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = fake_plugin(
+        dir.path(),
+        "garbled",
+        r#"    *'"method":"initialize"'*)
+      printf 'bad \377\376 bytes\n' >&2
+      printf 'still draining\n' >&2
+      exit 3 ;;"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out = host_cli(
+        dir.path(),
+        state.path(),
+        &["--plugin", plugin.to_str().unwrap(), "plugins"],
+    );
+    // The probe's error carries the plugin's last stderr lines, read past the bad bytes.
+    let shown = text(&out.stdout);
+    assert!(shown.contains("still draining"), "{shown}");
+    assert!(shown.contains("bad \u{fffd}\u{fffd} bytes"), "{shown}");
+}
+
+#[test]
+fn a_plugin_name_without_a_slash_is_not_looked_up_on_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (_, ran) = marking_plugin(&bin, "executor-pathy");
+    let state = tempfile::tempdir().unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let out = std::process::Command::new(bin_path("executor-host"))
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args(["--plugin", "executor-pathy", "plugins"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not looked up on PATH"), "{stderr}");
+    assert!(!ran.exists(), "a plugin was found on PATH and run");
+}
+
+#[test]
+fn plugins_get_a_clean_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("env");
+    let plugin = fake_plugin(
+        dir.path(),
+        "envdump",
+        &format!(
+            r#"    *'"method":"initialize"'*) env > {} ; answer "$id" "$INIT" ;;"#,
+            dump.display()
+        ),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin_path("executor-host"))
+        .current_dir(dir.path())
+        .env("LD_PRELOAD", "/nonexistent/preload.so")
+        .env("SECRET_TOKEN", "hunter2")
+        .env("EXECUTOR_PLUGIN_LOG", "debug")
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args(["--plugin", plugin.to_str().unwrap(), "plugins"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = std::fs::read_to_string(&dump).unwrap();
+    let vars: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(!vars.contains(&"LD_PRELOAD"), "{env}");
+    assert!(!vars.contains(&"SECRET_TOKEN"), "{env}");
+    assert!(
+        env.lines()
+            .any(|l| l == format!("PATH={}", executor_host::process::PLUGIN_PATH)),
+        "{env}"
+    );
+    assert!(
+        env.lines().any(|l| l == "EXECUTOR_PLUGIN_LOG=debug"),
+        "{env}"
+    );
+    assert!(
+        env.lines()
+            .any(|l| l == "EXECUTOR_PLUGIN_COOKIE=executor-plugin"),
+        "{env}"
+    );
+}
