@@ -193,6 +193,12 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
     spec.config.state_dir = Some(scratch.path().to_path_buf());
     spec.supervision = Supervision {
         max_crashes: 1,
+        // A probe runs for every command: a plugin that hangs in its handshake may delay one
+        // only as long as any other prompt call.
+        handshake_timeout: config
+            .supervision
+            .handshake_timeout
+            .min(config.supervision.call_timeout),
         ..config.supervision.clone()
     };
     let plugin = PluginExecutor::new(spec);

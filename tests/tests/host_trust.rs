@@ -432,7 +432,7 @@ fn a_plugin_flooding_stderr_without_newlines_costs_the_host_little_memory() {
         "stderrflood",
         r#"    *'"method":"initialize"'*)
       head -c 536870912 /dev/zero | tr '\0' x >&2
-      touch "$DONE"; sleep 60 ;;"#,
+      touch "$DONE"; exec sleep 60 ;;"#,
     );
     let peak = host_peak_until_done(&plugin, &["plugins"]);
     eprintln!("host peak RSS {} MiB", peak / MIB);
@@ -635,5 +635,41 @@ fn plugins_get_a_clean_environment() {
         env.lines()
             .any(|l| l == "EXECUTOR_PLUGIN_COOKIE=executor-plugin"),
         "{env}"
+    );
+}
+
+#[test]
+fn a_plugin_hanging_in_its_handshake_delays_a_command_only_by_the_call_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = fake_plugin(
+        dir.path(),
+        "mute",
+        r#"    *'"method":"initialize"'*) exec sleep 600 ;;"#,
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin_path("executor-host"))
+        .current_dir(dir.path())
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args(["--call-timeout", "1s", "--plugin", plugin.to_str().unwrap()])
+        .arg("plugins")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far beyond the limit: only a probe that waits its whole default handshake gets here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("executor-host plugins still waits for the mute plugin");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        shown.contains("initialize did not answer within 1s"),
+        "{shown}"
     );
 }
