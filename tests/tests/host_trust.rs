@@ -673,3 +673,56 @@ fn a_plugin_hanging_in_its_handshake_delays_a_command_only_by_the_call_timeout()
         "{shown}"
     );
 }
+
+/// Children of `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so from the last ')'.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A pinned plugin runs from a memfd; when its fork server is gone it starts monitors by
+/// re-executing itself, which must work from a memfd too. It does once the plugin execs
+/// `/proc/self/exe` instead of the path `current_exe()` reads from it (`/memfd:... (deleted)`
+/// names no file): a change in plugin/src/rpc.rs, outside the host.
+#[tokio::test]
+#[ignore = "needs the plugin to re-execute /proc/self/exe (plugin/src/rpc.rs registry_config)"]
+async fn a_pinned_plugin_still_starts_monitors_without_its_fork_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plugin = copy_native(dir.path());
+    let mut spec = PluginSpec::new("native", &plugin);
+    spec.sha256 = Some(executor_host::pin::sha256_file(&plugin).unwrap());
+    spec.config.state_dir = Some(state.path().to_path_buf());
+    let exec = PluginExecutor::new(spec);
+    let req = |id: &str| executor_tests::host::sh_request(work.path(), id, "echo ok");
+    exec.run(req("trust-fallback-0"), None).await.unwrap();
+    // The fork server is the plugin's only child; the spare it made ahead serves one start.
+    for child in children_of(exec.pid().await.unwrap()) {
+        executor_tests::host::kill9(child);
+    }
+    for i in 1..4 {
+        let r = exec
+            .run(req(&format!("trust-fallback-{i}")), None)
+            .await
+            .unwrap_or_else(|e| panic!("start {i} without the fork server: {e}"));
+        assert_eq!(r.stdout, "ok\n");
+    }
+    exec.shutdown(false).await;
+}
