@@ -5,6 +5,12 @@
 //! `initialize`: each candidate is probed once with a throw-away state directory and shut down
 //! again; the plugin that serves jobs is started on first use, with that engine's
 //! configuration.
+//!
+//! What gets executed at all: a plugin directory must be one only root or the host's user can
+//! write; with any pin configured, only pinned files run (a pin naming no candidate is an
+//! error); a file named `executor-<engine>` for a `--disable`d engine is never run. When two
+//! files declare one engine, the one a pin, then root's ownership, then its name vouch for
+//! serves it, else the first found; the others are listed as passed over.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -51,15 +57,6 @@ impl Default for HostConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "two plugins claim engine {engine}: {first} and {second}; remove one of them or pass \
-         only one plugin directory"
-    )]
-    DuplicateEngine {
-        engine: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
     #[error("cannot read plugin directory {dir}: {source}")]
     ReadDir {
         dir: PathBuf,
@@ -67,6 +64,13 @@ pub enum ConfigError {
     },
     #[error("cannot find the directory of this program to look for plugins next to it: {0}; pass a plugin directory")]
     NoDefaultDir(std::io::Error),
+    /// A plugin directory someone else could drop an `executor-*` file into.
+    #[error("plugin directory refused: {0}")]
+    UntrustedDir(crate::pin::PinError),
+    #[error(
+        "--pin names {path}, which is not among the plugins found; pass it with --plugin or its          directory with --plugin-dir, or remove the pin"
+    )]
+    UnmatchedPin { path: PathBuf },
 }
 
 /// One candidate plugin and what probing it found.
@@ -84,6 +88,14 @@ impl DiscoveredPlugin {
     pub fn engine(&self) -> Option<&str> {
         self.info.as_ref().map(|i| i.engine.as_str())
     }
+}
+
+/// The engine a file's name promises: `executor-<engine>`.
+fn engine_from_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("executor-")
+        .filter(|e| !e.is_empty())
+        .map(sanitize_key)
 }
 
 fn is_candidate_name(name: &str) -> bool {
@@ -106,6 +118,7 @@ pub fn candidates(config: &HostConfig) -> Result<Vec<PathBuf>, ConfigError> {
     };
     let mut found = Vec::new();
     for dir in dirs {
+        crate::pin::check_trusted_dir(&dir).map_err(ConfigError::UntrustedDir)?;
         let read = std::fs::read_dir(&dir).map_err(|source| ConfigError::ReadDir {
             dir: dir.clone(),
             source,
@@ -136,8 +149,31 @@ fn pin_for<'a>(config: &'a HostConfig, path: &Path) -> Option<&'a String> {
     })
 }
 
-/// Start one candidate with a scratch state directory, ask its engine, stop it.
+fn is_disabled(config: &HostConfig, engine: &str) -> bool {
+    config
+        .disabled
+        .iter()
+        .any(|d| sanitize_key(d) == sanitize_key(engine))
+}
+
+/// Start one candidate with a scratch state directory, ask its engine, stop it; or leave it
+/// alone when the configuration already says it must not run.
 async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
+    let refused = |error: String, disabled: bool| DiscoveredPlugin {
+        path: path.clone(),
+        info: None,
+        error: Some(error),
+        disabled,
+    };
+    if engine_from_name(&path).is_some_and(|e| is_disabled(config, &e)) {
+        return refused("its engine is disabled; not started".into(), true);
+    }
+    if !config.pins.is_empty() && pin_for(config, &path).is_none() {
+        return refused(
+            "not pinned; with pins configured, only pinned plugins are started".into(),
+            false,
+        );
+    }
     let scratch = match tempfile::Builder::new()
         .prefix("executor-host-probe")
         .tempdir()
@@ -157,6 +193,12 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
     spec.config.state_dir = Some(scratch.path().to_path_buf());
     spec.supervision = Supervision {
         max_crashes: 1,
+        // A probe runs for every command: a plugin that hangs in its handshake may delay one
+        // only as long as any other prompt call.
+        handshake_timeout: config
+            .supervision
+            .handshake_timeout
+            .min(config.supervision.call_timeout),
         ..config.supervision.clone()
     };
     let plugin = PluginExecutor::new(spec);
@@ -166,12 +208,9 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
         Ok(info) => (Some(info), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let disabled = info.as_ref().is_some_and(|i| {
-        config
-            .disabled
-            .iter()
-            .any(|d| sanitize_key(d) == sanitize_key(&i.engine))
-    });
+    let disabled = info
+        .as_ref()
+        .is_some_and(|i| is_disabled(config, &i.engine));
     DiscoveredPlugin {
         path,
         info,
@@ -180,24 +219,61 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
     }
 }
 
-/// Probe every candidate; two that declare one engine are a configuration error.
+/// Probe every candidate. Of several that declare one engine, one serves it (see
+/// [`preference`]); the others keep their probe answer and say why they were passed over.
 pub async fn discover(config: &HostConfig) -> Result<Vec<DiscoveredPlugin>, ConfigError> {
     let paths = candidates(config)?;
-    let found = futures::future::join_all(paths.into_iter().map(|p| probe(config, p))).await;
-    let mut by_engine: BTreeMap<String, &Path> = BTreeMap::new();
-    for plugin in &found {
-        let Some(engine) = plugin.engine() else {
-            continue;
-        };
-        if let Some(first) = by_engine.insert(sanitize_key(engine), &plugin.path) {
-            return Err(ConfigError::DuplicateEngine {
-                engine: engine.to_string(),
-                first: first.to_path_buf(),
-                second: plugin.path.clone(),
+    for pinned in config.pins.keys() {
+        let canon = std::fs::canonicalize(pinned).ok();
+        let matched = paths
+            .iter()
+            .any(|p| p == pinned || (canon.is_some() && std::fs::canonicalize(p).ok() == canon));
+        if !matched {
+            return Err(ConfigError::UnmatchedPin {
+                path: pinned.clone(),
             });
         }
     }
+    let mut found = futures::future::join_all(paths.into_iter().map(|p| probe(config, p))).await;
+    let mut by_engine: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, plugin) in found.iter().enumerate() {
+        if let Some(engine) = plugin.engine() {
+            by_engine.entry(sanitize_key(engine)).or_default().push(i);
+        }
+    }
+    for (engine, claimants) in by_engine {
+        if claimants.len() < 2 {
+            continue;
+        }
+        let Some(&chosen) = claimants
+            .iter()
+            .max_by_key(|&&i| (preference(config, &found[i].path, &engine), usize::MAX - i))
+        else {
+            continue;
+        };
+        let winner = found[chosen].path.clone();
+        tracing::warn!(%engine, plugin = %winner.display(), "several plugins declare this engine; using one");
+        for i in claimants.into_iter().filter(|&i| i != chosen) {
+            found[i].info = None;
+            found[i].error = Some(format!(
+                "it also declares engine {engine}, which {} serves (preferred: pinned, then \
+                 owned by root, then named executor-{engine}, then found first)",
+                winner.display()
+            ));
+        }
+    }
     Ok(found)
+}
+
+/// How strongly the configuration vouches for `path` serving `engine`: a pin, then root
+/// owning the file, then its name.
+fn preference(config: &HostConfig, path: &Path, engine: &str) -> (bool, bool, bool) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        pin_for(config, path).is_some(),
+        std::fs::metadata(path).is_ok_and(|m| m.uid() == 0),
+        engine_from_name(path).as_deref() == Some(engine),
+    )
 }
 
 /// The discovered plugins, wired into a provider.

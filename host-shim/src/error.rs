@@ -39,6 +39,23 @@ pub enum HostError {
         method: &'static str,
         detail: String,
     },
+    /// The plugin did not answer a call that needs no time within its limit; it was killed
+    /// (it is restarted on next use). For `executor_start` whether the execution started is
+    /// unknown: `wait` on its id tells.
+    #[error(
+        "plugin for engine {engine} did not answer {method} within {limit:?}; it was stopped \
+         and is restarted on next use{hint}",
+        hint = if *.method == "executor_start" {
+            "; whether the execution started is unknown: wait on its id to find out"
+        } else {
+            ""
+        }
+    )]
+    Timeout {
+        engine: String,
+        method: &'static str,
+        limit: std::time::Duration,
+    },
     /// The caller's deadline passed before the job could be started.
     #[error("context deadline exceeded")]
     DeadlineExceeded,
@@ -75,7 +92,10 @@ impl HostError {
     pub fn is_plugin_down(&self) -> bool {
         matches!(
             self,
-            HostError::Interrupted { .. } | HostError::Unhealthy { .. } | HostError::Launch { .. }
+            HostError::Interrupted { .. }
+                | HostError::Unhealthy { .. }
+                | HostError::Launch { .. }
+                | HostError::Timeout { .. }
         )
     }
 }

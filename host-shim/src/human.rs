@@ -100,9 +100,44 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// `text` safe to print on a terminal: control characters (escape sequences, carriage
+/// returns, backspaces) and the bidirectional overrides that reorder what is shown are written
+/// as `\u{..}` escapes; everything else is kept. For host-built lines that carry text from a
+/// request or a plugin. Newlines are escaped too: use [`escape_lines`] where a message is
+/// several lines on purpose.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`escape`] for each line of a message that is several lines on purpose.
+pub fn escape_lines(text: &str) -> String {
+    text.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("plain text é"), "plain text é");
+        assert_eq!(escape("a\x1b[2Jb\rc"), "a\\u{1b}[2Jb\\u{d}c");
+        assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(escape_lines("one\x07\ntwo"), "one\\u{7}\ntwo");
+    }
 
     #[test]
     fn sizes() {

@@ -10,9 +10,15 @@
 //! its subscription's buffer before it asks for the next one. So when a routed event is queued,
 //! every earlier event of that subscription is already in jsonrpsee's buffer, and a reader that
 //! drains that buffer first sees the events in log order.
+//!
+//! Memory: a route holds at most its byte budget of events (plus the one that found it empty),
+//! counted as the notification lines' sizes, whatever their number. A reader that falls behind
+//! does not make the transport wait (every other call on the plugin would wait with it): its
+//! route closes and it resumes from its last position once it has drained what it holds, so the
+//! plugin only sends more when the reader is ready for it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use executor_schema::LogEvent;
@@ -31,29 +37,38 @@ const RESULT_KEY: &[u8] = br#","result":"#;
 #[derive(Clone)]
 pub struct LogRouter {
     routes: Arc<Mutex<Routes>>,
-    capacity: usize,
+    budget: usize,
     next_token: Arc<AtomicU64>,
+}
+
+/// The sending side of a route and the bytes it has queued.
+#[derive(Clone)]
+struct RouteTx {
+    tx: mpsc::UnboundedSender<(LogEvent, usize)>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// A route without a sender has closed for falling behind: its lines are dropped until its
 /// reader is gone, because handing them to jsonrpsee instead would put them ahead of the
 /// routed ones still queued.
-type Routes = HashMap<Vec<u8>, (u64, Option<mpsc::Sender<LogEvent>>)>;
+type Routes = HashMap<Vec<u8>, (u64, Option<RouteTx>)>;
 
 /// The receiving end of one route; removed from the router when dropped. It closes early when
-/// its reader fell `capacity` events behind (like a lagging jsonrpsee subscription).
+/// its reader fell its byte budget behind (like a lagging jsonrpsee subscription).
 pub struct LogRoute {
-    rx: mpsc::Receiver<LogEvent>,
+    rx: mpsc::UnboundedReceiver<(LogEvent, usize)>,
+    queued: Arc<AtomicUsize>,
     key: Vec<u8>,
     token: u64,
     routes: Arc<Mutex<Routes>>,
 }
 
 impl LogRouter {
-    pub fn new(capacity: usize) -> Self {
+    /// Routes that each hold at most `budget` bytes of events.
+    pub fn new(budget: usize) -> Self {
         LogRouter {
             routes: Arc::default(),
-            capacity: capacity.max(1),
+            budget: budget.max(1),
             next_token: Arc::default(),
         }
     }
@@ -69,14 +84,23 @@ impl LogRouter {
 
     /// A route for the subscription whose id is `key` (JSON text).
     fn route_id(&self, key: Vec<u8>) -> Option<LogRoute> {
-        let (tx, rx) = mpsc::channel(self.capacity);
+        // Unbounded in events: the byte count bounds it.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.routes
-            .lock()
-            .ok()?
-            .insert(key.clone(), (token, Some(tx)));
+        self.routes.lock().ok()?.insert(
+            key.clone(),
+            (
+                token,
+                Some(RouteTx {
+                    tx,
+                    queued: queued.clone(),
+                }),
+            ),
+        );
         Some(LogRoute {
             rx,
+            queued,
             key,
             token,
             routes: self.routes.clone(),
@@ -97,13 +121,21 @@ impl LogRouter {
         let Some((token, sender)) = route else {
             return Err(line);
         };
-        let Some(tx) = sender else {
+        let Some(route) = sender else {
             return Ok(());
         };
-        let Ok(event) = serde_json::from_slice::<LogEvent>(event) else {
-            return Err(line);
+        let size = line.len();
+        let queued = route.queued.load(Ordering::Acquire);
+        // One event always fits an empty route, however large (the frame limit bounds it).
+        let fits = queued == 0 || queued.saturating_add(size) <= self.budget;
+        let sent = fits && {
+            let Ok(event) = serde_json::from_slice::<LogEvent>(event) else {
+                return Err(line);
+            };
+            route.queued.fetch_add(size, Ordering::AcqRel);
+            route.tx.send((event, size)).is_ok()
         };
-        if tx.try_send(event).is_err() {
+        if !sent {
             // Full: the reader is behind, and the transport must not wait for one reader.
             // Closing the route tells it to resume from its last position. Closed: it is
             // going away anyway.
@@ -119,12 +151,16 @@ impl LogRouter {
 
 impl LogRoute {
     pub async fn recv(&mut self) -> Option<LogEvent> {
-        self.rx.recv().await
+        let (event, size) = self.rx.recv().await?;
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        Some(event)
     }
 
     /// An event already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<LogEvent> {
-        self.rx.try_recv().ok()
+        let (event, size) = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        Some(event)
     }
 }
 
@@ -196,9 +232,10 @@ mod tests {
 
     #[test]
     fn routed_events_arrive_others_are_given_back_and_a_full_route_closes() {
-        let router = LogRouter::new(2);
-        let mut route = router.route_id(br#""a""#.to_vec()).unwrap();
         let end = |o: u64| note(r#""a""#, &format!(r#"{{"type":"end","offset":{o}}}"#));
+        // Room for two such lines.
+        let router = LogRouter::new(end(1).len() * 2);
+        let mut route = router.route_id(br#""a""#.to_vec()).unwrap();
         assert!(router.deliver(end(1)).is_ok());
         // Another subscription's, and one that is not an event: jsonrpsee's to handle.
         assert!(router
@@ -224,8 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn a_route_is_bounded_in_bytes_not_events() {
+        let router = LogRouter::new(4096);
+        let mut route = router.route_id(b"9".to_vec()).unwrap();
+        let big = |o: u64| {
+            let data = "A".repeat(64 * 1024);
+            note(
+                "9",
+                &format!(
+                    r#"{{"type":"data","stream":"stdout","timestamp":"t","data":"{data}","offset":{o},"next":{}}}"#,
+                    o + 1
+                ),
+            )
+        };
+        // Larger than the budget: it fits only because the route is empty.
+        assert!(router.deliver(big(0)).is_ok());
+        assert!(router.deliver(big(1)).is_ok());
+        assert!(matches!(
+            route.try_recv(),
+            Some(LogEvent::Data { offset: 0, .. })
+        ));
+        assert_eq!(route.try_recv(), None);
+        assert!(route.rx.is_closed(), "the second event closed the route");
+    }
+
+    #[test]
     fn a_dropped_route_leaves_a_newer_one_under_the_same_id_alone() {
-        let router = LogRouter::new(4);
+        let router = LogRouter::new(1 << 20);
         let old = router.route_id(b"7".to_vec()).unwrap();
         let mut new = router.route_id(b"7".to_vec()).unwrap();
         drop(old);

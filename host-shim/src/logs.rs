@@ -1,6 +1,7 @@
 //! Log streams as a host hands them out: typed events, or Docker stdcopy frames.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use base64::engine::general_purpose::STANDARD;
@@ -8,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use executor_schema::{LogEvent, LogStream as StreamKind};
 use futures::stream::{BoxStream, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
@@ -24,6 +25,59 @@ pub struct LogStream {
     rx: mpsc::Receiver<Result<LogEvent, HostError>>,
     task: Option<JoinHandle<()>>,
     done: bool,
+    budget: Option<Arc<ByteBudget>>,
+}
+
+/// Bytes of log data queued for a reader: the feeding task waits while the reader holds more
+/// than the limit (the event that finds the queue empty always goes). The bound is in bytes,
+/// because a plugin picks the size of each event.
+pub struct ByteBudget {
+    limit: usize,
+    used: Mutex<usize>,
+    freed: Notify,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(ByteBudget {
+            limit,
+            used: Mutex::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Wait until `n` more bytes fit, then count them.
+    pub async fn acquire(&self, n: usize) {
+        loop {
+            // Made before the check, so a release between the check and the wait is not missed.
+            let freed = self.freed.notified();
+            {
+                let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+                if *used == 0 || used.saturating_add(n) <= self.limit {
+                    *used = used.saturating_add(n);
+                    return;
+                }
+            }
+            freed.await;
+        }
+    }
+
+    pub fn release(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        drop(used);
+        self.freed.notify_waiters();
+    }
+}
+
+/// What an event counts against a [`ByteBudget`]: its data as it travels (base64).
+pub fn event_bytes(event: &LogEvent) -> usize {
+    match event {
+        LogEvent::Data {
+            data, timestamp, ..
+        } => data.len() + timestamp.len(),
+        LogEvent::End { .. } => 0,
+    }
 }
 
 impl LogStream {
@@ -33,7 +87,20 @@ impl LogStream {
             rx,
             task: Some(task),
             done: false,
+            budget: None,
         }
+    }
+
+    /// As [`LogStream::new`], for a task that counts every event it sends against `budget`
+    /// ([`event_bytes`]); each is released as the reader takes it.
+    pub fn with_budget(
+        rx: mpsc::Receiver<Result<LogEvent, HostError>>,
+        task: JoinHandle<()>,
+        budget: Arc<ByteBudget>,
+    ) -> Self {
+        let mut stream = LogStream::new(rx, task);
+        stream.budget = Some(budget);
+        stream
     }
 
     /// Docker stdcopy frames (`[stream,0,0,0,size BE u32] data`), the stream Bacalhau's
@@ -70,6 +137,9 @@ impl Stream for LogStream {
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(item)) => {
+                if let (Some(budget), Ok(ev)) = (&self.budget, &item) {
+                    budget.release(event_bytes(ev));
+                }
                 if matches!(item, Ok(LogEvent::End { .. }) | Err(_)) {
                     self.done = true;
                 }

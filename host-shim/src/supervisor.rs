@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::error::{classify, CallFailure, HostError};
 use crate::executor::{apply_deadline, Executor};
 use crate::log_routes::LogRoute;
-use crate::logs::LogStream;
+use crate::logs::{event_bytes, ByteBudget, LogStream};
 use crate::pin::OpenBinary;
 use crate::process::{PluginProcess, SpawnOptions};
 
@@ -45,6 +45,11 @@ pub struct Supervision {
     pub handshake_timeout: Duration,
     /// After `shutdown`, how long the plugin gets to exit before it is killed.
     pub shutdown_grace: Duration,
+    /// Limit for the calls a plugin answers promptly (`isInstalled`, bids, `start`, `cancel`,
+    /// `list`, `stats`, a log subscription's acknowledgement). A plugin that misses it is
+    /// killed and restarted on next use. `wait`, `run` and log follows are never limited:
+    /// they last as long as the job.
+    pub call_timeout: Duration,
 }
 
 impl Default for Supervision {
@@ -57,6 +62,7 @@ impl Default for Supervision {
             unhealthy_for: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -124,6 +130,9 @@ pub struct PluginExecutor {
 /// A log subscription ended without an `end` event this many times in a row while the plugin
 /// stayed up: the plugin is refusing to serve it, so stop retrying.
 const MAX_FRUITLESS_RESUBSCRIBES: u32 = 5;
+
+/// Bytes of log data a log stream holds for its reader before the feed waits.
+const LOG_STREAM_BUDGET: usize = 8 << 20;
 
 impl PluginExecutor {
     pub fn new(spec: PluginSpec) -> Self {
@@ -203,6 +212,21 @@ impl PluginExecutor {
             conn.process.wait_exit_for(grace).await;
         }
     }
+}
+
+/// Calls a plugin answers at once, whatever its jobs do; see `Supervision::call_timeout`.
+fn is_prompt(method: &str) -> bool {
+    matches!(
+        method,
+        "executor_isInstalled"
+            | "executor_shouldBid"
+            | "executor_shouldBidBasedOnUsage"
+            | "executor_start"
+            | "executor_cancel"
+            | "executor_list"
+            | "executor_stats"
+            | "executor_subscribeLogs"
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -326,9 +350,19 @@ impl Inner {
     async fn launch(&self, generation: u64) -> Result<Conn, HostError> {
         let spec = &self.spec;
         let plugin = spec.program.display().to_string();
-        let mut opts = SpawnOptions::new(&spec.program);
-        if let Some(pin) = &spec.sha256 {
-            opts.binary = Some(OpenBinary::open(&spec.program, Some(pin))?);
+        // A bare name is a file in the current directory, never one looked up on PATH.
+        let program = std::path::absolute(&spec.program).map_err(|source| {
+            HostError::Pin(crate::pin::PinError::Open {
+                path: spec.program.clone(),
+                source,
+            })
+        })?;
+        let mut opts = SpawnOptions::new(&program);
+        match &spec.sha256 {
+            Some(pin) => opts.binary = Some(OpenBinary::open(&program, Some(pin))?),
+            // Unpinned, the file runs from its path; it must at least be one nobody but root
+            // or this user can change.
+            None => drop(crate::pin::open_trusted(&program)?),
         }
         let process = PluginProcess::spawn(opts).await?;
         let init = tokio::time::timeout(
@@ -394,7 +428,27 @@ impl Inner {
             tries += 1;
             let conn = self.conn().await?;
             let generation = conn.generation;
-            match f(conn).await {
+            let answered = if is_prompt(method) {
+                let limit = self.supervision().call_timeout;
+                let process_conn = conn.clone();
+                match tokio::time::timeout(limit, f(conn)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        tracing::warn!(engine = %self.spec.engine, method, ?limit, "plugin did not answer in time; restarting it");
+                        process_conn.process.kill();
+                        self.mark_dead(generation, &format!("did not answer {method}"))
+                            .await;
+                        return Err(HostError::Timeout {
+                            engine: self.spec.engine.clone(),
+                            method,
+                            limit,
+                        });
+                    }
+                }
+            } else {
+                f(conn).await
+            };
+            match answered {
                 Ok(v) => return Ok(v),
                 Err(e) => match classify(&self.spec.engine, method, e) {
                     CallFailure::Answer(e) => return Err(e),
@@ -425,6 +479,7 @@ impl Inner {
         self: Arc<Self>,
         request: LogStreamRequest,
         tx: mpsc::Sender<Result<LogEvent, HostError>>,
+        budget: Arc<ByteBudget>,
         first: LogSubscription,
         first_generation: u64,
     ) {
@@ -453,8 +508,11 @@ impl Inner {
                     }
                     LogEvent::End { .. } => true,
                 };
-                let tx = tx.clone();
-                async move { tx.send(Ok(ev)).await.is_ok() && !end }
+                let (tx, budget) = (tx.clone(), budget.clone());
+                async move {
+                    budget.acquire(event_bytes(&ev)).await;
+                    tx.send(Ok(ev)).await.is_ok() && !end
+                }
             };
             let route_lagged = loop {
                 // jsonrpsee's buffer first: it holds whatever came before the route existed.
@@ -696,12 +754,17 @@ impl Executor for PluginExecutor {
         // The first subscription is made here so that its errors (NotFound, ...) are this
         // call's; later ones happen in the background after a restart.
         let (first, generation) = self.inner.subscribe(&request, request.position).await?;
+        // Counted in events by the channel, in bytes by the budget: a plugin picks how large
+        // each event is.
         let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(
-            self.inner
-                .clone()
-                .follow_logs(request, tx, first, generation),
-        );
-        Ok(LogStream::new(rx, task))
+        let budget = ByteBudget::new(LOG_STREAM_BUDGET);
+        let task = tokio::spawn(self.inner.clone().follow_logs(
+            request,
+            tx,
+            budget.clone(),
+            first,
+            generation,
+        ));
+        Ok(LogStream::with_budget(rx, task, budget))
     }
 }

@@ -1,8 +1,11 @@
 //! jsonrpsee client transport over a plugin's stdin/stdout pipes, framed as NDJSON.
 //!
-//! The receiver is forgiving where jsonrpsee is not: one stray non-JSON line would otherwise end
-//! the client (jsonrpsee treats an unparsable message as fatal), so such lines are logged and
-//! skipped. When the plugin's stdout closes, the error names the exit status and the plugin's
+//! The receiver is forgiving where jsonrpsee is not: one stray non-JSON line, valid JSON that is
+//! no protocol message (`{"foo":1}`, a batch, a request from the plugin), or a response to an id
+//! the host never asked (or was already answered) would otherwise end the client (jsonrpsee
+//! treats each as fatal), so such lines are logged and skipped, as PROTOCOL.md section 2 says.
+//! The sender records the id of every request it writes; a response passes only for an id
+//! that is still pending. When the plugin's stdout closes, the error names the exit status and the plugin's
 //! last stderr lines, and jsonrpsee fails every pending call with it.
 //!
 //! Log notifications are nearly all of the bytes a plugin writes: a line that starts exactly
@@ -21,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::human::escape;
 use crate::log_routes::{LogRouter, LOG_NOTIFICATION_PREFIX};
 
 /// How a plugin process ended, as far as the host knows.
@@ -70,6 +74,7 @@ pub enum TransportError {
 pub struct Sender<W> {
     plugin: String,
     frames: FramedWrite<W, NdjsonCodec>,
+    pending: PendingIds,
 }
 
 pub struct Receiver<R> {
@@ -78,6 +83,73 @@ pub struct Receiver<R> {
     exit: ExitWatch,
     stderr: StderrTail,
     router: LogRouter,
+    pending: PendingIds,
+}
+
+/// Ids (their JSON text) of the requests written and not yet answered; shared by a sender and
+/// its receiver.
+#[derive(Clone, Default)]
+pub struct PendingIds(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl PendingIds {
+    /// Record the id of an outgoing request (a message without one records nothing).
+    fn sent(&self, msg: &str) {
+        #[derive(serde::Deserialize)]
+        struct Outgoing<'a> {
+            #[serde(borrow, default)]
+            id: Option<&'a serde_json::value::RawValue>,
+        }
+        if let Ok(Outgoing { id: Some(id) }) = serde_json::from_str::<Outgoing>(msg) {
+            if let Ok(mut ids) = self.0.lock() {
+                ids.insert(id.get().to_string());
+            }
+        }
+    }
+
+    /// Whether `id` was asked and not yet answered; it is answered from now on.
+    fn answer(&self, id: &str) -> bool {
+        self.0.lock().is_ok_and(|mut ids| ids.remove(id))
+    }
+}
+
+/// Whether a field is there at all (`null` included).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> serde::Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
+}
+
+/// The parts of an incoming message that say what it is.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    method: Present,
+    #[serde(default)]
+    result: Present,
+    #[serde(default)]
+    error: Present,
+}
+
+/// Why a JSON line from the plugin is no message for this host, if it is not.
+fn not_a_message(line: &str, pending: &PendingIds) -> Option<&'static str> {
+    let Ok(msg) = serde_json::from_str::<Incoming>(line) else {
+        return Some("valid JSON, but not a JSON-RPC message object");
+    };
+    match (msg.method.0, msg.id) {
+        (true, None) => None,
+        (true, Some(_)) => Some("a request; a plugin never sends requests"),
+        (false, _) if msg.result.0 == msg.error.0 => {
+            Some("neither a notification nor a response with exactly one of result or error")
+        }
+        (false, None) => Some("a response to no request (id null or missing)"),
+        (false, Some(id)) if pending.answer(id.get()) => None,
+        (false, Some(_)) => Some("a response to an id that was never asked or is answered"),
+    }
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
@@ -85,19 +157,26 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sender<W> {
         Sender {
             plugin: plugin.into(),
             frames: FramedWrite::new(output, NdjsonCodec::default()),
+            pending: PendingIds::default(),
         }
+    }
+
+    /// The ids this sender writes, for its [`Receiver`].
+    pub fn pending(&self) -> PendingIds {
+        self.pending.clone()
     }
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
     /// Log notifications of subscriptions routed through `router` go there instead of to
-    /// jsonrpsee.
+    /// jsonrpsee. Responses pass for the ids in `pending` (see [`Sender::pending`]).
     pub fn new(
         plugin: impl Into<String>,
         input: R,
         exit: ExitWatch,
         stderr: StderrTail,
         router: LogRouter,
+        pending: PendingIds,
     ) -> Self {
         Receiver {
             plugin: plugin.into(),
@@ -108,6 +187,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Receiver<R> {
             exit,
             stderr,
             router,
+            pending,
         }
     }
 
@@ -141,6 +221,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> TransportSenderT for Sender<W> {
     type Error = TransportError;
 
     async fn send(&mut self, msg: String) -> Result<(), TransportError> {
+        self.pending.sent(&msg);
         self.frames
             .send(msg)
             .await
@@ -200,17 +281,22 @@ impl<R: AsyncRead + Unpin + Send + 'static> TransportReceiverT for Receiver<R> {
                             Ok(text)
                                 if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() =>
                             {
-                                return Ok(ReceivedMessage::Text(text));
+                                match not_a_message(&text, &self.pending) {
+                                    None => return Ok(ReceivedMessage::Text(text)),
+                                    Some(why) => {
+                                        tracing::warn!(plugin = %escape(&self.plugin), line = %escape(&text), "skipped a line on the plugin's protocol output: {why}");
+                                    }
+                                }
                             }
                             Ok(text) => {
-                                tracing::warn!(plugin = %self.plugin, line = %text, "skipped an unparsable line on the plugin's protocol output");
+                                tracing::warn!(plugin = %escape(&self.plugin), line = %escape(&text), "skipped an unparsable line on the plugin's protocol output");
                             }
                             Err(e) => {
-                                tracing::warn!(plugin = %self.plugin, line = %String::from_utf8_lossy(e.as_bytes()), "skipped a non-UTF-8 line on the plugin's protocol output");
+                                tracing::warn!(plugin = %escape(&self.plugin), line = %escape(&String::from_utf8_lossy(e.as_bytes())), "skipped a non-UTF-8 line on the plugin's protocol output");
                             }
                         }
                     } else {
-                        tracing::warn!(plugin = %self.plugin, line = %String::from_utf8_lossy(&line), "skipped a non-JSON line on the plugin's protocol output");
+                        tracing::warn!(plugin = %escape(&self.plugin), line = %escape(&String::from_utf8_lossy(&line)), "skipped a non-JSON line on the plugin's protocol output");
                     }
                 }
                 Some(Ok(Frame::Oversized { len })) => {

@@ -171,3 +171,42 @@ async fn a_broken_line_in_the_log_notification_shape_ends_the_client_instead_of_
         .await
         .expect("the client ends");
 }
+
+#[tokio::test]
+async fn valid_json_that_is_no_message_for_us_is_skipped_and_the_connection_stays() {
+    // Before each answer: JSON that is no message, a response to an id never asked, a batch,
+    // a request from the plugin, and an error for no request.
+    let noise = [
+        r#"{"foo":1}"#,
+        r#"{"jsonrpc":"2.0","id":999,"result":true}"#,
+        r#"[{"jsonrpc":"2.0","id":0,"result":true}]"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"executor_list"}"#,
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":0,"result":true,"error":{"code":1,"message":"both"}}"#,
+    ];
+    let mut script = String::new();
+    for id in 0..2 {
+        script.push_str("read -r req\n");
+        for n in noise {
+            script.push_str(&format!("echo '{n}'\n"));
+        }
+        script.push_str(&format!(
+            "echo '{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":true}}'\n"
+        ));
+    }
+    // An answer repeated: the id is no longer pending.
+    script.push_str("read -r req\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":true}'\n");
+    script.push_str("echo '{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":false}'\ncat >/dev/null\n");
+    let plugin = PluginProcess::spawn(fake_plugin(&script)).await.unwrap();
+    for want in [true, true, false] {
+        let got: bool = tokio::time::timeout(
+            Duration::from_secs(10),
+            plugin.client.request("executor_isInstalled", rpc_params![]),
+        )
+        .await
+        .expect("answered in time")
+        .expect("the noise is skipped, the answer gets through");
+        assert_eq!(got, want);
+    }
+    assert!(plugin.client.is_connected());
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use executor_host::{
-    async_trait, ConfigError, Executor, ExecutorProvider, Host, HostConfig, HostError, LogStream,
+    async_trait, Executor, ExecutorProvider, Host, HostConfig, HostError, LogStream,
     PluginExecutor, PluginSpec, ProviderError,
 };
 use executor_schema::{
@@ -182,21 +182,37 @@ async fn discovery_finds_the_plugin_and_runs_a_job_through_the_provider() {
 }
 
 #[tokio::test]
-async fn two_plugins_for_one_engine_is_a_config_error_naming_both() {
+async fn of_two_plugins_for_one_engine_the_preferred_serves_and_the_other_says_why() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let first = copy_plugin(a.path(), "executor-native");
-    let second = copy_plugin(b.path(), "executor-native-copy");
-    let err = Host::from_config(&config_for(&[a.path(), b.path()], state.path()))
+    // Both owned alike: the one named for its engine serves, though found second.
+    let other = copy_plugin(a.path(), "executor-native-copy");
+    let named = copy_plugin(b.path(), "executor-native");
+    let host = Host::from_config(&config_for(&[a.path(), b.path()], state.path()))
         .await
-        .err()
-        .expect("duplicate engine refused");
-    let text = err.to_string();
-    assert!(matches!(err, ConfigError::DuplicateEngine { .. }), "{text}");
-    assert!(text.contains(&first.display().to_string()), "{text}");
-    assert!(text.contains(&second.display().to_string()), "{text}");
+        .expect("a second claimant is no configuration error");
+    let serving = host.plugin("native").expect("native is served");
+    assert_eq!(serving.program(), named.as_path());
+    let passed = host.plugins.iter().find(|p| p.path == other).unwrap();
+    let text = passed.error.clone().unwrap_or_default();
+    assert!(passed.info.is_none(), "{text}");
+    assert!(text.contains(&named.display().to_string()), "{text}");
     assert!(text.contains("native"), "{text}");
+    host.shutdown().await;
+
+    // A pin outweighs the name.
+    let mut config = config_for(&[a.path(), b.path()], state.path());
+    config.pins.insert(other.clone(), sha256_of(&other));
+    config.pins.insert(named.clone(), sha256_of(&named));
+    let host = Host::from_config(&config).await.unwrap();
+    assert_eq!(host.plugin("native").unwrap().program(), named.as_path());
+    host.shutdown().await;
+    config.pins.remove(&named);
+    // Unpinned now, the named one is not even started: the pinned one serves.
+    let host = Host::from_config(&config).await.unwrap();
+    assert_eq!(host.plugin("native").unwrap().program(), other.as_path());
+    host.shutdown().await;
 }
 
 #[tokio::test]
@@ -273,7 +289,12 @@ async fn a_pinned_plugin_runs_from_the_checked_descriptor() {
         .unwrap();
     assert_eq!(r.stdout, "pinned\n");
     let pid = host.plugin("native").unwrap().pid().await.unwrap();
+    // It runs from the sealed in-memory copy that was hashed, not from the file.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_eq!(exe, std::fs::canonicalize(&plugin).unwrap());
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:executor-native"),
+        "{}",
+        exe.display()
+    );
     host.shutdown().await;
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use executor_host::human::{format_duration, format_size, parse_duration, parse_size};
+use executor_host::human::{
+    escape, escape_lines, format_duration, format_size, parse_duration, parse_size,
+};
 use executor_host::{Executor, Host, HostConfig, HostError, PluginExecutor};
 use executor_schema::{
     ErrorCode, InputSource, LogEvent, LogStream as StreamKind, LogStreamRequest, Network,
@@ -27,7 +29,7 @@ struct Cli {
     /// directory of this program.
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
     plugin_dirs: Vec<PathBuf>,
-    /// Use this plugin binary; repeatable.
+    /// Use this plugin binary (a path; never looked up on PATH); repeatable.
     #[arg(long = "plugin", global = true, value_name = "PATH")]
     plugins: Vec<PathBuf>,
     /// Only run a plugin whose sha256 is HEX: `--pin PATH=HEX`; repeatable.
@@ -40,6 +42,11 @@ struct Cli {
     /// plugin's own (/var/lib/executor-plugins/<engine> as root).
     #[arg(long = "state-dir", global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// How long a plugin gets to answer a call that needs no time (isInstalled, bids, start,
+    /// cancel, list, stats) before it is restarted: 30s, 2m, ... Waiting for a job is never
+    /// limited by this.
+    #[arg(long = "call-timeout", global = true, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    call_timeout: Duration,
     /// Log what the host and plugins do (to stderr).
     #[arg(long, short, global = true)]
     verbose: bool,
@@ -153,6 +160,8 @@ fn main() -> ExitCode {
     let filter = if cli.verbose { "info" } else { "error" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file gets no escape sequences at all.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
@@ -171,7 +180,9 @@ fn main() -> ExitCode {
     match runtime.block_on(real_main(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(msg)) => {
-            eprintln!("executor-host: error: {msg}");
+            // Error text carries request- and plugin-supplied parts: nothing reaches the
+            // terminal as a control sequence.
+            eprintln!("executor-host: error: {}", escape_lines(&msg));
             ExitCode::from(1)
         }
     }
@@ -184,6 +195,17 @@ fn host_config(cli: &Cli) -> Result<HostConfig, Failure> {
         disabled: cli.disabled.clone(),
         ..HostConfig::default()
     };
+    config.supervision.call_timeout = cli.call_timeout;
+    for plugin in &cli.plugins {
+        if !plugin.as_os_str().as_encoded_bytes().contains(&b'/') {
+            return fail(format!(
+                "--plugin {}: give a path to the plugin binary (./{} for one in the current \
+                 directory); plugins are not looked up on PATH",
+                escape(&plugin.display().to_string()),
+                escape(&plugin.display().to_string())
+            ));
+        }
+    }
     for pin in &cli.pins {
         let Some((path, hex)) = pin.rsplit_once('=') else {
             return fail(format!("--pin {pin:?}: write PATH=SHA256HEX"));
@@ -342,6 +364,10 @@ fn build_request(args: &RunArgs) -> Result<RunCommandRequest, Failure> {
     if req.execution_id.is_empty() {
         req.execution_id = args.id.clone().unwrap_or_else(new_execution_id);
     }
+    // Before anything is made from it.
+    if let Some(why) = id_problem(&req.execution_id) {
+        return fail(format!("execution id {why}; pick another --id"));
+    }
     if req.job_id.is_empty() {
         req.job_id = req.execution_id.clone();
     }
@@ -376,18 +402,73 @@ fn build_request(args: &RunArgs) -> Result<RunCommandRequest, Failure> {
     }
     if req.results_dir.is_empty() && req.execution_dir.is_empty() {
         let dir = match &args.results {
-            Some(d) => absolute(d)?,
-            None => absolute(Path::new(&req.execution_id))?,
+            Some(d) => new_results_dir(&absolute(d)?)?,
+            None => fresh_results_dir(&req.execution_id)?,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Failure(format!(
-                "cannot create the results directory {}: {e}; pass --results DIR",
-                dir.display()
-            ))
-        })?;
         req.results_dir = dir.display().to_string();
     }
     Ok(req)
+}
+
+/// Why an execution id is refused before anything is made from it: the schema's rule (it
+/// becomes directory and cgroup names), and a letter or digit first so it never reads as an
+/// option or a hidden or relative name.
+fn id_problem(id: &str) -> Option<String> {
+    if let Some(why) = executor_schema::validate::id_problem(id) {
+        return Some(why);
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("{id:?} must start with a letter or a digit"));
+    }
+    None
+}
+
+/// `--results DIR`: made here, private (0700), and never one that already exists (a directory
+/// someone else made, or a symlink, could send the job's results anywhere).
+fn new_results_dir(dir: &Path) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Failure(format!(
+                "cannot create {}, the parent of the results directory: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    // mkdir: fails on anything already there, a symlink included, and follows none.
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(dir.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fail(format!(
+            "the results directory {} already exists; pass a new path (it is created, private \
+             to you) or leave --results out",
+            dir.display()
+        )),
+        Err(e) => fail(format!(
+            "cannot create the results directory {}: {e}; pass --results DIR",
+            dir.display()
+        )),
+    }
+}
+
+/// Without `--results`: a new private directory `<id>-<random>` under the current one. The
+/// random part makes the name unguessable, so nobody can have made it (or a symlink by that
+/// name) beforehand; a name that exists is never used.
+fn fresh_results_dir(id: &str) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = std::env::current_dir()
+        .map_err(|e| Failure(format!("cannot read the current directory: {e}")))?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .rand_bytes(8)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&cwd)
+        .map_err(|e| {
+            Failure(format!(
+                "cannot create a results directory in {}: {e}; pass --results DIR",
+                cwd.display()
+            ))
+        })?;
+    Ok(dir.keep())
 }
 
 fn parse_input(spec: &str) -> Result<PreparedStorage, Failure> {
@@ -487,7 +568,7 @@ async fn run(host: &Host, args: &RunArgs) -> Result<u8, Failure> {
     let result = tokio::select! {
         r = &mut finished => r?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("executor-host: interrupted; cancelling {id}");
+            eprintln!("executor-host: interrupted; cancelling {}", escape(&id));
             plugin.cancel(&id).await.map_err(explain)?;
             plugin.wait(&id).await.map_err(explain)?
         }
@@ -519,7 +600,7 @@ fn exit_status(result: &RunCommandResult) -> u8 {
 }
 
 fn summary(id: &str, r: &RunCommandResult, results: &Path, wall: Duration, usage: Usage) -> String {
-    let mut s = format!("--- {id}: exit code {}", r.exit_code);
+    let mut s = format!("--- {}: exit code {}", escape(id), r.exit_code);
     s.push_str(&format!(", wall {}", format_duration(wall)));
     if let Some(cpu) = usage.cpu_seconds {
         s.push_str(&format!(
@@ -532,7 +613,7 @@ fn summary(id: &str, r: &RunCommandResult, results: &Path, wall: Duration, usage
     }
     s.push('\n');
     if !r.error_msg.is_empty() {
-        s.push_str(&format!("--- error: {}\n", r.error_msg));
+        s.push_str(&format!("--- error: {}\n", escape(&r.error_msg)));
     }
     for (name, truncated) in [
         ("stdout", r.stdout_truncated),
@@ -544,7 +625,10 @@ fn summary(id: &str, r: &RunCommandResult, results: &Path, wall: Duration, usage
             ));
         }
     }
-    s.push_str(&format!("--- results: {}\n", results.display()));
+    s.push_str(&format!(
+        "--- results: {}\n",
+        escape(&results.display().to_string())
+    ));
     s
 }
 
@@ -574,9 +658,12 @@ async fn plugins(host: &Host, json: bool) -> Result<u8, Failure> {
         println!("no plugins found; put executor-* binaries next to executor-host or pass --plugin-dir DIR");
     }
     for p in &host.plugins {
-        println!("{}", p.path.display());
+        println!("{}", escape(&p.path.display().to_string()));
         let Some(info) = &p.info else {
-            println!("  error: {}", p.error.as_deref().unwrap_or("unknown"));
+            println!(
+                "  error: {}",
+                escape_lines(p.error.as_deref().unwrap_or("unknown"))
+            );
             continue;
         };
         let c = &info.capabilities;
@@ -589,7 +676,10 @@ async fn plugins(host: &Host, json: bool) -> Result<u8, Failure> {
         };
         println!(
             "  engine {} ({state}), {} {}, protocol {}",
-            info.engine, info.plugin.name, info.plugin.version, info.protocol_version
+            escape(&info.engine),
+            escape(&info.plugin.name),
+            escape(&info.plugin.version),
+            escape(&info.protocol_version)
         );
         let limits: Vec<&str> = [
             ("cpu", c.limits.cpu),
@@ -609,7 +699,7 @@ async fn plugins(host: &Host, json: bool) -> Result<u8, Failure> {
             c.gpus.len()
         );
         for note in &c.notes {
-            println!("  note: {note}");
+            println!("  note: {}", escape(note));
         }
     }
     Ok(0)
@@ -674,13 +764,13 @@ async fn list(host: &Host, engine_key: &str, json: bool) -> Result<u8, Failure> 
             .to_string();
         println!(
             "{:<28} {:<10} {:<25} {:>5}  {}",
-            e.execution_id,
-            state,
-            e.started_at.as_deref().unwrap_or("-"),
+            escape(&e.execution_id),
+            escape(&state),
+            escape(e.started_at.as_deref().unwrap_or("-")),
             e.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
-            e.error_msg.as_deref().unwrap_or("")
+            escape(e.error_msg.as_deref().unwrap_or(""))
         );
     }
     Ok(0)
@@ -689,6 +779,6 @@ async fn list(host: &Host, engine_key: &str, json: bool) -> Result<u8, Failure> 
 async fn cancel(host: &Host, engine_key: &str, id: &str) -> Result<u8, Failure> {
     let plugin = engine(host, engine_key).await?;
     plugin.cancel(id).await.map_err(explain)?;
-    eprintln!("cancelled {id}");
+    eprintln!("cancelled {}", escape(id));
     Ok(0)
 }
