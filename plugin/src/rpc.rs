@@ -109,11 +109,11 @@ fn registry_config(
     config: &PluginConfig,
     state_dir: &Path,
 ) -> Result<RegistryConfig, ExecutorError> {
-    let exe = std::env::current_exe().map_err(|e| {
-        ExecutorError::internal(format!(
-            "cannot find this plugin's own binary to start monitors: {e}"
-        ))
-    })?;
+    // Monitors re-execute this very binary. Not `current_exe()`: a pinned plugin runs from a
+    // sealed memfd (the host executes exactly the bytes it hashed), whose path reads
+    // `/memfd:... (deleted)` and cannot be executed. `/proc/self/exe`, resolved in the forked
+    // child at exec, is the running image whether it came from a file or a memfd.
+    let exe = PathBuf::from("/proc/self/exe");
     let mut rc = RegistryConfig::new(state_dir, exe);
     rc.retention = seconds(config.retention, "retention", rc.retention)?;
     rc.kill_grace = seconds(config.kill_grace, "killGrace", rc.kill_grace)?;

@@ -701,7 +701,6 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// `/proc/self/exe` instead of the path `current_exe()` reads from it (`/memfd:... (deleted)`
 /// names no file): a change in plugin/src/rpc.rs, outside the host.
 #[tokio::test]
-#[ignore = "needs the plugin to re-execute /proc/self/exe (plugin/src/rpc.rs registry_config)"]
 async fn a_pinned_plugin_still_starts_monitors_without_its_fork_server() {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
