@@ -794,3 +794,118 @@ fn a_monitor_dead_between_its_report_and_its_cleanup_leaves_no_cgroup() {
     );
     p.call(2, "shutdown", json!([]));
 }
+
+/// A `local` input, `readOnly: false`, as Bacalhau's compute node sends it.
+fn writable_local_input(source: &Path, target: &str) -> Value {
+    json!({
+        "InputSource": {"Source": {"Type": "local", "Params": {"SourcePath": source, "ReadWrite": true}}, "Target": target},
+        "Volume": {"type": 1, "readOnly": false, "source": source, "target": target},
+    })
+}
+
+/// Issue 12, item 1: a job that can write in an allow-listed directory swaps `<dir>/x` between
+/// a directory and a symlink to a host directory outside the allow-list (`renameat2` with
+/// `RENAME_EXCHANGE`, as fast as it can) while jobs with a writable `local` input `<dir>/x` are
+/// started. No start may mount the outside directory: each either gets the real `x` or is
+/// refused. Before the fix the path was checked in the plugin and resolved again by the
+/// monitor when it mounted, and the outside directory was mounted writable in some starts.
+#[test]
+fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    let x = allowed.join("x");
+    let link = allowed.join("x.link");
+    for d in [&allowed, &outside, &x] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(outside.join("outside-marker"), "host\n").unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let a = std::ffi::CString::new(x.as_os_str().as_encoded_bytes()).unwrap();
+        let b = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: two NUL-terminated paths that outlive the call.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut escaped, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150 {
+        let exec = format!("binds-race-{i}");
+        let req = json!({
+            "JobID": "j-binds", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(&exec),
+            "Inputs": [writable_local_input(&x, "/in")],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                format!("ls /in; touch /in/written-by-{i}")]}},
+        });
+        let msg = p.call(1 + i, "executor_run", json!([req]));
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                if r["Stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("outside-marker")
+                {
+                    escaped.push(exec);
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let written: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "outside-marker")
+        .collect();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} saw the outside directory, {swaps} swaps",
+        escaped.len()
+    );
+    assert!(
+        escaped.is_empty() && written.is_empty(),
+        "the outside directory was mounted for {escaped:?}; files written there: {written:?}"
+    );
+    assert!(ran > 0, "no start got its input ({refused} refused)");
+}
