@@ -803,6 +803,49 @@ fn writable_local_input(source: &Path, target: &str) -> Value {
     })
 }
 
+/// A thread exchanging two paths (`renameat2(RENAME_EXCHANGE)`) as fast as it can, as a job
+/// with write access to their directory can.
+struct Swapper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Swapper {
+    fn start(a: &Path, b: &Path) -> Swapper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
+        let b = std::ffi::CString::new(b.as_os_str().as_encoded_bytes()).unwrap();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                // SAFETY: two NUL-terminated paths that outlive the call.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        });
+        Swapper { stop, thread }
+    }
+
+    /// Stops it; how many swaps it made.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the swapper thread")
+    }
+}
+
 /// Issue 12, item 1: a job that can write in an allow-listed directory swaps `<dir>/x` between
 /// a directory and a symlink to a host directory outside the allow-list (`renameat2` with
 /// `RENAME_EXCHANGE`, as fast as it can) while jobs with a writable `local` input `<dir>/x` are
@@ -812,7 +855,6 @@ fn writable_local_input(source: &Path, target: &str) -> Value {
 #[test]
 fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let _serial = serial();
     if !is_root() {
         eprintln!("skipped: needs root for mount namespaces and job uids");
@@ -842,31 +884,7 @@ fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
         eprintln!("skipped: no filesystem isolation here: {init}");
         return;
     }
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let swapper = {
-        let stop = stop.clone();
-        let a = std::ffi::CString::new(x.as_os_str().as_encoded_bytes()).unwrap();
-        let b = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
-        std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                // SAFETY: two NUL-terminated paths that outlive the call.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_renameat2,
-                        libc::AT_FDCWD,
-                        a.as_ptr(),
-                        libc::AT_FDCWD,
-                        b.as_ptr(),
-                        libc::RENAME_EXCHANGE,
-                    )
-                };
-                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
-                swaps += 1;
-            }
-            swaps
-        })
-    };
+    let swapper = Swapper::start(&x, &link);
     let (mut escaped, mut ran, mut refused) = (Vec::new(), 0, 0);
     for i in 0..150 {
         let exec = format!("binds-race-{i}");
@@ -892,8 +910,7 @@ fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
             _ => refused += 1,
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let swaps = swapper.join().unwrap();
+    let swaps = swapper.stop();
     let written: Vec<String> = std::fs::read_dir(&outside)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -908,4 +925,162 @@ fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
         "the outside directory was mounted for {escaped:?}; files written there: {written:?}"
     );
     assert!(ran > 0, "no start got its input ({refused} refused)");
+}
+
+/// Issue 12, item 6: a jailed job's private `/tmp` and `/dev/shm` are sized (`tmpfsSize`, else
+/// the job's memory limit, else 1 GiB), so writing past the size is `ENOSPC` instead of host
+/// memory. Run three times: the first job's root is assembled in full, the next ones on a root
+/// made ahead, whose tmpfs mounts are resized for the job.
+#[test]
+fn a_job_filling_its_private_tmpfs_gets_enospc() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = |config: Value| {
+        let mut p = executor_tests::RawPlugin::spawn();
+        let mut c = json!({"stateDir": tmp.path().join("state")});
+        for (k, v) in config.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let init = p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": c}),
+        );
+        let jailed = init["result"]["capabilities"]["filesystemIsolation"] == true;
+        (p, jailed)
+    };
+    let request = |exec: &str, script: &str, resources: Value| {
+        json!({
+            "JobID": "j-tmpfs", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(exec),
+            "Resources": resources,
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+        })
+    };
+    let (mut p, jailed) = plugin(json!({"tmpfsSize": 4 << 20}));
+    if !jailed {
+        eprintln!("skipped: no filesystem isolation here");
+        return;
+    }
+    let fill = "for d in /tmp /dev/shm; do \
+                  head -c 8388608 /dev/zero > $d/fill 2>/dev/null; \
+                  echo $d $? $(wc -c < $d/fill); \
+                done";
+    for i in 0..3 {
+        let exec = format!("tmpfs-fill-{i}");
+        let r = p.call(
+            1 + i,
+            "executor_run",
+            json!([request(&exec, fill, json!({}))]),
+        );
+        let r = &r["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {r}");
+        assert_eq!(
+            r["Stdout"],
+            format!("/tmp 1 {}\n/dev/shm 1 {}\n", 4 << 20, 4 << 20),
+            "{exec}: {r}"
+        );
+    }
+    drop(p);
+
+    // Unconfigured: the job's memory limit, else the default.
+    let (mut p, _) = plugin(json!({}));
+    let size = "for d in /tmp /dev/shm; do echo $(( $(stat -f -c '%b * %S' $d) )); done";
+    let cases = [
+        (json!({"Memory": 96u64 << 20}), 96u64 << 20),
+        (json!({}), 1 << 30),
+    ];
+    for i in 0..3 {
+        for (j, (resources, want)) in cases.iter().enumerate() {
+            let exec = format!("tmpfs-size-{i}-{j}");
+            let msg = p.call(
+                10 + (i * 2 + j) as u64,
+                "executor_run",
+                json!([request(&exec, size, resources.clone())]),
+            );
+            let r = &msg["result"];
+            assert_eq!(r["ErrorMsg"], "", "{exec}: {msg}");
+            assert_eq!(r["Stdout"], format!("{want}\n{want}\n"), "{exec}: {r}");
+        }
+    }
+}
+
+/// Issue 12, item 1: the mount point of a bind inside another bind lies in the outer bind's
+/// source, which a job may write (a shared writable `local` input). A job swapping that mount
+/// point between a directory and a symlink (here to `/tmp`) must not move the inner mount: a
+/// start either mounts the output on that directory or is refused. Before the fix the child
+/// attached the mount by path and followed the symlink in some starts.
+#[test]
+fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let shared = allowed.join("shared");
+    let point = shared.join("out");
+    let link = shared.join("out.link");
+    for d in [&allowed, &shared, &point] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::os::unix::fs::symlink("/tmp", &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let swapper = Swapper::start(&point, &link);
+    let (mut moved, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150 {
+        let exec = format!("binds-nested-race-{i}");
+        let req = json!({
+            "JobID": "j-binds", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(&exec),
+            "Inputs": [writable_local_input(&shared, "/data")],
+            "Outputs": [{"Name": "out", "Path": "/data/out"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["cut", "-d", " ", "-f", "5", "/proc/self/mountinfo"]}},
+        });
+        let msg = p.call(1 + i, "executor_run", json!([req]));
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                let points = r["Stdout"].as_str().unwrap_or("");
+                // The directory it was mounted on may have been renamed since (the swapper
+                // goes on): the mount moves with it, and mountinfo shows its name now.
+                if !points
+                    .lines()
+                    .any(|l| l == "/data/out" || l == "/data/out.link")
+                {
+                    moved.push((exec, points.replace('\n', " ")));
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} had the output mounted elsewhere, {swaps} swaps",
+        moved.len()
+    );
+    assert!(
+        moved.is_empty(),
+        "the output was not at /data/out: {moved:?}"
+    );
+    assert!(ran > 0, "no start got its mounts ({refused} refused)");
 }
