@@ -1010,10 +1010,11 @@ fn a_job_filling_its_private_tmpfs_gets_enospc() {
 }
 
 /// Issue 12, item 1: the mount point of a bind inside another bind lies in the outer bind's
-/// source, which a job may write (a shared writable `local` input). A job swapping that mount
-/// point between a directory and a symlink (here to `/tmp`) must not move the inner mount: a
-/// start either mounts the output on that directory or is refused. Before the fix the child
-/// attached the mount by path and followed the symlink in some starts.
+/// source, which a job may write (a shared writable `local` input). A job swapping a directory
+/// on the way to that mount point with a symlink to another directory of that source (which has
+/// an `out` too) must not move the inner mount: a start either mounts the output on the
+/// directory it checked or is refused. Before the fix the child attached the mount by path and
+/// followed the symlink in some starts.
 #[test]
 fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
     use std::os::unix::fs::PermissionsExt;
@@ -1025,13 +1026,19 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
     let tmp = tempfile::tempdir().unwrap();
     let allowed = tmp.path().join("allowed");
     let shared = allowed.join("shared");
-    let point = shared.join("out");
-    let link = shared.join("out.link");
-    for d in [&allowed, &shared, &point] {
+    let sub = shared.join("sub");
+    let link = shared.join("sub.link");
+    for d in [
+        &allowed,
+        &shared,
+        &sub,
+        &sub.join("out"),
+        &shared.join("decoy/out"),
+    ] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    std::os::unix::fs::symlink("/tmp", &link).unwrap();
+    std::os::unix::fs::symlink("decoy", &link).unwrap();
     let mut p = executor_tests::RawPlugin::spawn();
     let init = p.call(
         0,
@@ -1045,7 +1052,7 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
         eprintln!("skipped: no filesystem isolation here: {init}");
         return;
     }
-    let swapper = Swapper::start(&point, &link);
+    let swapper = Swapper::start(&sub, &link);
     let (mut moved, mut ran, mut refused) = (Vec::new(), 0, 0);
     for i in 0..150 {
         let exec = format!("binds-nested-race-{i}");
@@ -1053,7 +1060,7 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
             "JobID": "j-binds", "ExecutionID": exec,
             "ResultsDir": tmp.path().join("results").join(&exec),
             "Inputs": [writable_local_input(&shared, "/data")],
-            "Outputs": [{"Name": "out", "Path": "/data/out"}],
+            "Outputs": [{"Name": "out", "Path": "/data/sub/out"}],
             "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["cut", "-d", " ", "-f", "5", "/proc/self/mountinfo"]}},
         });
         let msg = p.call(1 + i, "executor_run", json!([req]));
@@ -1061,11 +1068,11 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
             Some(r) if r["ErrorMsg"] == "" => {
                 ran += 1;
                 let points = r["Stdout"].as_str().unwrap_or("");
-                // The directory it was mounted on may have been renamed since (the swapper
+                // The directory it was mounted in may have been renamed since (the swapper
                 // goes on): the mount moves with it, and mountinfo shows its name now.
                 if !points
                     .lines()
-                    .any(|l| l == "/data/out" || l == "/data/out.link")
+                    .any(|l| l == "/data/sub/out" || l == "/data/sub.link/out")
                 {
                     moved.push((exec, points.replace('\n', " ")));
                 }
@@ -1080,7 +1087,7 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
     );
     assert!(
         moved.is_empty(),
-        "the output was not at /data/out: {moved:?}"
+        "the output was not mounted where it was checked: {moved:?}"
     );
     assert!(ran > 0, "no start got its mounts ({refused} refused)");
 }
