@@ -747,14 +747,63 @@ fn pivot_root(root: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::chdir(c"/".as_ptr()) })
 }
 
+/// What a detached bind's mount flags become.
+#[derive(Clone, Copy)]
+enum BindFlags {
+    /// A job's input or output: as the full plan's bind remount had them (nosuid, nodev,
+    /// relatime, read-only when asked; whatever else the source mount had, such as noexec,
+    /// cleared).
+    Job { read_only: bool },
+    /// A device node: usable (not nodev), nothing runs from it.
+    Device,
+}
+
+impl BindFlags {
+    fn attr(self) -> MountAttr {
+        let (set, clear) = match self {
+            BindFlags::Job { read_only } => (
+                MOUNT_ATTR_NOSUID
+                    | MOUNT_ATTR_NODEV
+                    | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+                MOUNT_ATTR_NOEXEC
+                    | MOUNT_ATTR_NOSYMFOLLOW
+                    | MOUNT_ATTR_NODIRATIME
+                    | MOUNT_ATTR_ATIME_MASK
+                    | if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+            ),
+            BindFlags::Device => (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NODEV),
+        };
+        MountAttr {
+            attr_set: set,
+            attr_clr: clear,
+            // A copy of a shared mount would stay a peer of the host's: a bind mounted inside
+            // it later would appear on the host.
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        }
+    }
+
+    /// The same by a bind remount, where the kernel lacks mount_setattr.
+    fn remount(self) -> c_ulong {
+        match self {
+            BindFlags::Job { read_only: true } => RO_BIND,
+            BindFlags::Job { read_only: false } => RO_BIND & !libc::MS_RDONLY,
+            BindFlags::Device => {
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC
+            }
+        }
+    }
+}
+
 /// A copy of the mount at the held `source` as a detached mount
 /// (`open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE)`: the object the descriptor holds, not
-/// whatever its path names now), private, with the flags the full plan's bind remount gives it
-/// (nosuid, nodev, relatime, read-only when asked; whatever else the source mount had, such as
-/// noexec, cleared). It is attached by the job's child, in a [`RootTemplate`] or in its own
-/// copy of the host's namespace. A failure is the host's (the source was checked):
-/// [`FsError::Template`], and on a template the full plan is tried instead.
-fn detached_bind(source: &Path, held: &OwnedFd, read_only: bool) -> Result<OwnedFd, FsError> {
+/// whatever its path names now), private and with `flags` where the kernel has mount_setattr
+/// (else [`attach_steps`] sets them once it is attached). It is attached by the job's child,
+/// in a [`RootTemplate`] or in its own copy of the host's namespace: a mount of the host's
+/// namespace cannot be bound from a descriptor once the child has a namespace of its own.
+/// A failure is the host's (the source was checked): [`FsError::Template`], and on a template
+/// the full plan is tried instead.
+fn detached_bind(source: &Path, held: &OwnedFd, flags: BindFlags) -> Result<OwnedFd, FsError> {
     let fail = |what: &str, e: io::Error| {
         FsError::Template(format!("{what} of {}: {e}", source.display()))
     };
@@ -773,24 +822,37 @@ fn detached_bind(source: &Path, held: &OwnedFd, read_only: bool) -> Result<Owned
     }
     // SAFETY: a fresh descriptor from open_tree, owned by nothing else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let read_only_bit = MOUNT_ATTR_RDONLY;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { read_only_bit } else { 0 },
-        attr_clr: MOUNT_ATTR_NOEXEC
-            | MOUNT_ATTR_NOSYMFOLLOW
-            | MOUNT_ATTR_NODIRATIME
-            | MOUNT_ATTR_ATIME_MASK
-            | if read_only { 0 } else { read_only_bit },
-        // A copy of a shared mount would stay a peer of the host's: a bind mounted inside it
-        // later would appear on the host.
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    let flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if mount_setattr(tree.as_raw_fd(), c"", flags, &attr) == -1 {
-        return Err(fail("setting the flags", io::Error::last_os_error()));
+    if has_mount_setattr() {
+        let attr = flags.attr();
+        let at = libc::AT_EMPTY_PATH as libc::c_uint;
+        if mount_setattr(tree.as_raw_fd(), c"", at, &attr) == -1 {
+            return Err(fail("setting the flags", io::Error::last_os_error()));
+        }
     }
     Ok(tree)
+}
+
+/// The child's steps that attach a [`detached_bind`] at `target`. Without mount_setattr its
+/// flags and propagation are set right after, through the tree's own descriptor (the mount
+/// just attached, whatever the target's path names by then), before anything is mounted
+/// inside it.
+fn attach_steps(steps: &mut Vec<Step>, tree: &OwnedFd, target: CString, flags: BindFlags) {
+    steps.push(Step::Attach {
+        tree: tree.as_raw_fd(),
+        target,
+    });
+    if has_mount_setattr() {
+        return;
+    }
+    for flags in [libc::MS_PRIVATE, flags.remount()] {
+        steps.push(Step::Mount {
+            source: None,
+            target: fd_path(tree),
+            fstype: None,
+            flags,
+            data: None,
+        });
+    }
 }
 
 /// A mount namespace holding what every job's root has — the system directories read-only,
@@ -932,11 +994,9 @@ impl std::fmt::Debug for RootTemplate {
 pub struct FsPlan {
     steps: Vec<Step>,
     /// The descriptors [`Step::EnterTemplate`] and [`Step::Attach`] name by number (the
-    /// template's namespace, the detached binds): held open here.
+    /// template's namespace, the detached binds of the job's inputs, outputs and device
+    /// nodes): held open here.
     _trees: Arc<Vec<OwnedFd>>,
-    /// The job's bind sources and device nodes, resolved once, that steps bind from by
-    /// `/proc/self/fd/N`.
-    _sources: Vec<Arc<OwnedFd>>,
 }
 
 /// What [`FsPlan::build`] plans.
@@ -1365,7 +1425,6 @@ impl FsPlan {
 
         let mut steps = Vec::new();
         let mut trees = Vec::new();
-        let mut sources: Vec<Arc<OwnedFd>> = Vec::new();
         if let Layout::OnTemplate(t) = layout {
             // The plan holds its own descriptor: it may outlive the template.
             let ns =
@@ -1473,38 +1532,13 @@ impl FsPlan {
                     held: Some(held),
                     ..
                 } => {
-                    if has_mount_setattr() {
-                        // Made here from the held source, detached, and attached by the child
-                        // (outside a template's namespace the source is out of reach anyway).
-                        let tree = detached_bind(source, held, *read_only)?;
-                        steps.push(Step::Attach {
-                            tree: tree.as_raw_fd(),
-                            target: host_c,
-                        });
-                        trees.push(tree);
-                    } else {
-                        // Kernels before open_tree/mount_setattr (no template either): bound
-                        // from /proc/self/fd/N, which the kernel resolves to the held object.
-                        steps.push(Step::Mount {
-                            source: Some(fd_path(held)),
-                            target: host_c.clone(),
-                            fstype: None,
-                            flags: libc::MS_BIND,
-                            data: None,
-                        });
-                        steps.push(Step::Mount {
-                            source: None,
-                            target: host_c,
-                            fstype: None,
-                            flags: if *read_only {
-                                RO_BIND
-                            } else {
-                                RO_BIND & !libc::MS_RDONLY
-                            },
-                            data: None,
-                        });
-                    }
-                    sources.push(held.clone());
+                    // Made here from the held source, detached, and attached by the child.
+                    let flags = BindFlags::Job {
+                        read_only: *read_only,
+                    };
+                    let tree = detached_bind(source, held, flags)?;
+                    attach_steps(&mut steps, &tree, host_c, flags);
+                    trees.push(tree);
                 }
                 Entry::Bind {
                     source,
@@ -1574,7 +1608,7 @@ impl FsPlan {
                 }
                 Entry::Dev => dev_steps(
                     &mut steps,
-                    &mut sources,
+                    &mut trees,
                     &host_target,
                     &spec.devices,
                     spec.tmpfs_size,
@@ -1605,7 +1639,6 @@ impl FsPlan {
         Ok(FsPlan {
             steps,
             _trees: Arc::new(trees),
-            _sources: sources,
         })
     }
 
@@ -1797,7 +1830,7 @@ fn standard_devices() -> &'static [(&'static str, libc::dev_t)] {
 /// cannot add nodes.
 fn dev_steps(
     steps: &mut Vec<Step>,
-    sources: &mut Vec<Arc<OwnedFd>>,
+    trees: &mut Vec<OwnedFd>,
     dev: &Path,
     extra: &[PathBuf],
     shm_size: Option<u64>,
@@ -1848,14 +1881,9 @@ fn dev_steps(
         }
         let node = cstring("sandbox mount", &dev.join(name))?;
         steps.push(Step::Touch { path: node.clone() });
-        steps.push(Step::Mount {
-            source: Some(fd_path(&held)),
-            target: node,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        });
-        sources.push(Arc::new(held));
+        let tree = detached_bind(&host, &held, BindFlags::Device)?;
+        attach_steps(steps, &tree, node, BindFlags::Device);
+        trees.push(tree);
     }
     let shm = cstring("sandbox mount", &dev.join("shm"))?;
     steps.push(Step::Mkdir {
