@@ -1091,3 +1091,58 @@ fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
     );
     assert!(ran > 0, "no start got its mounts ({refused} refused)");
 }
+
+/// Issue 12, item 1, for outputs: an output's source is `results/<Name>`, and a results
+/// directory made beforehand by someone else can hold a symlink in its place. The monitor opens
+/// it without following the symlink: the start is refused, and the directory the symlink names
+/// is never mounted for the job. Before the fix it was mounted writable at the output's `Path`.
+#[test]
+fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    let results = tmp.path().join("results");
+    for d in [&outside, &results] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, results.join("out")).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    // Twice: the first root is assembled in full, the second on a root made ahead.
+    for (i, exec) in ["binds-planted-output", "binds-planted-output-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = p.call(
+            1 + i as u64,
+            "executor_run",
+            json!([{
+                "JobID": "j-binds", "ExecutionID": exec, "ResultsDir": results,
+                "Outputs": [{"Name": "out", "Path": "/outputs"}],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["touch", "/outputs/written"]}},
+            }]),
+        );
+        assert!(
+            !outside.join("written").exists(),
+            "{exec}: the symlink's target was mounted as the output: {msg}"
+        );
+        let refused = msg.get("error").is_some() || msg["result"]["ErrorMsg"] != "";
+        assert!(refused, "{exec}: {msg}");
+        let text = msg.to_string();
+        assert!(text.contains("symbolic link"), "{exec}: {text}");
+    }
+}
