@@ -10,6 +10,12 @@
 //! (user switch) and after anything that needs the host's paths (joining cgroups through
 //! `/sys/fs/cgroup`).
 //!
+//! Every input, output and device node is resolved once, in the monitor, to an `O_PATH`
+//! descriptor ([`open_source`]; below [`Bind::untrusted_below`] without following any symlink),
+//! checked, and mounted from that descriptor (an `open_tree` copy the child attaches onto a
+//! target it opens with `RESOLVE_NO_SYMLINKS`): nothing a job renames or swaps between the check
+//! and the mount changes what is mounted, or where.
+//!
 //! The fast path: a [`RootTemplate`] is a namespace with everything every job's root has, made
 //! ahead of any job (a spare monitor makes one while it waits); [`FsPlan::on_template`] plans
 //! only what is the job's own on top of it — enter it, attach the job's binds (made before the
@@ -818,7 +824,15 @@ fn detached_bind(source: &Path, held: &OwnedFd, flags: BindFlags) -> Result<Owne
         )
     };
     if fd < 0 {
-        return Err(fail("a detached copy", io::Error::last_os_error()));
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            // Binding by path instead would resolve the source again, after it was checked.
+            return Err(FsError::Template(format!(
+                "mounting {} needs open_tree(2) (Linux 5.2), which this kernel lacks or refuses",
+                source.display()
+            )));
+        }
+        return Err(fail("a detached copy", e));
     }
     // SAFETY: a fresh descriptor from open_tree, owned by nothing else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
