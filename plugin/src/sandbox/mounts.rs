@@ -430,6 +430,8 @@ enum Step {
     Attach {
         tree: RawFd,
         target: CString,
+        /// What was copied, for messages.
+        source: CString,
     },
 }
 
@@ -652,7 +654,7 @@ impl Step {
             Step::Chdir { path } => cvt(unsafe { libc::chdir(path.as_ptr()) }),
             // SAFETY: a namespace descriptor the plan's template keeps open.
             Step::EnterTemplate { ns } => cvt(unsafe { libc::setns(*ns, libc::CLONE_NEWNS) }),
-            Step::Attach { tree, target } => attach(*tree, target),
+            Step::Attach { tree, target, .. } => attach(*tree, target),
         }
     }
 }
@@ -850,13 +852,19 @@ fn detached_bind(source: &Path, held: &OwnedFd, flags: BindFlags) -> Result<Owne
 /// flags and propagation are set right after, through the tree's own descriptor (the mount
 /// just attached, whatever the target's path names by then), before anything is mounted
 /// inside it.
-fn attach_steps(steps: &mut Vec<Step>, tree: &OwnedFd, target: CString, flags: BindFlags) {
+fn attach_steps(
+    steps: &mut Vec<Step>,
+    (source, tree): (&Path, &OwnedFd),
+    target: CString,
+    flags: BindFlags,
+) -> Result<(), FsError> {
     steps.push(Step::Attach {
         tree: tree.as_raw_fd(),
         target,
+        source: cstring("bind source", source)?,
     });
     if has_mount_setattr() {
-        return;
+        return Ok(());
     }
     for flags in [libc::MS_PRIVATE, flags.remount()] {
         steps.push(Step::Mount {
@@ -867,6 +875,7 @@ fn attach_steps(steps: &mut Vec<Step>, tree: &OwnedFd, target: CString, flags: B
             data: None,
         });
     }
+    Ok(())
 }
 
 /// A mount namespace holding what every job's root has — the system directories read-only,
@@ -1551,7 +1560,7 @@ impl FsPlan {
                         read_only: *read_only,
                     };
                     let tree = detached_bind(source, held, flags)?;
-                    attach_steps(&mut steps, &tree, host_c, flags);
+                    attach_steps(&mut steps, (source, &tree), host_c, flags)?;
                     trees.push(tree);
                 }
                 Entry::Bind {
@@ -1714,7 +1723,9 @@ impl FsPlan {
             Step::PivotRoot { root } => format!("entering the job's root {}", show(root)),
             Step::Chdir { path } => format!("changing into the working directory {}", show(path)),
             Step::EnterTemplate { .. } => "entering the job's prepared root".into(),
-            Step::Attach { target, .. } => format!("attaching the bind at {}", show(target)),
+            Step::Attach { target, source, .. } => {
+                format!("mount {} on {}", show(source), show(target))
+            }
         }
     }
 }
@@ -1896,7 +1907,7 @@ fn dev_steps(
         let node = cstring("sandbox mount", &dev.join(name))?;
         steps.push(Step::Touch { path: node.clone() });
         let tree = detached_bind(&host, &held, BindFlags::Device)?;
-        attach_steps(steps, &tree, node, BindFlags::Device);
+        attach_steps(steps, (&host, &tree), node, BindFlags::Device)?;
         trees.push(tree);
     }
     let shm = cstring("sandbox mount", &dev.join("shm"))?;
