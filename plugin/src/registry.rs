@@ -1713,6 +1713,71 @@ mod tests {
     }
 
     #[test]
+    fn what_a_job_can_name_is_opened_without_symlinks_and_tmpfs_is_sized() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = std::fs::canonicalize(tmp.path()).unwrap().join("data");
+        std::fs::create_dir_all(data.join("x")).unwrap();
+        let input = SpecInput {
+            execution_id: "e".into(),
+            isolate_filesystem: true,
+            results_dir: Some("/r".into()),
+            allow_listed_local_paths: vec![data.clone()],
+            inputs: vec![
+                InputSpec {
+                    source: data.join("x"),
+                    target: "/in".into(),
+                    read_only: true,
+                    local: true,
+                },
+                InputSpec {
+                    source: "/staged".into(),
+                    target: "/staged".into(),
+                    read_only: true,
+                    local: false,
+                },
+            ],
+            outputs: vec![OutputSpec {
+                name: "out".into(),
+                path: "/out".into(),
+            }],
+            ..SpecInput::default()
+        };
+        let fs = |input: SpecInput| {
+            build_spec(Path::new("/s"), input)
+                .unwrap()
+                .sandbox
+                .filesystem
+                .unwrap()
+        };
+        let below: Vec<_> = fs(input.clone())
+            .binds
+            .iter()
+            .map(|b| b.untrusted_below.clone())
+            .collect();
+        assert_eq!(
+            below,
+            [Some("/".into()), None, Some(PathBuf::from("/r"))],
+            "a local input from /, a staged one as the host named it, an output below results"
+        );
+
+        let sized = |tmpfs_size: Option<u64>, memory: u64| {
+            fs(SpecInput {
+                tmpfs_size,
+                resources: Resources {
+                    memory,
+                    ..Resources::default()
+                },
+                ..input.clone()
+            })
+            .tmpfs_size
+        };
+        assert_eq!(sized(None, 0), Some(DEFAULT_TMPFS_SIZE));
+        assert_eq!(sized(None, 64 << 20), Some(64 << 20));
+        assert_eq!(sized(Some(1 << 20), 64 << 20), Some(1 << 20));
+        assert_eq!(sized(Some(0), 64 << 20), None);
+    }
+
+    #[test]
     fn sandbox_settings_come_from_resources_network_and_config() {
         let input = SpecInput {
             execution_id: "e".into(),
