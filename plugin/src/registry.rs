@@ -632,6 +632,8 @@ pub struct SpecInput {
     pub job_user: Option<UserPlan>,
     /// `PluginConfig.allowListedLocalPaths` (see [`crate::sandbox::allowlist`]).
     pub allow_listed_local_paths: Vec<PathBuf>,
+    /// `PluginConfig.tmpfsSize`: the size of each of a jailed job's private tmpfs mounts.
+    pub tmpfs_size: Option<u64>,
     /// The GPUs detected at `initialize`, with their device minors.
     pub host_gpus: Vec<HostGpu>,
     /// `PluginConfig.gpuDeviceDir`; `None`: `/dev`.
@@ -678,12 +680,13 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
         .unwrap_or_else(|| dir.default_log());
     let id = input.execution_id.clone();
     check_layout(&input).map_err(|e| e.with_execution(id.clone()))?;
-    check_allow_list(&input).map_err(|e| e.with_execution(id.clone()))?;
-    let binds = binds(&input, &results_dir).map_err(|e| e.with_execution(id.clone()))?;
+    let allowed = check_allow_list(&input).map_err(|e| e.with_execution(id.clone()))?;
+    let binds = binds(&input, &results_dir, &allowed).map_err(|e| e.with_execution(id.clone()))?;
     if input.isolate_filesystem {
         sandbox.filesystem = Some(FsSandbox {
             root_dir: state_root.join(JOB_ROOT_DIR),
             binds,
+            tmpfs_size: tmpfs_size(&input),
         });
     }
     if user::running_as_root() {
@@ -748,6 +751,11 @@ fn count_only_gpu_env(input: &SpecInput) -> Vec<(String, String)> {
 /// own there in its own mount namespace, so one empty directory serves them all (no directory
 /// to make and remove per execution).
 pub const JOB_ROOT_DIR: &str = ".job-root";
+
+/// The size of each of a jailed job's private tmpfs mounts (`/tmp`, `/dev/shm`) when it has no
+/// memory limit and `tmpfsSize` is not configured: room for scratch files, not a way to fill
+/// the host's memory (the kernel's default is half of it, per mount).
+pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 30;
 
 /// The range each running execution gets a uid of its own from: when the plugin is root and no
 /// single `runAsUser` is configured (that mode, kept for hosts that need a known user, runs
@@ -865,28 +873,33 @@ fn check_layout(input: &SpecInput) -> Result<(), ExecutorError> {
     }
 }
 
-/// `local` inputs must come from an allow-listed path (see [`crate::sandbox::allowlist`]).
-fn check_allow_list(input: &SpecInput) -> Result<(), ExecutorError> {
+/// `local` inputs must come from an allow-listed path (see [`crate::sandbox::allowlist`]): for
+/// each input, the path its bind is opened at (`None` for inputs that are not `local`).
+fn check_allow_list(input: &SpecInput) -> Result<Vec<Option<PathBuf>>, ExecutorError> {
     if !input.inputs.iter().any(|i| i.local) {
-        return Ok(());
+        return Ok(vec![None; input.inputs.len()]);
     }
     let list = AllowList::parse(&input.allow_listed_local_paths);
-    let problems: Vec<executor_schema::FieldProblem> = input
-        .inputs
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| i.local)
-        .filter_map(|(n, i)| {
-            list.check(&i.source, !i.read_only)
-                .err()
-                .map(|e| executor_schema::FieldProblem {
+    let mut problems = Vec::new();
+    let mut allowed = Vec::with_capacity(input.inputs.len());
+    for (n, i) in input.inputs.iter().enumerate() {
+        if !i.local {
+            allowed.push(None);
+            continue;
+        }
+        match list.check(&i.source, !i.read_only) {
+            Ok(path) => allowed.push(Some(path)),
+            Err(e) => {
+                problems.push(executor_schema::FieldProblem {
                     field: format!("Inputs[{n}].Volume.source"),
                     message: e.to_string(),
-                })
-        })
-        .collect();
+                });
+                allowed.push(None);
+            }
+        }
+    }
     if problems.is_empty() {
-        Ok(())
+        Ok(allowed)
     } else {
         Err(ExecutorError::invalid_params(problems))
     }
@@ -896,7 +909,16 @@ fn check_allow_list(input: &SpecInput) -> Result<(), ExecutorError> {
 /// finds at the promised path is accepted: an output whose `Path` is `results/<Name>` itself,
 /// an input whose target is its (writable) source; anything else is refused, never run with
 /// the wrong paths.
-fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorError> {
+///
+/// Whatever a job could have named or can change is marked so that the monitor opens it without
+/// following a symlink: a `local` input all the way from `/` (its allow-listed directory
+/// resolved, `allowed`), an output below the results directory. The monitor opens each source
+/// once and mounts from that descriptor.
+fn binds(
+    input: &SpecInput,
+    results_dir: &Path,
+    allowed: &[Option<PathBuf>],
+) -> Result<Vec<Bind>, ExecutorError> {
     let mut binds = Vec::new();
     for (i, v) in input.inputs.iter().enumerate() {
         if !input.isolate_filesystem && (v.source != v.target || v.read_only) {
@@ -909,10 +931,15 @@ fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorErr
                 if v.read_only { ", read-only" } else { "" }
             )));
         }
+        let (source, untrusted_below) = match allowed.get(i).cloned().flatten() {
+            Some(path) => (path, Some(PathBuf::from("/"))),
+            None => (v.source.clone(), None),
+        };
         binds.push(Bind {
-            source: v.source.clone(),
+            source,
             target: v.target.clone(),
             read_only: v.read_only,
+            untrusted_below,
         });
     }
     for o in &input.outputs {
@@ -931,9 +958,23 @@ fn binds(input: &SpecInput, results_dir: &Path) -> Result<Vec<Bind>, ExecutorErr
             source: at,
             target: o.path.clone(),
             read_only: false,
+            untrusted_below: Some(results_dir.to_owned()),
         });
     }
     Ok(binds)
+}
+
+/// Without a configured `tmpfsSize`, each of the job's private tmpfs mounts is as large as
+/// its memory limit (its pages are charged to the job's memory cgroup, so it can never hold
+/// more; a full tmpfs is then ENOSPC rather than an OOM kill), or [`DEFAULT_TMPFS_SIZE`]
+/// without one. `tmpfsSize: 0` leaves them at the kernel's default (half of the host's memory).
+fn tmpfs_size(input: &SpecInput) -> Option<u64> {
+    match input.tmpfs_size {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if input.resources.memory > 0 => Some(input.resources.memory),
+        None => Some(DEFAULT_TMPFS_SIZE),
+    }
 }
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
@@ -1669,6 +1710,71 @@ mod tests {
         .unwrap();
         assert_eq!(s.results_dir, Path::new("/r"));
         assert_eq!(s.log_path, Path::new("/exec/e1/logs/raw_container_logs"));
+    }
+
+    #[test]
+    fn what_a_job_can_name_is_opened_without_symlinks_and_tmpfs_is_sized() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = std::fs::canonicalize(tmp.path()).unwrap().join("data");
+        std::fs::create_dir_all(data.join("x")).unwrap();
+        let input = SpecInput {
+            execution_id: "e".into(),
+            isolate_filesystem: true,
+            results_dir: Some("/r".into()),
+            allow_listed_local_paths: vec![data.clone()],
+            inputs: vec![
+                InputSpec {
+                    source: data.join("x"),
+                    target: "/in".into(),
+                    read_only: true,
+                    local: true,
+                },
+                InputSpec {
+                    source: "/staged".into(),
+                    target: "/staged".into(),
+                    read_only: true,
+                    local: false,
+                },
+            ],
+            outputs: vec![OutputSpec {
+                name: "out".into(),
+                path: "/out".into(),
+            }],
+            ..SpecInput::default()
+        };
+        let fs = |input: SpecInput| {
+            build_spec(Path::new("/s"), input)
+                .unwrap()
+                .sandbox
+                .filesystem
+                .unwrap()
+        };
+        let below: Vec<_> = fs(input.clone())
+            .binds
+            .iter()
+            .map(|b| b.untrusted_below.clone())
+            .collect();
+        assert_eq!(
+            below,
+            [Some("/".into()), None, Some(PathBuf::from("/r"))],
+            "a local input from /, a staged one as the host named it, an output below results"
+        );
+
+        let sized = |tmpfs_size: Option<u64>, memory: u64| {
+            fs(SpecInput {
+                tmpfs_size,
+                resources: Resources {
+                    memory,
+                    ..Resources::default()
+                },
+                ..input.clone()
+            })
+            .tmpfs_size
+        };
+        assert_eq!(sized(None, 0), Some(DEFAULT_TMPFS_SIZE));
+        assert_eq!(sized(None, 64 << 20), Some(64 << 20));
+        assert_eq!(sized(Some(1 << 20), 64 << 20), Some(1 << 20));
+        assert_eq!(sized(Some(0), 64 << 20), None);
     }
 
     #[test]

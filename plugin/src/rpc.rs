@@ -121,6 +121,13 @@ fn registry_config(
         rc.max_retained = max;
     }
     rc.job_uids = crate::registry::job_uid_range(config)?;
+    let bad = allowlist::AllowList::problems(&config.allow_listed_local_paths);
+    if !bad.is_empty() {
+        return Err(ExecutorError::invalid_params(vec![FieldProblem {
+            field: "config.allowListedLocalPaths".into(),
+            message: bad.join("; "),
+        }]));
+    }
     Ok(rc)
 }
 
@@ -221,6 +228,7 @@ fn spec_input(
         isolate_filesystem: filesystem_isolation,
         run_as_user: config.run_as_user.clone(),
         allow_listed_local_paths: config.allow_listed_local_paths.clone(),
+        tmpfs_size: config.tmpfs_size,
         host_gpus: host_gpus.to_vec(),
         gpu_device_dir: config.gpu_device_dir.clone(),
         ..SpecInput::default()

@@ -172,6 +172,9 @@ pub struct FsSandbox {
     pub root_dir: PathBuf,
     /// Inputs, then outputs (`results/<Name>` read-write at `Path`).
     pub binds: Vec<Bind>,
+    /// The size in bytes of each of the job's private tmpfs mounts (`/tmp`, `/dev/shm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<u64>,
 }
 
 /// Output limits in bytes (DESIGN.md "Results").

@@ -6,7 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use executor_plugin::sandbox::mounts::{self, Bind, FsError, FsPlan, FsSpec, RootTemplate};
+use executor_plugin::sandbox::mounts::{
+    self, Bind, FsError, FsPlan, FsSpec, RootTemplate, SourceError,
+};
 use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
 use executor_plugin::sandbox::user::{chown_tree, UserError, UserPlan};
 
@@ -178,22 +180,26 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
             source: input.path().to_owned(),
             target: "/inputs/data".into(),
             read_only: true,
+            untrusted_below: None,
         },
         Bind {
             source: single.clone(),
             target: "/inputs/single.txt".into(),
             read_only: true,
+            untrusted_below: None,
         },
         Bind {
             source: l.results().join("out"),
             target: "/outputs".into(),
             read_only: false,
+            untrusted_below: None,
         },
         // Inside the job's /tmp: the mount point is made by the child in its tmpfs.
         Bind {
             source: input.path().to_owned(),
             target: "/tmp/deep/in".into(),
             read_only: true,
+            untrusted_below: None,
         },
     ];
     spec.working_dir = Some("/outputs".into());
@@ -292,6 +298,7 @@ fn plan_validation_rejects_bad_specs() {
         source: source.to_owned(),
         target: target.into(),
         read_only: true,
+        untrusted_below: None,
     };
 
     assert!(matches!(
@@ -304,7 +311,51 @@ fn plan_validation_rejects_bad_specs() {
     ));
     assert!(matches!(
         with(vec![bind(&input.path().join("missing"), "/in")]),
-        Err(FsError::Source { .. })
+        Err(FsError::BadSource { .. })
+    ));
+    // A source a job could have named or swapped: no symlink anywhere below the directory the
+    // host named, and only a directory or a regular file.
+    let real = input.path().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, input.path().join("real-link")).unwrap();
+    let below = |source: PathBuf| Bind {
+        source,
+        target: "/in".into(),
+        read_only: true,
+        untrusted_below: Some(input.path().to_owned()),
+    };
+    assert!(with(vec![below(real.clone())]).is_ok());
+    assert!(matches!(
+        with(vec![below(input.path().join("real-link"))]),
+        Err(FsError::BadSource {
+            source: SourceError::Symlink { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        with(vec![below(input.path().join("real-link/deeper"))]),
+        Err(FsError::BadSource {
+            source: SourceError::Symlink { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        with(vec![below(PathBuf::from("/etc"))]),
+        Err(FsError::BadSource {
+            source: SourceError::NotBelow { .. },
+            ..
+        })
+    ));
+    // Where the host named the whole path, its symlinks are followed, once.
+    assert!(with(vec![bind(&input.path().join("real-link"), "/in")]).is_ok());
+    let fifo = input.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(matches!(
+        with(vec![bind(&fifo, "/in")]),
+        Err(FsError::BadSource {
+            source: SourceError::Kind { found: "FIFO" },
+            ..
+        })
     ));
     for reserved in ["/", "/proc", "/proc/x", "/dev/null"] {
         assert!(
@@ -378,11 +429,13 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
             source: inner.path().to_owned(),
             target: "/in/sub".into(),
             read_only: true,
+            untrusted_below: None,
         },
         Bind {
             source: outer.path().to_owned(),
             target: "/in".into(),
             read_only: true,
+            untrusted_below: None,
         },
     ];
     spec.working_dir = Some("/work/dir".into());
@@ -413,6 +466,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         source: input.path().to_owned(),
         target: "/job/work/in".into(),
         read_only: true,
+        untrusted_below: None,
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(
@@ -434,6 +488,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         source: input.path().to_owned(),
         target: "/data".into(),
         read_only: true,
+        untrusted_below: None,
     }];
     assert!(matches!(
         FsPlan::new(&spec),
@@ -555,6 +610,7 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
         source: l.results().join("out"),
         target: "/outputs".into(),
         read_only: false,
+        untrusted_below: None,
     }];
     let script = &format!(
         "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u; \
@@ -692,11 +748,13 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
             source: shared.path().to_owned(),
             target: "/in".into(),
             read_only: true,
+            untrusted_below: None,
         },
         Bind {
             source: inner.path().to_owned(),
             target: "/in/sub".into(),
             read_only: true,
+            untrusted_below: None,
         },
     ];
     let below = shared.path().join("sub").display().to_string();
@@ -728,6 +786,7 @@ fn a_bind_gets_the_same_flags_either_way() {
         source: src.path().to_owned(),
         target: "/in".into(),
         read_only: true,
+        untrusted_below: None,
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(

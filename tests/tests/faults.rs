@@ -794,3 +794,355 @@ fn a_monitor_dead_between_its_report_and_its_cleanup_leaves_no_cgroup() {
     );
     p.call(2, "shutdown", json!([]));
 }
+
+/// A `local` input, `readOnly: false`, as Bacalhau's compute node sends it.
+fn writable_local_input(source: &Path, target: &str) -> Value {
+    json!({
+        "InputSource": {"Source": {"Type": "local", "Params": {"SourcePath": source, "ReadWrite": true}}, "Target": target},
+        "Volume": {"type": 1, "readOnly": false, "source": source, "target": target},
+    })
+}
+
+/// A thread exchanging two paths (`renameat2(RENAME_EXCHANGE)`) as fast as it can, as a job
+/// with write access to their directory can.
+struct Swapper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Swapper {
+    fn start(a: &Path, b: &Path) -> Swapper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
+        let b = std::ffi::CString::new(b.as_os_str().as_encoded_bytes()).unwrap();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                // SAFETY: two NUL-terminated paths that outlive the call.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        });
+        Swapper { stop, thread }
+    }
+
+    /// Stops it; how many swaps it made.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the swapper thread")
+    }
+}
+
+/// Issue 12, item 1: a job that can write in an allow-listed directory swaps `<dir>/x` between
+/// a directory and a symlink to a host directory outside the allow-list (`renameat2` with
+/// `RENAME_EXCHANGE`, as fast as it can) while jobs with a writable `local` input `<dir>/x` are
+/// started. No start may mount the outside directory: each either gets the real `x` or is
+/// refused. Before the fix the path was checked in the plugin and resolved again by the
+/// monitor when it mounted, and the outside directory was mounted writable in some starts.
+#[test]
+fn a_local_input_swapped_for_a_symlink_never_mounts_what_the_symlink_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let outside = tmp.path().join("outside");
+    let x = allowed.join("x");
+    let link = allowed.join("x.link");
+    for d in [&allowed, &outside, &x] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(outside.join("outside-marker"), "host\n").unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let swapper = Swapper::start(&x, &link);
+    let (mut escaped, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150 {
+        let exec = format!("binds-race-{i}");
+        let req = json!({
+            "JobID": "j-binds", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(&exec),
+            "Inputs": [writable_local_input(&x, "/in")],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                format!("ls /in; touch /in/written-by-{i}")]}},
+        });
+        let msg = p.call(1 + i, "executor_run", json!([req]));
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                if r["Stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("outside-marker")
+                {
+                    escaped.push(exec);
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let swaps = swapper.stop();
+    let written: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "outside-marker")
+        .collect();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} saw the outside directory, {swaps} swaps",
+        escaped.len()
+    );
+    assert!(
+        escaped.is_empty() && written.is_empty(),
+        "the outside directory was mounted for {escaped:?}; files written there: {written:?}"
+    );
+    assert!(ran > 0, "no start got its input ({refused} refused)");
+}
+
+/// Issue 12, item 6: a jailed job's private `/tmp` and `/dev/shm` are sized (`tmpfsSize`, else
+/// the job's memory limit, else 1 GiB), so writing past the size is `ENOSPC` instead of host
+/// memory. Run three times: the first job's root is assembled in full, the next ones on a root
+/// made ahead, whose tmpfs mounts are resized for the job.
+#[test]
+fn a_job_filling_its_private_tmpfs_gets_enospc() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = |config: Value| {
+        let mut p = executor_tests::RawPlugin::spawn();
+        let mut c = json!({"stateDir": tmp.path().join("state")});
+        for (k, v) in config.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let init = p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": c}),
+        );
+        let jailed = init["result"]["capabilities"]["filesystemIsolation"] == true;
+        (p, jailed)
+    };
+    let request = |exec: &str, script: &str, resources: Value| {
+        json!({
+            "JobID": "j-tmpfs", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(exec),
+            "Resources": resources,
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+        })
+    };
+    let (mut p, jailed) = plugin(json!({"tmpfsSize": 4 << 20}));
+    if !jailed {
+        eprintln!("skipped: no filesystem isolation here");
+        return;
+    }
+    let fill = "for d in /tmp /dev/shm; do \
+                  head -c 8388608 /dev/zero > $d/fill 2>/dev/null; \
+                  echo $d $? $(wc -c < $d/fill); \
+                done";
+    for i in 0..3 {
+        let exec = format!("tmpfs-fill-{i}");
+        let r = p.call(
+            1 + i,
+            "executor_run",
+            json!([request(&exec, fill, json!({}))]),
+        );
+        let r = &r["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {r}");
+        assert_eq!(
+            r["Stdout"],
+            format!("/tmp 1 {}\n/dev/shm 1 {}\n", 4 << 20, 4 << 20),
+            "{exec}: {r}"
+        );
+    }
+    drop(p);
+
+    // Unconfigured: the job's memory limit, else the default.
+    let (mut p, _) = plugin(json!({}));
+    let size = "for d in /tmp /dev/shm; do echo $(( $(stat -f -c '%b * %S' $d) )); done";
+    let cases = [
+        (json!({"Memory": 96u64 << 20}), 96u64 << 20),
+        (json!({}), 1 << 30),
+    ];
+    for i in 0..3 {
+        for (j, (resources, want)) in cases.iter().enumerate() {
+            let exec = format!("tmpfs-size-{i}-{j}");
+            let msg = p.call(
+                10 + (i * 2 + j) as u64,
+                "executor_run",
+                json!([request(&exec, size, resources.clone())]),
+            );
+            let r = &msg["result"];
+            assert_eq!(r["ErrorMsg"], "", "{exec}: {msg}");
+            assert_eq!(r["Stdout"], format!("{want}\n{want}\n"), "{exec}: {r}");
+        }
+    }
+}
+
+/// Issue 12, item 1: the mount point of a bind inside another bind lies in the outer bind's
+/// source, which a job may write (a shared writable `local` input). A job swapping a directory
+/// on the way to that mount point with a symlink to another directory of that source (which has
+/// an `out` too) must not move the inner mount: a start either mounts the output on the
+/// directory it checked or is refused. Before the fix the child attached the mount by path and
+/// followed the symlink in some starts.
+#[test]
+fn a_nested_mount_point_swapped_for_a_symlink_never_moves_the_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let shared = allowed.join("shared");
+    let sub = shared.join("sub");
+    let link = shared.join("sub.link");
+    for d in [
+        &allowed,
+        &shared,
+        &sub,
+        &sub.join("out"),
+        &shared.join("decoy/out"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::os::unix::fs::symlink("decoy", &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let swapper = Swapper::start(&sub, &link);
+    let (mut moved, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150 {
+        let exec = format!("binds-nested-race-{i}");
+        let req = json!({
+            "JobID": "j-binds", "ExecutionID": exec,
+            "ResultsDir": tmp.path().join("results").join(&exec),
+            "Inputs": [writable_local_input(&shared, "/data")],
+            "Outputs": [{"Name": "out", "Path": "/data/sub/out"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["cut", "-d", " ", "-f", "5", "/proc/self/mountinfo"]}},
+        });
+        let msg = p.call(1 + i, "executor_run", json!([req]));
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                let points = r["Stdout"].as_str().unwrap_or("");
+                // The directory it was mounted in may have been renamed since (the swapper
+                // goes on): the mount moves with it, and mountinfo shows its name now.
+                if !points
+                    .lines()
+                    .any(|l| l == "/data/sub/out" || l == "/data/sub.link/out")
+                {
+                    moved.push((exec, points.replace('\n', " ")));
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} had the output mounted elsewhere, {swaps} swaps",
+        moved.len()
+    );
+    assert!(
+        moved.is_empty(),
+        "the output was not mounted where it was checked: {moved:?}"
+    );
+    assert!(ran > 0, "no start got its mounts ({refused} refused)");
+}
+
+/// Issue 12, item 1, for outputs: an output's source is `results/<Name>`, and a results
+/// directory made beforehand by someone else can hold a symlink in its place. The monitor opens
+/// it without following the symlink: the start is refused, and the directory the symlink names
+/// is never mounted for the job. Before the fix it was mounted writable at the output's `Path`.
+#[test]
+fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    let results = tmp.path().join("results");
+    for d in [&outside, &results] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, results.join("out")).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    // Twice: the first root is assembled in full, the second on a root made ahead.
+    for (i, exec) in ["binds-planted-output", "binds-planted-output-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = p.call(
+            1 + i as u64,
+            "executor_run",
+            json!([{
+                "JobID": "j-binds", "ExecutionID": exec, "ResultsDir": results,
+                "Outputs": [{"Name": "out", "Path": "/outputs"}],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["touch", "/outputs/written"]}},
+            }]),
+        );
+        assert!(
+            !outside.join("written").exists(),
+            "{exec}: the symlink's target was mounted as the output: {msg}"
+        );
+        let refused = msg.get("error").is_some() || msg["result"]["ErrorMsg"] != "";
+        assert!(refused, "{exec}: {msg}");
+        let text = msg.to_string();
+        assert!(text.contains("symbolic link"), "{exec}: {text}");
+    }
+}

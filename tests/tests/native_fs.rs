@@ -273,3 +273,69 @@ fn layout_errors_are_the_callers_invalid_params() {
         "{found:?}"
     );
 }
+
+/// Issue 12, item 7: allow-list entries written as Bacalhau operators write them (doublestar
+/// globs) match as Bacalhau matches them, and an entry that could never match is refused at
+/// `initialize` instead of silently refusing every input.
+#[test]
+fn bacalhau_glob_entries_match_and_malformed_ones_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("set-1/deeper")).unwrap();
+    std::fs::write(data.join("set-1/f"), "glob input\n").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut p = RawPlugin::spawn();
+    let bad = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}/[ab", data.display()), "relative/*"],
+        }}),
+    );
+    let found = problems(&bad);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("config.allowListedLocalPaths")
+                && f.contains("[ab")
+                && f.contains("relative/*")),
+        "{found:?}"
+    );
+
+    let mut p = RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}/set-*", data.display())],
+        }}),
+    );
+    assert!(init.get("result").is_some(), "{init}");
+    let bid = |source: &std::path::Path| {
+        json!([bid_job(
+            json!([{"Source": {"Type": "local", "Params": {"SourcePath": source}}, "Target": "/data"}])
+        )])
+    };
+    let ok = p.call(1, "executor_shouldBid", bid(&data.join("set-1")));
+    let no = p.call(2, "executor_shouldBid", bid(&data.join("set-1/deeper")));
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped the rest: no filesystem isolation here");
+        return;
+    }
+    assert_eq!(ok["result"]["ShouldBid"], true, "{ok}");
+    assert_eq!(no["result"]["ShouldBid"], false, "{no}");
+    let r = p.call(
+        3,
+        "executor_run",
+        json!([{
+            "JobID": "j-1", "ExecutionID": "binds-glob",
+            "ResultsDir": tmp.path().join("results"),
+            "Inputs": [local_input(&data.join("set-1"), "/data")],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["cat", "/data/f"]}},
+        }]),
+    );
+    assert_eq!(r["result"]["Stdout"], "glob input\n", "{r}");
+}

@@ -220,6 +220,7 @@ impl HostSandbox {
             binds: fs.binds.clone(),
             working_dir: working_dir.map(Path::to_path_buf),
             devices,
+            tmpfs_size: fs.tmpfs_size,
         };
         let planned = match self.ahead.root.take() {
             Some(template) => match FsPlan::on_template(&spec, &template) {
@@ -260,7 +261,8 @@ fn fs_error(e: FsError, spec: &MonitorSpec) -> SandboxError {
         FsError::NotAbsolute { path, .. }
         | FsError::ParentComponent { path, .. }
         | FsError::Nul { path, .. }
-        | FsError::Source { path, .. } => path.clone(),
+        | FsError::Source { path, .. }
+        | FsError::BadSource { path, .. } => path.clone(),
         FsError::Reserved { target }
         | FsError::DuplicateTarget { target }
         | FsError::NestedTargetMissing { target, .. }

@@ -10,6 +10,12 @@
 //! (user switch) and after anything that needs the host's paths (joining cgroups through
 //! `/sys/fs/cgroup`).
 //!
+//! Every input, output and device node is resolved once, in the monitor, to an `O_PATH`
+//! descriptor ([`open_source`]; below [`Bind::untrusted_below`] without following any symlink),
+//! checked, and mounted from that descriptor (an `open_tree` copy the child attaches onto a
+//! target it opens with `RESOLVE_NO_SYMLINKS`): nothing a job renames or swaps between the check
+//! and the mount changes what is mounted, or where.
+//!
 //! The fast path: a [`RootTemplate`] is a namespace with everything every job's root has, made
 //! ahead of any job (a spare monitor makes one while it waits); [`FsPlan::on_template`] plans
 //! only what is the job's own on top of it — enter it, attach the job's binds (made before the
@@ -25,6 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::ptr;
+use std::sync::Arc;
 
 use libc::c_ulong;
 
@@ -40,7 +47,7 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 const RESERVED: [&str; 2] = ["/proc", "/dev"];
 
 /// One input or output visible to the job.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Bind {
     /// Host path (file or directory).
@@ -48,6 +55,128 @@ pub struct Bind {
     /// Absolute path inside the job's root.
     pub target: PathBuf,
     pub read_only: bool,
+    /// Where `source` stops being a path the host chose: every component below this directory
+    /// may have been named, or can be swapped, by a job (a `local` input, an output in the
+    /// results directory), so none of them may be a symbolic link. `None`: the host chose the
+    /// whole path, and symlinks in it are followed. Either way the source is resolved once, to
+    /// a descriptor, and the mount is made from that descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted_below: Option<PathBuf>,
+}
+
+/// A bind source resolved once: the descriptor the mount is made from.
+#[derive(Debug)]
+pub struct HeldSource {
+    pub fd: OwnedFd,
+    pub is_dir: bool,
+}
+
+/// Why a bind source was refused while resolving it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "{path} is a symbolic link; no component below {below} may be one (a job could have \
+         planted it there)"
+    )]
+    Symlink { path: PathBuf, below: PathBuf },
+    #[error("it is not below {below}")]
+    NotBelow { below: PathBuf },
+    #[error("it is a {found}; only a directory or a regular file can be mounted")]
+    Kind { found: &'static str },
+}
+
+fn open_path_fd(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name; the descriptor returned is ours alone.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat_mode(fd: &OwnedFd) -> io::Result<libc::mode_t> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a descriptor we hold and a buffer of the right size.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded and filled it in.
+    Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+}
+
+/// Resolves a bind source once, to an `O_PATH` descriptor, and checks what it holds: a
+/// directory or a regular file. With `untrusted_below`, that directory is opened as the host
+/// named it and every component below it is opened one at a time with `O_NOFOLLOW` (as
+/// `openat2(RESOLVE_NO_SYMLINKS)` would, on any kernel): a symlink a job planted, or swapped in
+/// while this runs, is refused, never followed. The caller mounts from the descriptor, so what
+/// was checked is what the job gets.
+pub fn open_source(
+    source: &Path,
+    untrusted_below: Option<&Path>,
+) -> Result<HeldSource, SourceError> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let fd = match untrusted_below {
+        None => open_path_fd(libc::AT_FDCWD, &c(source)?, 0)?,
+        Some(below) => {
+            let rest = source
+                .strip_prefix(below)
+                .map_err(|_| SourceError::NotBelow {
+                    below: below.to_owned(),
+                })?;
+            let mut fd = open_path_fd(libc::AT_FDCWD, &c(below)?, libc::O_DIRECTORY)?;
+            let mut walked = below.to_owned();
+            for part in rest.components() {
+                let Component::Normal(name) = part else {
+                    return Err(SourceError::NotBelow {
+                        below: below.to_owned(),
+                    });
+                };
+                walked.push(name);
+                let next = open_path_fd(fd.as_raw_fd(), &c(Path::new(name))?, libc::O_NOFOLLOW)?;
+                if fstat_mode(&next)? == libc::S_IFLNK {
+                    return Err(SourceError::Symlink {
+                        path: walked,
+                        below: below.to_owned(),
+                    });
+                }
+                fd = next;
+            }
+            fd
+        }
+    };
+    let is_dir = match fstat_mode(&fd)? {
+        libc::S_IFDIR => true,
+        libc::S_IFREG => false,
+        other => {
+            return Err(SourceError::Kind {
+                found: file_type_name(other),
+            })
+        }
+    };
+    Ok(HeldSource { fd, is_dir })
+}
+
+fn file_type_name(mode: libc::mode_t) -> &'static str {
+    match mode {
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        _ => "special file",
+    }
+}
+
+/// `/proc/self/fd/N`: the path through which mount(2) reaches the object a descriptor holds.
+fn fd_path(fd: &OwnedFd) -> CString {
+    // An integer's decimal digits never contain a NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +194,9 @@ pub struct FsSpec {
     /// Host device nodes (absolute paths, e.g. the allocated GPUs) bound into the job's `/dev`
     /// under their own file names, besides the harmless ones every job gets.
     pub devices: Vec<PathBuf>,
+    /// The size in bytes of each of the job's private tmpfs mounts (`/tmp`, `/dev/shm`, a
+    /// scratch working directory); `None`: the kernel's default (half of the host's memory).
+    pub tmpfs_size: Option<u64>,
 }
 
 impl FsSpec {
@@ -76,8 +208,19 @@ impl FsSpec {
             binds: Vec::new(),
             working_dir: None,
             devices: Vec::new(),
+            tmpfs_size: None,
         }
     }
+}
+
+/// The mount options of a job's private tmpfs.
+fn tmpfs_options(size: Option<u64>) -> CString {
+    let options = match size {
+        Some(n) => format!("mode=1777,size={n}"),
+        None => "mode=1777".to_owned(),
+    };
+    // Digits and ASCII letters only.
+    CString::new(options).unwrap_or_default()
 }
 
 /// [`DEFAULT_SYSTEM_DIRS`] that exist on this host (as a directory or a symlink to one).
@@ -110,6 +253,13 @@ pub enum FsError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("{what} {path} cannot be used: {source}")]
+    BadSource {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: SourceError,
     },
     #[error("bind target {target} is reserved: /, /proc and /dev are set up by the sandbox")]
     Reserved { target: PathBuf },
@@ -274,10 +424,14 @@ enum Step {
         ns: RawFd,
     },
     /// Attaches a detached bind (made with `open_tree` before the fork, its flags already set)
-    /// at `target` (`move_mount`).
+    /// at `target` (`move_mount`). The target is opened first with `RESOLVE_NO_SYMLINKS`: a
+    /// mount point inside another bind lies in a tree a job may write, and a symlink planted
+    /// there must not move the mount elsewhere.
     Attach {
         tree: RawFd,
         target: CString,
+        /// What was copied, for messages.
+        source: CString,
     },
 }
 
@@ -500,24 +654,81 @@ impl Step {
             Step::Chdir { path } => cvt(unsafe { libc::chdir(path.as_ptr()) }),
             // SAFETY: a namespace descriptor the plan's template keeps open.
             Step::EnterTemplate { ns } => cvt(unsafe { libc::setns(*ns, libc::CLONE_NEWNS) }),
-            Step::Attach { tree, target } => {
-                // SAFETY: a detached mount the plan keeps open, a NUL-terminated target.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_move_mount,
-                        *tree,
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        target.as_ptr(),
-                        MOVE_MOUNT_F_EMPTY_PATH,
-                    )
-                };
-                if r == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            }
+            Step::Attach { tree, target, .. } => attach(*tree, target),
         }
+    }
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// `move_mount` of the detached `tree` onto `target`, reached without following a symlink.
+/// Async-signal-safe: raw system calls on data made before the fork.
+fn attach(tree: RawFd, target: &CStr) -> io::Result<()> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: a NUL-terminated path and an open_how that outlive the call, with its size.
+    let at = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    } as libc::c_int;
+    if at < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        // openat2 filtered out (a seccomp profile older than it): by path, as before it.
+        // SAFETY: a detached mount the plan keeps open, a NUL-terminated target.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        return if r == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+    }
+    // SAFETY: the detached mount the plan keeps open, onto the descriptor just opened.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            at,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    let e = io::Error::last_os_error();
+    // SAFETY: the descriptor opened above, not used again.
+    unsafe { libc::close(at) };
+    if r == -1 {
+        Err(e)
+    } else {
+        Ok(())
     }
 }
 
@@ -544,53 +755,127 @@ fn pivot_root(root: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::chdir(c"/".as_ptr()) })
 }
 
-/// A copy of `source` as a detached mount (`open_tree(OPEN_TREE_CLONE)`), private, with the
-/// flags the full plan's bind remount gives it (nosuid, nodev, relatime, read-only when asked;
-/// whatever else the source mount had, such as noexec, cleared): made where `source` can be
-/// reached, attached by a child that has entered a [`RootTemplate`]. A failure is the host's
-/// (the source was checked): [`FsError::Template`], and the full plan is used instead.
-fn detached_bind(source: &Path, read_only: bool, recursive: bool) -> Result<OwnedFd, FsError> {
+/// What a detached bind's mount flags become.
+#[derive(Clone, Copy)]
+enum BindFlags {
+    /// A job's input or output: as the full plan's bind remount had them (nosuid, nodev,
+    /// relatime, read-only when asked; whatever else the source mount had, such as noexec,
+    /// cleared).
+    Job { read_only: bool },
+    /// A device node: usable (not nodev), nothing runs from it.
+    Device,
+}
+
+impl BindFlags {
+    fn attr(self) -> MountAttr {
+        let (set, clear) = match self {
+            BindFlags::Job { read_only } => (
+                MOUNT_ATTR_NOSUID
+                    | MOUNT_ATTR_NODEV
+                    | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+                MOUNT_ATTR_NOEXEC
+                    | MOUNT_ATTR_NOSYMFOLLOW
+                    | MOUNT_ATTR_NODIRATIME
+                    | MOUNT_ATTR_ATIME_MASK
+                    | if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+            ),
+            BindFlags::Device => (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NODEV),
+        };
+        MountAttr {
+            attr_set: set,
+            attr_clr: clear,
+            // A copy of a shared mount would stay a peer of the host's: a bind mounted inside
+            // it later would appear on the host.
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        }
+    }
+
+    /// The same by a bind remount, where the kernel lacks mount_setattr.
+    fn remount(self) -> c_ulong {
+        match self {
+            BindFlags::Job { read_only: true } => RO_BIND,
+            BindFlags::Job { read_only: false } => RO_BIND & !libc::MS_RDONLY,
+            BindFlags::Device => {
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC
+            }
+        }
+    }
+}
+
+/// A copy of the mount at the held `source` as a detached mount
+/// (`open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE)`: the object the descriptor holds, not
+/// whatever its path names now), private and with `flags` where the kernel has mount_setattr
+/// (else [`attach_steps`] sets them once it is attached). It is attached by the job's child,
+/// in a [`RootTemplate`] or in its own copy of the host's namespace: a mount of the host's
+/// namespace cannot be bound from a descriptor once the child has a namespace of its own.
+/// A failure is the host's (the source was checked): [`FsError::Template`], and on a template
+/// the full plan is tried instead.
+fn detached_bind(source: &Path, held: &OwnedFd, flags: BindFlags) -> Result<OwnedFd, FsError> {
     let fail = |what: &str, e: io::Error| {
         FsError::Template(format!("{what} of {}: {e}", source.display()))
     };
-    let c = cstring("bind source", source)?;
-    let recursive_flag = if recursive {
-        libc::AT_RECURSIVE as libc::c_uint
-    } else {
-        0
-    };
-    // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+    // SAFETY: a descriptor we hold and an empty NUL-terminated path; the descriptor returned
+    // is ours.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive_flag,
+            held.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
         )
     };
     if fd < 0 {
-        return Err(fail("a detached copy", io::Error::last_os_error()));
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            // Binding by path instead would resolve the source again, after it was checked.
+            return Err(FsError::Template(format!(
+                "mounting {} needs open_tree(2) (Linux 5.2), which this kernel lacks or refuses",
+                source.display()
+            )));
+        }
+        return Err(fail("a detached copy", e));
     }
     // SAFETY: a fresh descriptor from open_tree, owned by nothing else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let read_only_bit = MOUNT_ATTR_RDONLY;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { read_only_bit } else { 0 },
-        attr_clr: MOUNT_ATTR_NOEXEC
-            | MOUNT_ATTR_NOSYMFOLLOW
-            | MOUNT_ATTR_NODIRATIME
-            | MOUNT_ATTR_ATIME_MASK
-            | if read_only { 0 } else { read_only_bit },
-        // A copy of a shared mount would stay a peer of the host's: a bind mounted inside it
-        // later would appear on the host.
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    let flags = libc::AT_EMPTY_PATH as libc::c_uint | recursive_flag;
-    if mount_setattr(tree.as_raw_fd(), c"", flags, &attr) == -1 {
-        return Err(fail("setting the flags", io::Error::last_os_error()));
+    if has_mount_setattr() {
+        let attr = flags.attr();
+        let at = libc::AT_EMPTY_PATH as libc::c_uint;
+        if mount_setattr(tree.as_raw_fd(), c"", at, &attr) == -1 {
+            return Err(fail("setting the flags", io::Error::last_os_error()));
+        }
     }
     Ok(tree)
+}
+
+/// The child's steps that attach a [`detached_bind`] at `target`. Without mount_setattr its
+/// flags and propagation are set right after, through the tree's own descriptor (the mount
+/// just attached, whatever the target's path names by then), before anything is mounted
+/// inside it.
+fn attach_steps(
+    steps: &mut Vec<Step>,
+    (source, tree): (&Path, &OwnedFd),
+    target: CString,
+    flags: BindFlags,
+) -> Result<(), FsError> {
+    steps.push(Step::Attach {
+        tree: tree.as_raw_fd(),
+        target,
+        source: cstring("bind source", source)?,
+    });
+    if has_mount_setattr() {
+        return Ok(());
+    }
+    for flags in [libc::MS_PRIVATE, flags.remount()] {
+        steps.push(Step::Mount {
+            source: None,
+            target: fd_path(tree),
+            fstype: None,
+            flags,
+            data: None,
+        });
+    }
+    Ok(())
 }
 
 /// A mount namespace holding what every job's root has — the system directories read-only,
@@ -628,6 +913,7 @@ impl RootTemplate {
             binds: Vec::new(),
             working_dir: None,
             devices: Vec::new(),
+            tmpfs_size: None,
         };
         let plan = FsPlan::build(&spec, Layout::Template)?;
         // One build at a time per process: a helper forked while another build's pipes are
@@ -731,8 +1017,9 @@ impl std::fmt::Debug for RootTemplate {
 pub struct FsPlan {
     steps: Vec<Step>,
     /// The descriptors [`Step::EnterTemplate`] and [`Step::Attach`] name by number (the
-    /// template's namespace, the detached binds): held open here.
-    _trees: std::sync::Arc<Vec<OwnedFd>>,
+    /// template's namespace, the detached binds of the job's inputs, outputs and device
+    /// nodes): held open here.
+    _trees: Arc<Vec<OwnedFd>>,
 }
 
 /// What [`FsPlan::build`] plans.
@@ -793,6 +1080,9 @@ enum Entry {
         read_only: bool,
         /// System directories carry their submounts (e.g. a container's /etc/hosts).
         recursive: bool,
+        /// A job's input or output: its source resolved once ([`open_source`]), mounted from
+        /// this descriptor. System directories (the host's, looked up once) have none.
+        held: Option<Arc<OwnedFd>>,
     },
     /// A private, writable tmpfs: `/tmp`, and the working directory when no bind provides it.
     Tmpfs(PathBuf),
@@ -865,40 +1155,65 @@ fn rewrite(path: &Path, links: &[(PathBuf, PathBuf)]) -> PathBuf {
     path.to_owned()
 }
 
-/// Checks that `path` below `base` exists as `kind` and no component of it is a symlink.
+/// Checks that `rel` below `base` (held, for a job's bind, else opened by path) exists as
+/// `kind` and no component of it is a symlink, opening one component at a time with
+/// `O_NOFOLLOW`. What a job may still change after this is caught when the child attaches the
+/// mount (its target is opened with `RESOLVE_NO_SYMLINKS`); this gives the caller a clear error.
 fn check_existing(
     what: &'static str,
     target: &Path,
     base: &Path,
+    held: Option<&OwnedFd>,
     rel: &Path,
     kind: Kind,
 ) -> Result<bool, FsError> {
+    let prepare = |path: &Path, source: io::Error| FsError::Prepare {
+        path: path.to_owned(),
+        source,
+    };
+    let opened = match held {
+        Some(fd) => fd.try_clone(),
+        None => open_path_fd(libc::AT_FDCWD, &cstring(what, base)?, libc::O_DIRECTORY),
+    };
+    let mut cur = match opened {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(prepare(base, e)),
+    };
     let mut p = base.to_owned();
     let n = rel.components().count();
     for (i, c) in rel.components().enumerate() {
         p.push(c);
-        let meta = match fs::symlink_metadata(&p) {
-            Ok(m) => m,
+        let name = cstring(what, Path::new(c.as_os_str()))?;
+        let next = match open_path_fd(cur.as_raw_fd(), &name, libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => return Err(FsError::Prepare { path: p, source }),
+            Err(e) => return Err(prepare(&p, e)),
         };
-        if meta.file_type().is_symlink() {
+        let mode = fstat_mode(&next).map_err(|e| prepare(&p, e))?;
+        if mode == libc::S_IFLNK {
             return Err(FsError::Symlink {
                 what,
                 target: target.to_owned(),
                 path: p,
             });
         }
+        let found = if mode == libc::S_IFDIR {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
         let want = if i + 1 == n { kind } else { Kind::Dir };
-        if Kind::of(&meta) != want {
+        if found != want {
             return Err(FsError::KindMismatch {
                 what,
                 target: target.to_owned(),
                 path: p,
-                found: Kind::of(&meta).name(),
+                found: found.name(),
                 expected: want.name(),
             });
         }
+        cur = next;
     }
     Ok(true)
 }
@@ -1075,6 +1390,7 @@ impl FsPlan {
                     kind,
                     read_only: true,
                     recursive: true,
+                    held: None,
                 }),
             }
         }
@@ -1097,23 +1413,22 @@ impl FsPlan {
                     target: bind.target.clone(),
                 });
             }
-            let source = fs::canonicalize(&bind.source).map_err(|source| FsError::Source {
-                what: "bind source",
-                path: bind.source.clone(),
-                source,
-            })?;
-            let meta = fs::metadata(&source).map_err(|e| FsError::Source {
-                what: "bind source",
-                path: bind.source.clone(),
-                source: e,
-            })?;
+            let held =
+                open_source(&bind.source, bind.untrusted_below.as_deref()).map_err(|source| {
+                    FsError::BadSource {
+                        what: "bind source",
+                        path: bind.source.clone(),
+                        source,
+                    }
+                })?;
             entries.push(Entry::Bind {
                 what: "bind target",
-                source,
+                source: bind.source.clone(),
                 target,
-                kind: Kind::of(&meta),
+                kind: if held.is_dir { Kind::Dir } else { Kind::File },
                 read_only: bind.read_only,
                 recursive: false,
+                held: Some(Arc::new(held.fd)),
             });
         }
         let workdir = match &spec.working_dir {
@@ -1140,6 +1455,20 @@ impl FsPlan {
                     .map_err(|e| FsError::Template(format!("holding its namespace: {e}")))?;
             steps.push(Step::EnterTemplate { ns: ns.as_raw_fd() });
             trees.push(ns);
+            // The template's tmpfs mounts were made before the job was known, unsized: given
+            // the job's size now (a fresh tmpfs, nothing in it yet to exceed it).
+            if let Some(n) = spec.tmpfs_size {
+                let data = CString::new(format!("size={n}")).unwrap_or_default();
+                for t in ["/tmp", "/dev/shm"] {
+                    steps.push(Step::Mount {
+                        source: None,
+                        target: cstring("sandbox mount", Path::new(t))?,
+                        fstype: None,
+                        flags: libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV,
+                        data: Some(data.clone()),
+                    });
+                }
+            }
         } else {
             steps.extend([
                 Step::Unshare,
@@ -1199,10 +1528,11 @@ impl FsPlan {
                 Some(Entry::Bind {
                     source,
                     target: outer_target,
+                    held,
                     ..
                 }) => {
                     let rel = target.strip_prefix(outer_target).unwrap_or(target);
-                    if !check_existing(what, target, source, rel, kind)? {
+                    if !check_existing(what, target, source, held.as_deref(), rel, kind)? {
                         return Err(FsError::NestedTargetMissing {
                             target: target.to_owned(),
                             outer: outer_target.clone(),
@@ -1222,22 +1552,22 @@ impl FsPlan {
                 Entry::Bind {
                     source,
                     read_only,
-                    recursive,
+                    held: Some(held),
                     ..
-                } if on_template => {
-                    // Outside the template's namespace the source is out of reach: the bind is
-                    // made here, detached, and attached by the child.
-                    let tree = detached_bind(source, *read_only, *recursive)?;
-                    steps.push(Step::Attach {
-                        tree: tree.as_raw_fd(),
-                        target: host_c,
-                    });
+                } => {
+                    // Made here from the held source, detached, and attached by the child.
+                    let flags = BindFlags::Job {
+                        read_only: *read_only,
+                    };
+                    let tree = detached_bind(source, held, flags)?;
+                    attach_steps(&mut steps, (source, &tree), host_c, flags)?;
                     trees.push(tree);
                 }
                 Entry::Bind {
                     source,
                     read_only,
                     recursive,
+                    held: None,
                     ..
                 } => {
                     steps.push(Step::Mount {
@@ -1283,8 +1613,9 @@ impl FsPlan {
                     target: host_c,
                     fstype: Some(c"tmpfs".to_owned()),
                     flags: libc::MS_NOSUID | libc::MS_NODEV,
-                    // Pages written here are charged to the job's memory cgroup, which bounds it.
-                    data: Some(c"mode=1777".to_owned()),
+                    // Pages written here are charged to the job's memory cgroup; the size also
+                    // bounds a job without a memory limit, and a full tmpfs is ENOSPC, not OOM.
+                    data: Some(tmpfs_options(spec.tmpfs_size)),
                 }),
                 Entry::Proc => {
                     steps.push(Step::Proc {
@@ -1298,7 +1629,13 @@ impl FsPlan {
                         });
                     }
                 }
-                Entry::Dev => dev_steps(&mut steps, &host_target, &spec.devices)?,
+                Entry::Dev => dev_steps(
+                    &mut steps,
+                    &mut trees,
+                    &host_target,
+                    &spec.devices,
+                    spec.tmpfs_size,
+                )?,
             }
         }
 
@@ -1324,7 +1661,7 @@ impl FsPlan {
         });
         Ok(FsPlan {
             steps,
-            _trees: std::sync::Arc::new(trees),
+            _trees: Arc::new(trees),
         })
     }
 
@@ -1359,7 +1696,9 @@ impl FsPlan {
                 flags,
                 ..
             } => {
-                if flags & libc::MS_REMOUNT != 0 {
+                if flags & libc::MS_REMOUNT != 0 && flags & libc::MS_RDONLY == 0 {
+                    format!("remounting {}", show(target))
+                } else if flags & libc::MS_REMOUNT != 0 {
                     format!("remounting {} read-only", show(target))
                 } else if flags & (libc::MS_PRIVATE | libc::MS_SLAVE) != 0 {
                     format!("making the mounts under {} private", show(target))
@@ -1384,7 +1723,9 @@ impl FsPlan {
             Step::PivotRoot { root } => format!("entering the job's root {}", show(root)),
             Step::Chdir { path } => format!("changing into the working directory {}", show(path)),
             Step::EnterTemplate { .. } => "entering the job's prepared root".into(),
-            Step::Attach { target, .. } => format!("attaching the bind at {}", show(target)),
+            Step::Attach { target, source, .. } => {
+                format!("mount {} on {}", show(source), show(target))
+            }
         }
     }
 }
@@ -1404,9 +1745,15 @@ fn working_dir_entry(w: &Path, entries: &[Entry]) -> Result<Option<Entry>, FsErr
         None => Ok(Some(Entry::Tmpfs(w.to_owned()))),
         Some(e) if e.target() == w => Ok(None),
         Some(Entry::Tmpfs(_)) => Ok(Some(Entry::Tmpfs(w.to_owned()))),
-        Some(Entry::Bind { source, target, .. }) => {
+        Some(Entry::Bind {
+            source,
+            target,
+            held,
+            ..
+        }) => {
             let rel = w.strip_prefix(target).unwrap_or(w);
-            if check_existing("working directory", w, source, rel, Kind::Dir)? {
+            let held = held.as_deref();
+            if check_existing("working directory", w, source, held, rel, Kind::Dir)? {
                 Ok(None)
             } else {
                 Err(FsError::NestedTargetMissing {
@@ -1506,7 +1853,13 @@ fn standard_devices() -> &'static [(&'static str, libc::dev_t)] {
 /// A minimal `/dev`: a tmpfs with the harmless device nodes (made) and any extra ones (bound
 /// from the host), `/dev/shm`, and the `/proc/self/fd` symlinks; read-only afterwards so a job
 /// cannot add nodes.
-fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(), FsError> {
+fn dev_steps(
+    steps: &mut Vec<Step>,
+    trees: &mut Vec<OwnedFd>,
+    dev: &Path,
+    extra: &[PathBuf],
+    shm_size: Option<u64>,
+) -> Result<(), FsError> {
     let dev_c = cstring("sandbox mount", dev)?;
     steps.push(Step::Mount {
         source: Some(c"tmpfs".to_owned()),
@@ -1531,15 +1884,31 @@ fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(),
                 path: host,
             });
         };
+        // Resolved once and checked: a character device, bound from the descriptor held.
+        let bad = |source: SourceError| FsError::BadSource {
+            what: "device node",
+            path: host.clone(),
+            source,
+        };
+        let held = open_path_fd(libc::AT_FDCWD, &cstring("device node", &host)?, 0)
+            .map_err(|e| bad(e.into()))?;
+        match fstat_mode(&held).map_err(|e| bad(e.into()))? {
+            libc::S_IFCHR => {}
+            other => {
+                return Err(bad(SourceError::Kind {
+                    found: match other {
+                        libc::S_IFDIR => "directory",
+                        libc::S_IFREG => "regular file",
+                        other => file_type_name(other),
+                    },
+                }))
+            }
+        }
         let node = cstring("sandbox mount", &dev.join(name))?;
         steps.push(Step::Touch { path: node.clone() });
-        steps.push(Step::Mount {
-            source: Some(cstring("sandbox mount", &host)?),
-            target: node,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        });
+        let tree = detached_bind(&host, &held, BindFlags::Device)?;
+        attach_steps(steps, (&host, &tree), node, BindFlags::Device)?;
+        trees.push(tree);
     }
     let shm = cstring("sandbox mount", &dev.join("shm"))?;
     steps.push(Step::Mkdir {
@@ -1551,7 +1920,7 @@ fn dev_steps(steps: &mut Vec<Step>, dev: &Path, extra: &[PathBuf]) -> Result<(),
         target: shm,
         fstype: Some(c"tmpfs".to_owned()),
         flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: Some(c"mode=1777".to_owned()),
+        data: Some(tmpfs_options(shm_size)),
     });
     for (name, to) in [
         ("fd", "/proc/self/fd"),

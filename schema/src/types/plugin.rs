@@ -55,6 +55,10 @@ pub struct PluginConfig {
     /// `RLIMIT_NOFILE` for jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nofile_limit: Option<u64>,
+    /// The size in bytes of each of a jailed job's private tmpfs mounts (`/tmp`, `/dev/shm`);
+    /// default: the job's memory limit, else 1 GiB; 0: the kernel's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<u64>,
     /// Host paths inputs may come from (Bacalhau's `AllowListedLocalPaths`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_listed_local_paths: Vec<PathBuf>,
