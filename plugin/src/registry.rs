@@ -190,7 +190,7 @@ impl Registry {
     /// Open the state root, re-attach to running monitors and load finished results.
     pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, RegistryError> {
         let root = state::executions_root(&config.state_root);
-        std::fs::create_dir_all(&root).map_err(|e| RegistryError::StateRoot {
+        state::create_private_dir_all(&root).map_err(|e| RegistryError::StateRoot {
             path: root.clone(),
             source: e,
         })?;
@@ -1020,7 +1020,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
-    std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
+    state::create_private_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
     // Locked before request.json exists, so a plugin scanning after a crash never mistakes a
     // monitor that is still starting for a dead one. The lock belongs to the open file, which
     // the monitor inherits as its stdin; ours closes when this function returns.
@@ -1034,8 +1034,8 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     }
     state::write_json_replace(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
-    let log =
-        std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    let log = state::create_private_file(&dir.monitor_log())
+        .map_err(|e| io("creating monitor.log", e))?;
     crate::timing::mark("p.files");
     let (child, fd, channel) = match launcher::installed() {
         Some(l) => match fork_monitor(l, dir, &lock, &log) {

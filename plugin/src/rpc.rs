@@ -356,7 +356,7 @@ impl ExecutorApiServer for NativePlugin {
             }])
             .into());
         }
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
+        crate::state::create_private_dir_all(&state_dir).map_err(|e| {
             ExecutorError::internal(format!(
                 "cannot create the state directory {}: {e}; set config.stateDir to a writable directory",
                 state_dir.display()

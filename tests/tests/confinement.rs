@@ -240,3 +240,42 @@ print(json.dumps(out))
     p.call(3, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+/// `request.json` holds the job's `Env`: the state directory, every execution's directory and
+/// every record in it are the plugin's alone, from the moment they are made.
+#[test]
+fn the_state_directory_and_its_records_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let results = tempfile::tempdir().unwrap();
+    let mut p = RawPlugin::spawn();
+    p.initialize(&state);
+    let exec = "proc-private-state";
+    run(
+        &mut p,
+        1,
+        results.path(),
+        exec,
+        &["true"],
+        json!({"API_TOKEN": "proc-secret-value"}),
+    );
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let dir = state.join("executions").join(exec);
+    for d in [state.clone(), state.join("executions"), dir.clone()] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let request = std::fs::read_to_string(dir.join("request.json")).unwrap();
+    assert!(request.contains("proc-secret-value"), "{request}");
+    for f in ["request.json", "monitor.json", "result.json", "monitor.log"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    p.call(2, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+}
