@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
-use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_PIDS_MAX};
+use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
@@ -618,6 +618,8 @@ pub struct SpecInput {
     pub cgroup_base: Option<PathBuf>,
     /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
     pub default_pids_max: Option<u64>,
+    /// `PluginConfig.defaultMemory` in bytes; `None`: [`DEFAULT_MEMORY`], `Some(0)`: no cap.
+    pub default_memory: Option<u64>,
     /// `PluginConfig.nofileLimit`; `None`: the sandbox default.
     pub nofile: Option<u64>,
     /// The job gets a private root with its inputs and outputs mounted (capabilities'
@@ -970,6 +972,8 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         cgroup_base: input.cgroup_base.clone(),
         cpu_cores: (cpu > 0.0).then_some(cpu),
         memory_bytes: (input.resources.memory > 0).then_some(input.resources.memory),
+        default_memory_bytes: Some(input.default_memory.unwrap_or(DEFAULT_MEMORY))
+            .filter(|n| *n > 0 && input.resources.memory == 0),
         pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
         nofile: input.nofile,
         isolate_network,

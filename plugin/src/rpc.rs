@@ -217,6 +217,7 @@ fn spec_input(
             .unwrap_or_default(),
         cgroup_base: config.cgroup_base.clone(),
         default_pids_max: config.default_pids_max,
+        default_memory: config.default_memory.map(|b| b.bytes()),
         nofile: config.nofile_limit,
         isolate_filesystem: filesystem_isolation,
         run_as_user: config.run_as_user.clone(),

@@ -170,6 +170,10 @@ pub struct SandboxSpec {
     pub cpu_cores: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The plugin's `defaultMemory`, for a job that requested no memory limit: like `pids_max`
+    /// a guard, not a requirement, so it is applied only where a memory controller exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<u64>,
     /// `RLIMIT_NOFILE` soft limit; `None`: the sandbox default.
