@@ -149,20 +149,22 @@ fn to_libc(program: BpfProgram) -> Vec<libc::sock_filter> {
 impl JobFilter {
     /// Compile the filter for this machine's architecture.
     pub fn new() -> Result<JobFilter, SeccompError> {
+        // seccompiler keys rules by i64 syscall numbers: the `c_long` of the 64-bit
+        // architectures it knows.
         let arch = arch()?;
         let mut eperm: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
-            DENIED.iter().map(|&nr| (nr as i64, Vec::new())).collect();
+            DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
         // The namespace flags are argument 0 of both on x86_64 and aarch64 (s390 differs, and
         // is not an architecture seccompiler knows).
         eperm.insert(
-            libc::SYS_clone as i64,
+            libc::SYS_clone,
             CLONE_NAMESPACES
                 .iter()
                 .map(|&f| has_flag(0, f))
                 .collect::<Result<_, _>>()?,
         );
         eperm.insert(
-            libc::SYS_unshare as i64,
+            libc::SYS_unshare,
             CLONE_NAMESPACES
                 .iter()
                 .chain(std::iter::once(&CLONE_NEWTIME))
@@ -170,7 +172,7 @@ impl JobFilter {
                 .collect::<Result<_, _>>()?,
         );
         eperm.insert(
-            libc::SYS_socket as i64,
+            libc::SYS_socket,
             DENIED_SOCKET_FAMILIES
                 .iter()
                 .map(|&family| {
@@ -190,9 +192,7 @@ impl JobFilter {
             arch,
         )?;
         let enosys = SeccompFilter::new(
-            [(libc::SYS_clone3 as i64, Vec::new())]
-                .into_iter()
-                .collect(),
+            [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
             SeccompAction::Allow,
             SeccompAction::Errno(libc::ENOSYS as u32),
             arch,
