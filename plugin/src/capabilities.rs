@@ -81,6 +81,13 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
         )),
     }
 
+    if !crate::sandbox::seccomp::supported() {
+        caps.notes.push(
+            "this kernel takes no seccomp filters: jobs run without the system-call filter that \
+             otherwise refuses them new namespaces, the keyrings, ptrace, BPF and io_uring"
+                .into(),
+        );
+    }
     caps.filesystem_isolation = mounts::supported();
     if !caps.filesystem_isolation {
         caps.notes.push(

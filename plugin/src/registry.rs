@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
-use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_PIDS_MAX};
+use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
@@ -190,7 +190,7 @@ impl Registry {
     /// Open the state root, re-attach to running monitors and load finished results.
     pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, RegistryError> {
         let root = state::executions_root(&config.state_root);
-        std::fs::create_dir_all(&root).map_err(|e| RegistryError::StateRoot {
+        state::create_private_dir_all(&root).map_err(|e| RegistryError::StateRoot {
             path: root.clone(),
             source: e,
         })?;
@@ -618,6 +618,8 @@ pub struct SpecInput {
     pub cgroup_base: Option<PathBuf>,
     /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
     pub default_pids_max: Option<u64>,
+    /// `PluginConfig.defaultMemory` in bytes; `None`: [`DEFAULT_MEMORY`], `Some(0)`: no cap.
+    pub default_memory: Option<u64>,
     /// `PluginConfig.nofileLimit`; `None`: the sandbox default.
     pub nofile: Option<u64>,
     /// The job gets a private root with its inputs and outputs mounted (capabilities'
@@ -1011,6 +1013,8 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         cgroup_base: input.cgroup_base.clone(),
         cpu_cores: (cpu > 0.0).then_some(cpu),
         memory_bytes: (input.resources.memory > 0).then_some(input.resources.memory),
+        default_memory_bytes: Some(input.default_memory.unwrap_or(DEFAULT_MEMORY))
+            .filter(|n| *n > 0 && input.resources.memory == 0),
         pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
         nofile: input.nofile,
         isolate_network,
@@ -1061,7 +1065,7 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     let io = |what: &str, e: std::io::Error| ExecutorError::internal(format!("{what}: {e}"));
     // A leftover directory of an execution nobody knows (a start that failed half-way).
     let _ = std::fs::remove_dir_all(&dir.dir);
-    std::fs::create_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
+    state::create_private_dir_all(&dir.dir).map_err(|e| io("creating execution state", e))?;
     // Locked before request.json exists, so a plugin scanning after a crash never mistakes a
     // monitor that is still starting for a dead one. The lock belongs to the open file, which
     // the monitor inherits as its stdin; ours closes when this function returns.
@@ -1075,8 +1079,8 @@ fn launch(exe: &Path, dir: &ExecDir, record: &RequestRecord) -> Result<Launch, E
     }
     state::write_json_replace(&dir.request(), record)
         .map_err(|e| ExecutorError::internal(e.to_string()))?;
-    let log =
-        std::fs::File::create(dir.monitor_log()).map_err(|e| io("creating monitor.log", e))?;
+    let log = state::create_private_file(&dir.monitor_log())
+        .map_err(|e| io("creating monitor.log", e))?;
     crate::timing::mark("p.files");
     let (child, fd, channel) = match launcher::installed() {
         Some(l) => match fork_monitor(l, dir, &lock, &log) {

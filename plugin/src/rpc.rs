@@ -224,6 +224,7 @@ fn spec_input(
             .unwrap_or_default(),
         cgroup_base: config.cgroup_base.clone(),
         default_pids_max: config.default_pids_max,
+        default_memory: config.default_memory.map(|b| b.bytes()),
         nofile: config.nofile_limit,
         isolate_filesystem: filesystem_isolation,
         run_as_user: config.run_as_user.clone(),
@@ -364,7 +365,7 @@ impl ExecutorApiServer for NativePlugin {
             }])
             .into());
         }
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
+        crate::state::create_private_dir_all(&state_dir).map_err(|e| {
             ExecutorError::internal(format!(
                 "cannot create the state directory {}: {e}; set config.stateDir to a writable directory",
                 state_dir.display()

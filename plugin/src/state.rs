@@ -104,6 +104,33 @@ pub fn executions_root(state_root: &Path) -> PathBuf {
     state_root.join(EXECUTIONS_DIR)
 }
 
+/// The mode of every directory the plugin makes in its state: `request.json` holds the job's
+/// `Env`, where secrets go, so no other local user may list or read anything there.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// The mode of every file the plugin and the monitor make in their state.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// `path` and any missing parents, made [`PRIVATE_DIR_MODE`] by `mkdir` itself (no window in
+/// which a wider mode shows). Directories that already exist are left as they are.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+}
+
+/// A new or truncated file of the state, made [`PRIVATE_FILE_MODE`] by `open` itself.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
 /// Everything the monitor needs, resolved by the plugin so the monitor never interprets the wire
 /// request (and needs no validation code).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +170,10 @@ pub struct SandboxSpec {
     pub cpu_cores: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The plugin's `defaultMemory`, for a job that requested no memory limit: like `pids_max`
+    /// a guard, not a requirement, so it is applied only where a memory controller exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<u64>,
     /// `RLIMIT_NOFILE` soft limit; `None`: the sandbox default.
@@ -324,11 +355,7 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -401,6 +428,25 @@ mod tests {
         assert_eq!(proc_ppid(std::process::id() as i32).unwrap(), unsafe {
             libc::getppid()
         });
+    }
+
+    #[test]
+    fn state_files_and_directories_are_private_from_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let nested = dir.path().join("a/b");
+        create_private_dir_all(&nested).unwrap();
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&nested), 0o700);
+        let json = nested.join("request.json");
+        write_json_replace(&json, &serde_json::json!({"Env": {"K": "secret"}})).unwrap();
+        assert_eq!(mode(&json), 0o600);
+        write_atomic(&json, b"{}").unwrap();
+        assert_eq!(mode(&json), 0o600);
+        let log = nested.join("monitor.log");
+        create_private_file(&log).unwrap();
+        assert_eq!(mode(&log), 0o600);
     }
 
     #[test]

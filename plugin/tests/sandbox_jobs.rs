@@ -494,3 +494,29 @@ fn capabilities_tell_the_truth_here() {
         (e.cpu, e.memory, e.pids)
     );
 }
+
+/// `defaultMemory` (default 1 GiB) reaches the sandbox only for a request without its own
+/// `Memory`; 0 turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_memory_cap_applies_only_without_a_requested_one() {
+    let e = env().await;
+    let with = |memory: u64, default: Option<u64>| {
+        let mut i = input(&e, "mem-default", "true");
+        i.resources.memory = memory;
+        i.default_memory = default;
+        spec(&e, i).sandbox
+    };
+    let s = with(0, None);
+    assert_eq!(
+        (s.memory_bytes, s.default_memory_bytes),
+        (None, Some(1 << 30))
+    );
+    let s = with(0, Some(64 << 20));
+    assert_eq!(s.default_memory_bytes, Some(64 << 20));
+    let s = with(256 << 20, Some(64 << 20));
+    assert_eq!(
+        (s.memory_bytes, s.default_memory_bytes),
+        (Some(256 << 20), None)
+    );
+    assert_eq!(with(0, Some(0)).default_memory_bytes, None);
+}

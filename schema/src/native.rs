@@ -93,20 +93,31 @@ impl NativeEngineSpec {
                 ),
             );
         }
+        // A value may be a secret, and these messages travel to the host and into its logs:
+        // they name the variable (or only its index, in the field), never the value.
         for (i, entry) in self.environment_variables.iter().enumerate() {
             let field = format!("{PARAMS}.EnvironmentVariables[{i}]");
             match entry.split_once('=') {
-                None | Some(("", _)) => problem(
+                // Without '=' the entry may be a value pasted without its name.
+                None => problem(
                     field,
-                    format!("invalid native engine param: environment variable '{entry}' must have the form NAME=VALUE"),
+                    "invalid native engine param: environment variable entries must have the form NAME=VALUE".into(),
+                ),
+                Some(("", _)) => problem(
+                    field,
+                    "invalid native engine param: environment variable entries must have the form NAME=VALUE; the name is empty".into(),
                 ),
                 Some((name, _)) if name.to_ascii_uppercase().starts_with("BACALHAU_") => problem(
                     field,
-                    format!("invalid native engine param: environment variable '{entry}' cannot start with BACALHAU_"),
+                    format!("invalid native engine param: environment variable '{}' cannot start with BACALHAU_", name.escape_debug()),
                 ),
-                Some(_) if entry.contains('\0') => problem(
+                Some((name, _)) if name.contains('\0') => problem(
                     field,
-                    format!("invalid native engine param: environment variable '{}' cannot contain NUL bytes", entry.replace('\0', "\\0")),
+                    format!("invalid native engine param: environment variable name '{}' cannot contain NUL bytes", name.escape_debug()),
+                ),
+                Some((name, value)) if value.contains('\0') => problem(
+                    field,
+                    format!("invalid native engine param: the value of environment variable '{}' cannot contain NUL bytes", name.escape_debug()),
                 ),
                 Some(_) => {}
             }
@@ -165,8 +176,8 @@ mod tests {
             vec![
                 "invalid native engine param: 'Entrypoint' cannot be empty",
                 "invalid native engine param: 'WorkingDirectory' (\"rel\") must contain absolute path",
-                "invalid native engine param: environment variable 'bacalhau_X=1' cannot start with BACALHAU_",
-                "invalid native engine param: environment variable 'NOEQUALS' must have the form NAME=VALUE",
+                "invalid native engine param: environment variable 'bacalhau_X' cannot start with BACALHAU_",
+                "invalid native engine param: environment variable entries must have the form NAME=VALUE",
             ]
         );
         assert_eq!(problems[0].field, "EngineParams.Params.Entrypoint");
@@ -174,6 +185,31 @@ mod tests {
             problems[3].field,
             "EngineParams.Params.EnvironmentVariables[1]"
         );
+    }
+
+    #[test]
+    fn env_errors_name_the_variable_and_never_carry_its_value() {
+        let secret = "s3cr3t-token-value";
+        let entries = [
+            format!("BACALHAU_TEST={secret}"),
+            format!("={secret}"),
+            format!("TOKEN={secret}\0"),
+            secret.to_string(),
+        ];
+        let problems = NativeEngineSpec::from_spec_config(&spec(json!({
+            "Entrypoint": ["true"], "EnvironmentVariables": entries
+        })))
+        .unwrap_err();
+        assert_eq!(problems.len(), entries.len(), "{problems:?}");
+        for p in &problems {
+            assert!(!p.message.contains(secret), "{p:?}");
+            assert!(!p.field.contains(secret), "{p:?}");
+        }
+        assert_eq!(
+            problems[0].message,
+            "invalid native engine param: environment variable 'BACALHAU_TEST' cannot start with BACALHAU_"
+        );
+        assert!(problems[2].message.contains("'TOKEN'"), "{:?}", problems[2]);
     }
 
     #[test]

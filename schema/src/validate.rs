@@ -33,9 +33,6 @@ pub fn id_problem(id: &str) -> Option<String> {
             id.len()
         ));
     }
-    if id.starts_with('.') {
-        return Some(format!("{id:?} may not start with '.'"));
-    }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -44,6 +41,11 @@ pub fn id_problem(id: &str) -> Option<String> {
             "{:?} contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed",
             id.escape_debug().to_string()
         ));
+    }
+    // An id names files and directories that operators handle with shell tools: one starting
+    // with '-' reads as an option (`rm -rf`), one with '.' hides.
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("{id:?} must start with an ASCII letter or digit"));
     }
     None
 }
@@ -423,6 +425,9 @@ mod tests {
             ".",
             "..",
             ".hidden",
+            "-rf",
+            "--help",
+            "_x",
             "é",
             "a b",
             &"x".repeat(10_000),
@@ -432,6 +437,14 @@ mod tests {
         }
         let p = validate_run_request(&request(json!({"JobID": "../../etc"}))).unwrap_err();
         assert_eq!(fields(&p), vec!["JobID"]);
+        let p = validate_run_request(&request(json!({"ExecutionID": "-rf"}))).unwrap_err();
+        assert_eq!(
+            p[0].message,
+            "execution id \"-rf\" must start with an ASCII letter or digit"
+        );
+        for id in ["e-1", "7f3a", "a.b_c-d", "E"] {
+            assert_eq!(id_problem(id), None, "{id}");
+        }
     }
 
     #[test]

@@ -150,7 +150,11 @@ fn check_validated(req: &RunCommandRequest) -> Result<(), TestCaseError> {
     if validate_run_request(req).is_ok() {
         prop_assert!(id_problem(&req.execution_id).is_none());
         let id = &req.execution_id;
-        prop_assert!(!id.contains('/') && !id.starts_with('.') && id.is_ascii());
+        prop_assert!(
+            !id.contains('/')
+                && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && id.is_ascii()
+        );
         for o in &req.outputs {
             let n = o.name.trim();
             prop_assert!(!n.contains('/') && !n.starts_with('.') && !n.is_empty());

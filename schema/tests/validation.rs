@@ -92,9 +92,11 @@ fn ids_must_be_safe_path_components() {
     let cases = [
         ("a/b", "contains '/'"),
         ("a\0b", "contains '\\0'"),
-        (".", "may not start with '.'"),
-        ("..", "may not start with '.'"),
-        (".hidden", "may not start with '.'"),
+        (".", "must start with an ASCII letter or digit"),
+        ("..", "must start with an ASCII letter or digit"),
+        (".hidden", "must start with an ASCII letter or digit"),
+        ("-rf", "\"-rf\" must start with an ASCII letter or digit"),
+        ("_x", "must start with an ASCII letter or digit"),
         ("a b", "contains ' '; only ASCII letters, digits"),
         ("é", "contains 'é'"),
     ];
@@ -165,17 +167,21 @@ fn native_engine_messages() {
         "EngineParams.Params.WorkingDirectory",
         "invalid native engine param: 'WorkingDirectory' (\"tmp\") must contain absolute path",
     );
-    for bad in ["BACALHAU_X=1", "bacalhau_node=2", "Bacalhau_=3"] {
+    for (bad, name) in [
+        ("BACALHAU_X=1", "BACALHAU_X"),
+        ("bacalhau_node=2", "bacalhau_node"),
+        ("Bacalhau_=3", "Bacalhau_"),
+    ] {
         assert_problem(
             &native(json!({"Entrypoint": ["ls"], "EnvironmentVariables": ["OK=1", bad]})),
             "EngineParams.Params.EnvironmentVariables[1]",
-            &format!("invalid native engine param: environment variable '{bad}' cannot start with BACALHAU_"),
+            &format!("invalid native engine param: environment variable '{name}' cannot start with BACALHAU_"),
         );
     }
     assert_problem(
         &native(json!({"Entrypoint": ["ls"], "EnvironmentVariables": ["A=b\0c"]})),
         "EngineParams.Params.EnvironmentVariables[0]",
-        "environment variable 'A=b\\0c' cannot contain NUL bytes",
+        "the value of environment variable 'A' cannot contain NUL bytes",
     );
     for bad in ["NOEQUALS", "=value"] {
         assert_problem(

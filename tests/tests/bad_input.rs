@@ -156,6 +156,8 @@ const HOSTILE: &[&str] = &[
     " e",
     "",
     ".evicted.x",
+    "-rf",
+    "_e",
 ];
 
 fn hostile_ids() -> Vec<String> {
@@ -238,6 +240,52 @@ fn hostile_ids_and_names_are_refused_before_any_path_exists() {
         assert_eq!(msg["error"]["code"], -32003, "{id}: {msg}");
     }
     alive_and_answering(&mut env);
+}
+
+/// Issue 12 item 7: an environment error names the variable, never its value (a secret, as
+/// often as not), neither in the answer nor in the plugin's log.
+#[test]
+fn environment_errors_never_carry_a_value() {
+    let secret = "proc-s3cr3t-value";
+    let state = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let log = state.path().join("plugin.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn_with(|cmd| {
+        cmd.env(executor_plugin::stdio::LOG_ENV, "trace")
+            .stderr(log_file);
+    });
+    p.initialize(&state.path().join("state"));
+    let req = json!({
+        "JobID": "j", "ExecutionID": "env-secret", "ResultsDir": results.path().join("r"),
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["true"],
+            "EnvironmentVariables": [
+                format!("BACALHAU_TEST={secret}"),
+                format!("={secret}"),
+                format!("OK={secret}\0"),
+                secret,
+            ]}},
+    });
+    for (id, method) in [(1, "executor_start"), (2, "executor_run")] {
+        let msg = p.call(id, method, json!([req]));
+        assert_invalid_params(&msg, "EngineParams.Params.EnvironmentVariables", method);
+        let text = msg.to_string();
+        assert!(
+            !text.contains(secret),
+            "{method}: the answer carries the value: {text}"
+        );
+        assert!(
+            text.contains("environment variable 'BACALHAU_TEST' cannot start with BACALHAU_"),
+            "{text}"
+        );
+    }
+    p.call(3, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !logged.contains(secret),
+        "the log carries the value: {logged}"
+    );
 }
 
 #[test]

@@ -733,3 +733,57 @@ fn a_short_job_reports_its_final_usage_after_the_end() {
     assert_eq!(w["result"]["ExitCode"], 0, "{w}");
     p.call(6, "shutdown", json!([]));
 }
+
+/// Issue 12 item 6: a job that sets no `Resources.Memory` gets `defaultMemory`; a request's own
+/// `Memory` wins over it.
+#[test]
+fn default_memory_caps_a_job_without_memory_and_a_requested_limit_wins() {
+    if !is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let mut p = RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({
+            "protocolVersions": ["1"],
+            "config": {"stateDir": state.path(), "defaultMemory": "32MB"},
+        }),
+    );
+    if init["result"]["capabilities"]["limits"]["memory"] != true {
+        eprintln!("skipped: this host enforces no memory limit: {init}");
+        return;
+    }
+    // `tail` holds its whole input when it has no newline: 100 MiB of zeros.
+    let hog = [
+        "sh",
+        "-c",
+        "head -c 104857600 /dev/zero | tail > /dev/null; echo done",
+    ];
+    let r = p.call(
+        1,
+        "executor_run",
+        json!([request(results.path(), "mem-default", &hog, json!({}))]),
+    );
+    assert_eq!(r["result"]["ErrorMsg"], "memory limit exceeded", "{r}");
+    let r = p.call(
+        2,
+        "executor_run",
+        json!([request(
+            results.path(),
+            "mem-requested",
+            &hog,
+            json!({"Resources": {"Memory": 512u64 << 20}})
+        )]),
+    );
+    assert_eq!(
+        (&r["result"]["ErrorMsg"], &r["result"]["Stdout"]),
+        (&json!(""), &json!("done\n")),
+        "{r}"
+    );
+    p.call(3, "shutdown", json!([]));
+    p.wait_exit(Duration::from_secs(10));
+}

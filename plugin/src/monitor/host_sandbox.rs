@@ -358,7 +358,11 @@ impl JobSandbox for HostSandbox {
             Some(m) => {
                 let limits = CgroupLimits {
                     cpu: s.cpu_cores,
-                    memory: s.memory_bytes,
+                    // The request's own limit wins; the plugin's default only where it can be
+                    // enforced (a requested limit that cannot be is refused above).
+                    memory: s
+                        .memory_bytes
+                        .or(s.default_memory_bytes.filter(|_| m.enforces().memory)),
                     // A guard, not a requirement: only where a pids controller exists.
                     pids: s.pids_max.filter(|_| m.enforces().pids),
                 };

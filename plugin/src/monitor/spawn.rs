@@ -11,6 +11,7 @@ use std::process::{ChildStderr, ChildStdout};
 
 use crate::fds::pipe2;
 use crate::sandbox::cgroup::CgroupRecord;
+use crate::sandbox::seccomp::{self, JobFilter};
 use crate::state::{FsSandbox, MonitorSpec};
 
 /// The search path when the job's environment sets none (as execvp's default).
@@ -320,7 +321,26 @@ pub fn spawn_job(
             Ok(())
         },
     )];
+    // A session keyring of the job's own, before the sandbox's steps: the user switch comes
+    // later, so it is made while still root (see `join_fresh_session_keyring`).
+    if seccomp::keyrings_reachable() {
+        steps.push(PreExecStep::new(
+            "giving the job a session keyring of its own",
+            seccomp::join_fresh_session_keyring,
+        ));
+    }
     steps.extend(sandbox.pre_exec_steps());
+    // Last before exec, after every step that needs the calls it refuses (mounts, namespaces,
+    // the keyring above).
+    if seccomp::supported() {
+        let filter = JobFilter::new().map_err(|e| SpawnError::Setup(io::Error::other(e)))?;
+        steps.push(PreExecStep::new(
+            "installing the job's system-call filter",
+            move || filter.apply(),
+        ));
+    } else {
+        eprintln!("monitor: this kernel takes no seccomp filters: the job runs without one");
+    }
     let mut names = Vec::with_capacity(steps.len());
     let mut runs = Vec::with_capacity(steps.len());
     for step in steps {

@@ -8,5 +8,6 @@ pub mod gpu;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;
+pub mod seccomp;
 pub mod uids;
 pub mod user;

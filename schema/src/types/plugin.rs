@@ -52,6 +52,10 @@ pub struct PluginConfig {
     /// `pids.max` for jobs that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_pids_max: Option<u64>,
+    /// The memory cap of a job whose request sets no `Resources.Memory` (default 1GB, what
+    /// Bacalhau gives a job that asks for none); 0 means no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory: Option<super::datasize::ByteSize>,
     /// `RLIMIT_NOFILE` for jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nofile_limit: Option<u64>,

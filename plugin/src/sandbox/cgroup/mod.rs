@@ -35,6 +35,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 const MIN_CPU_QUOTA_US: u64 = 1_000;
 /// The pids cap when a request sets none, against fork bombs.
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
+/// The memory cap when a request sets none: what Bacalhau gives a job that asks for none, so a
+/// job that forgot its `Memory` cannot take the host's memory (and the host's processes with
+/// it) yet behaves as it would under Bacalhau's defaults.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
 
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
 const RMDIR_PATIENCE: Duration = Duration::from_secs(2);
