@@ -56,19 +56,26 @@ pub fn semantic(
     if let Some(decline) = mounts(task, caps, allow_listed) {
         return decline;
     }
-    if let Some(net) = &task.network {
-        if matches!(net.network_type, Network::Http | Network::Bridge) {
-            return BidStrategyResponse::new(
-                false,
-                format!("support {} networking for native jobs", net.network_type),
-            );
-        }
-        if net.network_type == Network::None && !caps.network_isolation {
-            return BidStrategyResponse::new(
-                false,
-                "isolate the network of native jobs (it needs root to create network namespaces)",
-            );
-        }
+    // A task without a network asks for `Default`, which is never the host's network: it is
+    // Bridge where Bridge works (not yet here), else None.
+    let network = task
+        .network
+        .as_ref()
+        .map_or(Network::Default, |n| n.network_type);
+    if matches!(network, Network::Http | Network::Bridge) {
+        return BidStrategyResponse::new(
+            false,
+            format!("support {network} networking for native jobs"),
+        );
+    }
+    if matches!(network, Network::None | Network::Default) && !caps.network_isolation {
+        return BidStrategyResponse::new(
+            false,
+            format!(
+                "isolate the network of native jobs ({network} means a network namespace of the \
+                 job's own, and making one needs root; ask for Host to share the host's network)"
+            ),
+        );
     }
     let wanted = &task.resources;
     for (what, asked, enforced) in [
@@ -333,11 +340,16 @@ mod tests {
         let outputs = serde_json::json!([{"Name": "out", "Path": "/outputs"}]);
         let none = serde_json::json!([]);
         let list = [allowed.clone()];
+        // Both isolate the network: a task without one asks for `Default`, a namespace.
         let isolated = Capabilities {
             filesystem_isolation: true,
+            network_isolation: true,
             ..Capabilities::default()
         };
-        let plain = Capabilities::default();
+        let plain = Capabilities {
+            network_isolation: true,
+            ..Capabilities::default()
+        };
         let cases: [(&str, BidStrategyRequest, &Capabilities, bool, &str); 7] = [
             (
                 "no mounts",
@@ -394,5 +406,16 @@ mod tests {
             assert_eq!(r.should_bid, bid, "{what}: {r:?}");
             assert!(r.reason.contains(reason), "{what}: {}", r.reason);
         }
+    }
+
+    #[test]
+    fn the_default_network_is_declined_where_no_namespace_can_be_made() {
+        let none = serde_json::json!([]);
+        let open = Capabilities::default();
+        // No `Network` in the task is `Default`: never the host's, so without namespaces it
+        // is declined, with the way out named.
+        let r = semantic(&request(none.clone(), none), &open, &[]);
+        assert!(!r.should_bid, "{r:?}");
+        assert!(r.reason.contains("ask for Host"), "{}", r.reason);
     }
 }

@@ -981,8 +981,10 @@ fn tmpfs_size(input: &SpecInput) -> Option<u64> {
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
     let isolate_network = match input.network {
-        Network::None => true,
-        Network::Host | Network::Full | Network::Default => false,
+        // `Default` (also a request without a `Network`) is Bridge where Bridge works, else
+        // None: never the host's network, which a job must ask for by name.
+        Network::None | Network::Default => true,
+        Network::Host | Network::Full => false,
         Network::Http | Network::Bridge => {
             return Err(ExecutorError::unsupported(format!(
                 "network type {} is not supported by the native executor (supported: None, Host)",

@@ -287,30 +287,31 @@ fn interfaces(text: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_none_sees_only_loopback_and_host_sees_the_host() {
+async fn network_none_and_default_see_only_loopback_and_host_sees_the_host() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipping network test: needs root");
         return;
     }
     let e = env().await;
     let script = "cat /proc/net/dev";
-    let mut none = input(&e, "net-none", script);
-    none.network = Network::None;
-    let r = run(&e, spec(&e, none)).await;
-    assert_eq!(r.result.error_msg, "");
-    let seen = interfaces(&read(&results_dir(&e, "net-none").join("stdout")));
-    assert_eq!(seen, BTreeSet::from(["lo".to_owned()]));
-
-    let host_ifaces = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
-    for net in [Network::Host, Network::Default] {
+    // `Default` is never the host's network: a namespace of its own, as `None`.
+    for net in [Network::None, Network::Default] {
         let name = format!("net-{}", net.as_str());
-        let mut host = input(&e, &name, script);
-        host.network = net;
-        let r = run(&e, spec(&e, host)).await;
+        let mut own = input(&e, &name, script);
+        own.network = net;
+        let r = run(&e, spec(&e, own)).await;
         assert_eq!(r.result.error_msg, "");
         let seen = interfaces(&read(&results_dir(&e, &name).join("stdout")));
-        assert_eq!(seen, host_ifaces, "{net:?}");
+        assert_eq!(seen, BTreeSet::from(["lo".to_owned()]), "{net:?}");
     }
+
+    let host_ifaces = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    let mut host = input(&e, "net-host", script);
+    host.network = Network::Host;
+    let r = run(&e, spec(&e, host)).await;
+    assert_eq!(r.result.error_msg, "");
+    let seen = interfaces(&read(&results_dir(&e, "net-host").join("stdout")));
+    assert_eq!(seen, host_ifaces);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,3 +279,43 @@ fn the_state_directory_and_its_records_are_private() {
     p.call(2, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+/// A request without a `Network`, or with `Default`, never gets the host's network: a server
+/// on the host's loopback is out of its reach (it was reachable when `Default` meant `Host`),
+/// while a job that asks for `Host` by name reaches it.
+#[test]
+fn the_default_network_is_never_the_hosts() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    // Accept (and drop) connections so a job that can reach the server sees it answer.
+    std::thread::spawn(move || for _ in server.incoming() {});
+    let state = tempfile::tempdir().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let mut p = RawPlugin::spawn();
+    p.initialize(state.path());
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 3).close()\n    print('reached')\nexcept OSError as e:\n    print('unreachable', e)\n"
+    );
+    let argv = ["python3", "-c", probe.as_str()];
+    for (n, (exec, network)) in [
+        ("net-missing", Value::Null),
+        ("net-default", json!({"Type": "Default"})),
+        ("net-host", json!({"Type": "Host"})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = request(results.path(), exec, &argv, json!({}));
+        req["Network"] = network;
+        let r = p.call(100 + n as u64, "executor_run", json!([req]));
+        assert_eq!(r["result"]["ExitCode"], 0, "{exec}: {r}");
+        let out = std::fs::read_to_string(results.path().join(exec).join("stdout")).unwrap();
+        let reached = out.starts_with("reached");
+        assert_eq!(reached, exec == "net-host", "{exec}: {out}");
+    }
+    p.call(199, "shutdown", json!([]));
+}

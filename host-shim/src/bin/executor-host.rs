@@ -103,7 +103,8 @@ struct RunArgs {
     /// Time limit: 30s, 2m, 1h30m, ...
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// `none` (own network namespace) or `host`.
+    /// `none` (a network namespace of the job's own with only loopback: the default) or `host`
+    /// (the host's network).
     #[arg(long, value_parser = parse_network)]
     network: Option<Network>,
     /// Host path SRC at DST in the job, read-only with `:ro`; repeatable.
