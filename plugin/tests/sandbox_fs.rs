@@ -6,9 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use executor_plugin::outputs::{hand_over, Direction};
 use executor_plugin::sandbox::mounts::{self, Bind, FsError, FsPlan, FsSpec, RootTemplate};
 use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
-use executor_plugin::outputs::{hand_over, Direction};
 use executor_plugin::sandbox::user::{UserError, UserPlan};
 
 fn skip_unless_supported(test: &str) -> bool {

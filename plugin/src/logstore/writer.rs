@@ -186,12 +186,7 @@ impl LogWriter {
         self.write_frame(Stream::Stderr as u8, &ts, why.marker().as_bytes())
     }
 
-    fn write_frame(
-        &mut self,
-        stream: u8,
-        ts: &[u8; TIMESTAMP_LEN],
-        data: &[u8],
-    ) -> io::Result<()> {
+    fn write_frame(&mut self, stream: u8, ts: &[u8; TIMESTAMP_LEN], data: &[u8]) -> io::Result<()> {
         // MAX_FRAME_DATA keeps this far below u32::MAX.
         let size = (PREFIX_LEN + data.len()) as u32;
         self.buf.clear();

@@ -10,6 +10,8 @@
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
 
+use crate::outputs::{self, Direction};
+use crate::results::CheckedDir;
 use crate::sandbox::cgroup::{
     self, AheadDirs, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord,
     JobCgroup, Mode,
@@ -19,8 +21,6 @@ use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
-use crate::outputs::{self, Direction};
-use crate::results::CheckedDir;
 use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
@@ -304,8 +304,8 @@ fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
 /// outputs are bind sources) and before they are given to the job's user. The directory comes
 /// back open and checked (see [`CheckedDir`]); the monitor holds its own, locked, copy.
 fn create_outputs(spec: &MonitorSpec) -> Result<CheckedDir, SandboxError> {
-    let results = CheckedDir::create(&spec.results_dir)
-        .map_err(|e| SandboxError::Setup(e.to_string()))?;
+    let results =
+        CheckedDir::create(&spec.results_dir).map_err(|e| SandboxError::Setup(e.to_string()))?;
     for name in &spec.output_names {
         results.make_subdir(name).map_err(|e| {
             SandboxError::Setup(format!(

@@ -223,10 +223,14 @@ impl JobLog for RawLog {
         let (why, bytes) = self.writer.as_ref()?.stopped()?;
         Some(match why {
             crate::logstore::LogStop::Limit(n) => {
-                format!("{bytes} bytes of output not logged: the log reached its limit of {n} bytes")
+                format!(
+                    "{bytes} bytes of output not logged: the log reached its limit of {n} bytes"
+                )
             }
             crate::logstore::LogStop::DiskLow => {
-                format!("{bytes} bytes of output not logged: the disk holding the log is nearly full")
+                format!(
+                    "{bytes} bytes of output not logged: the disk holding the log is nearly full"
+                )
             }
         })
     }
@@ -449,9 +453,8 @@ pub fn run(
         }
     };
     crate::timing::mark("m.prepared");
-    let setup_done = prepared.and_then(|r| {
-        supervise_job(dir, &spec, r, &mut mon, sandbox, reporter).map(|s| (r, s))
-    });
+    let setup_done = prepared
+        .and_then(|r| supervise_job(dir, &spec, r, &mut mon, sandbox, reporter).map(|s| (r, s)));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
     crate::timing::mark("m.supervised");
     let oom_killed = sandbox.oom_killed();
@@ -534,7 +537,9 @@ fn flush(dir: &ExecDir, results: &results::CheckedDir) {
             (dir.result(), File::open(dir.result())),
             (
                 results.path().to_path_buf(),
-                results.open_file(".").or_else(|_| File::open(results.path())),
+                results
+                    .open_file(".")
+                    .or_else(|_| File::open(results.path())),
             ),
             (dir.dir.clone(), File::open(&dir.dir)),
         ]);
