@@ -277,6 +277,13 @@ impl CheckedDir {
         })
     }
 
+    /// Let the next execution have the directory (this one is done with it: its outputs are
+    /// handed back and its results written). A failure leaves the lock to the process's exit.
+    pub fn unlock(&self) {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -434,8 +434,8 @@ pub fn run(
     // long for a monitor that holds the start lock to record itself.
     state::write_json_replace(&dir.monitor(), &mon)?;
     crate::timing::mark("m.request_read");
-    // Held (and locked) until the monitor exits, past the outputs' hand-back: every results
-    // file is made relative to it, and no other execution uses the directory meanwhile.
+    // Held (and locked) until the result is written, past the outputs' hand-back: every
+    // results file is made relative to it, and no other execution uses the directory meanwhile.
     let mut held = None;
     let prepared = match open_results(&spec) {
         Err(e) => Err(e),
@@ -473,7 +473,10 @@ pub fn run(
     let reported = setup_done.and_then(|(r, (sinks, mut log, outcome))| {
         finish(dir, r, sinks, &mut log, outcome, oom_killed, usage).map(|rec| (r, rec))
     });
-    if let Ok((_, record)) = &reported {
+    if let Ok((results, record)) = &reported {
+        // Before the report: a host that starts the next execution on this directory as soon
+        // as it has this one's result must find it free.
+        results.unlock();
         reporter.finished(record);
         if std::env::var_os(SELFTEST_DIE_AFTER_REPORT).is_some() {
             // Self-test: killed between the report and the cleanup.
