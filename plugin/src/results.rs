@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub const STDOUT_FILE: &str = "stdout";
@@ -196,7 +197,8 @@ impl CheckedDir {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(open_err)?;
         }
-        match std::fs::create_dir(path) {
+        // 0755 whatever the umask: a directory open to other users' renames is refused below.
+        match std::fs::DirBuilder::new().mode(0o755).create(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(open_err(e)),
@@ -358,7 +360,7 @@ impl CheckedDir {
     pub fn make_subdir(&self, name: &str) -> io::Result<()> {
         let c = cstring(name.as_bytes())?;
         // SAFETY: mkdirat relative to our directory with a NUL-terminated name.
-        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o777) } == 0 {
+        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o755) } == 0 {
             return Ok(());
         }
         let e = io::Error::last_os_error();
@@ -488,6 +490,47 @@ mod tests {
             let got = std::fs::read_to_string(dir.path().join(EXIT_CODE_FILE)).unwrap();
             assert_eq!(got, text);
         }
+    }
+
+    #[test]
+    fn a_planted_symlink_or_hard_link_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("stdout")).unwrap();
+        std::fs::hard_link(&victim, dir.path().join("stderr")).unwrap();
+        let checked = CheckedDir::open(dir.path()).unwrap();
+        for name in ["stdout", "stderr"] {
+            let mut f = checked.create_file(name).unwrap();
+            f.write_all(b"job").unwrap();
+            assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"job");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // A symlinked directory is refused, not entered.
+        let link = outside.path().join("results-link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert!(matches!(
+            CheckedDir::open(&link),
+            Err(DirError::NotADirectory { .. })
+        ));
+        assert!(checked.open_file("stdout").is_ok());
+        std::os::unix::fs::symlink(&victim, dir.path().join("exitCode")).unwrap();
+        assert!(
+            checked.open_file("exitCode").is_err(),
+            "never read through a link"
+        );
+    }
+
+    #[test]
+    fn one_execution_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CheckedDir::open(dir.path()).unwrap();
+        first.lock().unwrap();
+        let second = CheckedDir::open(dir.path()).unwrap();
+        assert!(matches!(second.lock(), Err(DirError::InUse { .. })));
+        first.unlock();
+        second.lock().unwrap();
     }
 
     #[test]
