@@ -211,6 +211,8 @@ impl LogWriter {
 }
 
 /// Whether the filesystem holding `file` has less free space than the log must leave.
+// statvfs's fields are 32-bit on some targets.
+#[allow(clippy::unnecessary_cast)]
 fn disk_low(file: &File) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: fstatvfs on a descriptor we own, into a buffer of the right type.
