@@ -42,6 +42,9 @@ pub enum Direction {
     ToJob,
     /// Back to the plugin's user, once the job (running as `job_uid`) has ended.
     ToHost { job_uid: u32 },
+    /// Owners unchanged (a job without a uid of its own, whose outputs stay its user's): only
+    /// the dropping and clearing.
+    InPlace,
 }
 
 /// What a walk did.
@@ -243,7 +246,7 @@ impl Walk {
         }
         let linked = kind != libc::S_IFLNK && st.st_nlink > 1;
         let ours = match self.direction {
-            Direction::ToJob => !linked,
+            Direction::ToJob | Direction::InPlace => !linked,
             Direction::ToHost { job_uid } => !linked || st.st_uid == job_uid,
         };
         if !ours {
@@ -253,7 +256,7 @@ impl Walk {
             libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
                 // Taken back first, so if a racer renames it out of our way, what it keeps
                 // is no longer the job's; never given to a job.
-                if ours && self.direction != Direction::ToJob {
+                if ours && matches!(self.direction, Direction::ToHost { .. }) {
                     if let Err(e) = self.chown(fd.as_fd(), &st) {
                         self.fail(&shown(), e);
                     }
@@ -326,7 +329,8 @@ impl Walk {
     }
 
     fn chown(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> io::Result<()> {
-        if st.st_uid == self.uid && st.st_gid == self.gid {
+        let same = st.st_uid == self.uid && st.st_gid == self.gid;
+        if same || self.direction == Direction::InPlace {
             return Ok(());
         }
         // SAFETY: fchownat on a descriptor we hold with an empty path: it changes exactly that

@@ -206,6 +206,21 @@ fn fifos_sockets_and_devices_are_dropped_and_special_bits_cleared() {
         (0, 0o4755),
         "hard link left alone"
     );
+
+    // A job without a uid of its own: its outputs keep their owner, and are only swept.
+    nix::unistd::mkfifo(
+        &out.join("sub/third"),
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(out.join("suid"), Some(JOB), Some(JOB)).unwrap();
+    fs::set_permissions(out.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    give(&results, "out", 0, Direction::InPlace);
+    assert!(gone("sub/third"), "FIFO dropped in place");
+    assert_eq!(mode("suid"), 0o755);
+    assert_eq!(fs::symlink_metadata(out.join("suid")).unwrap().uid(), JOB);
+    let v = fs::metadata(&victim).unwrap();
+    assert_eq!((v.uid(), v.mode() & 0o7777), (0, 0o4755));
 }
 
 /// `name` in `dir`, made and opened without a path (the chain is longer than PATH_MAX).

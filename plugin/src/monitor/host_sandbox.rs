@@ -37,6 +37,9 @@ pub struct HostSandbox {
     /// The job's own uid, held while anything of the job may run, and the outputs given to it
     /// (handed back to root at cleanup, so a later job given the same uid cannot alter them).
     own_uid: Option<(UidLease, HandBack)>,
+    /// Outputs of a job without a uid of its own: swept in place at the end (see
+    /// [`Direction::InPlace`]).
+    sweep: Option<HandBack>,
     /// What was made before the request came.
     ahead: Ahead,
     /// The template the job's root was built on: its namespace lives until cleanup, so its
@@ -453,6 +456,15 @@ impl JobSandbox for HostSandbox {
                 };
                 self.own_uid = Some((lease, back));
             }
+        }
+        if self.own_uid.is_none() && !spec.output_names.is_empty() {
+            self.sweep = Some(HandBack {
+                results: spec.results_dir.clone(),
+                names: spec.output_names.clone(),
+                job_uid: 0,
+            });
+        }
+        if let (Some(user), Some(results)) = (&s.run_as, &results) {
             hand_over_all(
                 results,
                 &spec.output_names,
@@ -577,8 +589,13 @@ impl JobSandbox for HostSandbox {
     }
 
     fn reclaim_outputs(&mut self) {
-        let Some((_, back)) = self.own_uid.as_mut() else {
-            return;
+        let (back, direction) = match (self.own_uid.as_mut(), self.sweep.as_mut()) {
+            (Some((_, back)), _) => {
+                let job_uid = back.job_uid;
+                (back, Direction::ToHost { job_uid })
+            }
+            (None, Some(back)) => (back, Direction::InPlace),
+            (None, None) => return,
         };
         let names = std::mem::take(&mut back.names);
         if names.is_empty() {
@@ -592,9 +609,6 @@ impl JobSandbox for HostSandbox {
             }
         };
         let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-        let direction = Direction::ToHost {
-            job_uid: back.job_uid,
-        };
         if let Err(e) = hand_over_all(&results, &names, uid.as_raw(), gid.as_raw(), direction) {
             eprintln!(
                 "monitor: handing the outputs in {} back: {e}",
