@@ -437,14 +437,14 @@ impl JobSandbox for HostSandbox {
             ));
         }
         // The job writes its outputs as its own user. The results directory itself stays the
-        // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
-        // directory could plant a symlink in its place.
+        // monitor's: a job that owned it could swap its outputs for symlinks between the
+        // hand-back walks (the files in it are made by descriptor, so they are safe anyway).
         let results = if s.filesystem.is_some() || s.run_as.is_some() {
             Some(create_outputs(spec)?)
         } else {
             None
         };
-        if let (Some(user), Some(results)) = (&s.run_as, &results) {
+        if let Some(user) = s.run_as.as_ref().filter(|_| results.is_some()) {
             if let Some(path) = &user.uid_lock {
                 let lease = UidLease::hold(user.uid, path).map_err(|e| {
                     SandboxError::Setup(format!("holding the job's uid {}: {e}", user.uid))
