@@ -61,7 +61,6 @@ pub struct LogWriter {
     stopped: Option<LogStop>,
     /// Bytes of output not logged since the log stopped.
     dropped: u64,
-    frames: u64,
 }
 
 impl LogWriter {
@@ -108,7 +107,6 @@ impl LogWriter {
             next_space_check: 0,
             stopped: None,
             dropped: 0,
-            frames: 0,
         }
     }
 
@@ -141,11 +139,6 @@ impl LogWriter {
         self.stopped.map(|s| (s, self.dropped))
     }
 
-    /// Frames written so far (the END frame and the marker not counted).
-    pub fn frames(&self) -> u64 {
-        self.frames
-    }
-
     fn write_bounded(
         &mut self,
         stream: Stream,
@@ -166,13 +159,11 @@ impl LogWriter {
         let overhead = (HEADER_LEN + PREFIX_LEN) as u64;
         let room = self.limit.saturating_sub(self.written);
         if overhead + data.len() as u64 <= room {
-            self.frames += 1;
             return self.write_frame(stream as u8, ts, data);
         }
         // What fits goes out, the rest is counted, and the marker follows.
         let fit = room.saturating_sub(overhead).min(data.len() as u64) as usize;
         if fit > 0 {
-            self.frames += 1;
             self.write_frame(stream as u8, ts, &data[..fit])?;
         }
         self.dropped += (data.len() - fit) as u64;
@@ -236,7 +227,7 @@ fn write_once(file: &mut File, bytes: &[u8]) -> io::Result<()> {
 
 /// Appends an END frame to an existing log, for a plugin that finds the monitor died before
 /// writing one. Does not create the file: a missing log is the caller's problem to report.
-/// Never through a symlink: the log's directory may be one a job's output reaches.
+/// Never through a symlink: the log's directory may have been made by someone else.
 pub fn append_end_frame(path: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .append(true)

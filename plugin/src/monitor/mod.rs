@@ -171,11 +171,6 @@ impl RawLog {
         self.pending = data;
         self.pending.clear();
     }
-
-    /// Frames written so far.
-    pub fn frames(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.frames())
-    }
 }
 
 impl JobLog for RawLog {
@@ -503,7 +498,14 @@ fn open_log(spec: &MonitorSpec) -> Result<RawLog, MonitorError> {
             source: io::Error::from_raw_os_error(libc::EINVAL),
         });
     };
-    let dir = results::CheckedDir::create(parent)?;
+    // Only a host's `ExecutionDir/logs` can be the caller's fault (the default is ours).
+    let dir = results::CheckedDir::create(parent).map_err(|e| match e {
+        e if e.is_callers() => MonitorError::InvalidParams {
+            field: "ExecutionDir".into(),
+            message: e.to_string(),
+        },
+        e => MonitorError::Dir(e),
+    })?;
     RawLog::create_in(&dir, name, spec.limits.log)
         .map_err(setup(format!("creating log {}", path.display())))
 }
@@ -538,12 +540,7 @@ fn flush(dir: &ExecDir, results: &results::CheckedDir) {
         .map(|n| (results.path().join(n), results.open_file(n)))
         .chain([
             (dir.result(), File::open(dir.result())),
-            (
-                results.path().to_path_buf(),
-                results
-                    .open_file(".")
-                    .or_else(|_| File::open(results.path())),
-            ),
+            (results.path().to_path_buf(), results.open_file(".")),
             (dir.dir.clone(), File::open(&dir.dir)),
         ]);
     for (path, file) in files {
