@@ -348,3 +348,82 @@ fn nesting_past_path_max_is_walked_to_the_bottom_both_ways() {
         .arg(&out)
         .status();
 }
+
+/// A racer moving a deep directory between two places while the walk climbs back through `..`
+/// (past the directories it keeps open): the walk notices, starts again or reports, ends, and
+/// never touches anything outside the outputs.
+#[test]
+fn a_deep_tree_moved_during_the_walk_ends_the_walk_without_escaping() {
+    if !root() {
+        return;
+    }
+    const JOB: u32 = 4248;
+    const ROUNDS: usize = 60;
+    let base = scratch();
+    let outside = base.path().join("outside");
+    let results = base.path().join("results");
+    let out = results.join("out");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("host-file"), "host").unwrap();
+    // out/a/<60 levels> and out/b/<60 levels>, plus a symlink to the outside at each level of
+    // b's chain: the racer exchanges a's and b's chains at level 2.
+    let name = CString::new("lvl").unwrap();
+    for top in ["a", "b"] {
+        fs::create_dir_all(out.join(top)).unwrap();
+        let mut dir: OwnedFd = fs::File::open(out.join(top)).unwrap().into();
+        for _ in 0..60 {
+            let next = mkdir_open(&dir, &name);
+            let link = CString::new("to-host").unwrap();
+            let target = CString::new(outside.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: symlinkat relative to a directory we hold, NUL-terminated strings.
+            unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), link.as_ptr()) };
+            dir = next;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        let a = fs::File::open(out.join("a/lvl")).unwrap();
+        let b = fs::File::open(out.join("b/lvl")).unwrap();
+        std::thread::spawn(move || {
+            let (x, y) = (c"lvl", c"lvl");
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: renameat2 relative to directories we hold, NUL-terminated names.
+                unsafe {
+                    libc::renameat2(
+                        a.as_raw_fd(),
+                        x.as_ptr(),
+                        b.as_raw_fd(),
+                        y.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+            }
+        })
+    };
+    let mut reported = 0;
+    for _ in 0..ROUNDS {
+        let dir = fs::File::open(&results).unwrap();
+        if hand_over(dir.as_fd(), "out", JOB, JOB, Direction::ToJob).is_err() {
+            reported += 1;
+        }
+        for p in [outside.clone(), outside.join("host-file")] {
+            assert_eq!(fs::symlink_metadata(&p).unwrap().uid(), 0, "{p:?} escaped");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    println!("{reported} of {ROUNDS} walks reported the tree moving under them");
+    // Still: without the racer, everything is the job's, nothing outside.
+    let dir = fs::File::open(&results).unwrap();
+    hand_over(dir.as_fd(), "out", JOB, JOB, Direction::ToJob).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        fs::symlink_metadata(out.join("a/lvl/lvl")).unwrap().uid(),
+        JOB
+    );
+    assert_eq!(fs::metadata(outside.join("host-file")).unwrap().uid(), 0);
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(&out)
+        .status();
+}
