@@ -164,7 +164,7 @@ pub enum DirError {
     NotADirectory { path: PathBuf },
     #[error("{path} belongs to uid {uid}: results and logs are written only into a directory owned by root or by the plugin's own user (uid {me})")]
     NotOurs { path: PathBuf, uid: u32, me: u32 },
-    #[error("{path} is writable by other users (mode {mode:o}) without the sticky bit: give it to the plugin's user with mode 0755 or 0700")]
+    #[error("{path} is writable by other users (mode {mode:o}, or a group not the plugin's) without the sticky bit: give it to the plugin's user with mode 0755 or 0700")]
     Shared { path: PathBuf, mode: u32 },
     #[error("{path} is in use by another execution: each execution needs a results directory of its own")]
     InUse { path: PathBuf },
@@ -178,8 +178,8 @@ impl DirError {
 }
 
 /// A directory results or a log are written into, opened once and checked: not a symlink, owned
-/// by root or by us, and not open to other users' renames (writable by others only with the
-/// sticky bit). Every file in it is made relative to this descriptor, never through a path, so
+/// by root or by us, and not open to other users' renames (writable by others, or by a group
+/// other than ours or root's, only with the sticky bit). Every file in it is made relative to this descriptor, never through a path, so
 /// nothing planted in it (or swapped for one of its parents later) redirects a write.
 #[derive(Debug)]
 pub struct CheckedDir {
@@ -247,7 +247,12 @@ impl CheckedDir {
             });
         }
         let mode = st.st_mode & 0o7777;
-        if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+        // Group-writable is fine for our own group or root's (a umask of 002 with a group per
+        // user makes every directory so).
+        // SAFETY: getegid cannot fail.
+        let our_group = st.st_gid == 0 || st.st_gid == unsafe { libc::getegid() };
+        let others_write = mode & 0o002 != 0 || (mode & 0o020 != 0 && !our_group);
+        if others_write && mode & libc::S_ISVTX == 0 {
             return Err(DirError::Shared {
                 path: path.to_path_buf(),
                 mode,
@@ -520,6 +525,26 @@ mod tests {
             checked.open_file("exitCode").is_err(),
             "never read through a link"
         );
+    }
+
+    #[test]
+    fn directories_open_to_other_users_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let set = |mode| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        // Our own group (the tempdir's) may write: a umask of 002.
+        for ok in [0o700, 0o755, 0o775, 0o1777] {
+            set(ok);
+            assert!(CheckedDir::open(dir.path()).is_ok(), "{ok:o}");
+        }
+        set(0o777);
+        assert!(matches!(
+            CheckedDir::open(dir.path()),
+            Err(DirError::Shared { .. })
+        ));
+        set(0o700);
     }
 
     #[test]
