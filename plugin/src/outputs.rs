@@ -93,7 +93,10 @@ pub fn hand_over(
         return walk.result(name);
     };
     for _ in 0..PASSES {
+        // A pass that ends has seen the whole tree: what an abandoned one found is moot.
         walk.done = HandOver::default();
+        walk.failed = 0;
+        walk.first = None;
         match walk.run(results, &cname) {
             Ok(()) => return walk.result(name),
             Err(Moved) => continue,
