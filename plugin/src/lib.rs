@@ -5,6 +5,7 @@ pub mod logstore;
 pub mod memo;
 pub mod monitor;
 pub mod outlet;
+pub mod outputs;
 pub mod registry;
 pub mod results;
 pub mod rpc;

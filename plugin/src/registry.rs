@@ -1505,13 +1505,29 @@ fn hand_outputs_back(dir: &ExecDir) {
     {
         return;
     }
+    let Some(job_uid) = spec.sandbox.run_as.as_ref().map(|u| u.uid) else {
+        return;
+    };
+    // Through the checked directory and a descriptor walk (see `outputs`); and not while
+    // another execution holds the directory (the lock is the dead monitor's no more).
+    let results = match crate::results::CheckedDir::open(&spec.results_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("handing outputs back: {e}");
+            return;
+        }
+    };
+    if let Err(e) = results.lock() {
+        tracing::warn!("handing outputs back: {e}");
+        return;
+    }
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
     for name in &spec.output_names {
-        let out = spec.results_dir.join(name);
-        match user::chown_tree(&out, uid.as_raw(), gid.as_raw()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("handing {} back: {e}", out.display()),
+        let direction = crate::outputs::Direction::ToHost { job_uid };
+        if let Err(e) =
+            crate::outputs::hand_over(results.as_fd(), name, uid.as_raw(), gid.as_raw(), direction)
+        {
+            tracing::warn!("handing {} back: {e}", spec.results_dir.display());
         }
     }
 }

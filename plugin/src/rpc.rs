@@ -214,6 +214,13 @@ fn spec_input(
             stdout_return: limits.max_stdout_return_length.bytes(),
             stderr_file: limits.max_stderr_file_length.bytes(),
             stderr_return: limits.max_stderr_return_length.bytes(),
+            log: Limits::log_limit(
+                limits.max_stdout_file_length.bytes(),
+                limits.max_stderr_file_length.bytes(),
+                config
+                    .max_log_length
+                    .unwrap_or(crate::state::DEFAULT_LOG_LIMIT),
+            ),
         },
         timeout_secs: req.execution_timeout.filter(|t| *t > 0.0),
         resources: req.resources.clone().unwrap_or_default(),

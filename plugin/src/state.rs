@@ -216,6 +216,31 @@ pub struct Limits {
     pub stdout_return: u64,
     pub stderr_file: u64,
     pub stderr_return: u64,
+    /// Bytes the execution's log file holds before its "output dropped" marker (see
+    /// [`crate::logstore::LogWriter`]). Absent in older records: the default.
+    #[serde(default = "default_log_limit")]
+    pub log: u64,
+}
+
+/// `maxLogLength` when the plugin's config sets none.
+pub const DEFAULT_LOG_LIMIT: u64 = 256 << 20;
+/// A log takes at least this much, however small the results files' limits: small outputs stay
+/// followable in full (and a zero file limit still leaves the log).
+pub const LOG_LIMIT_FLOOR: u64 = 16 << 20;
+
+fn default_log_limit() -> u64 {
+    DEFAULT_LOG_LIMIT
+}
+
+impl Limits {
+    /// The log's limit for these results limits under the configured `max`: what the results
+    /// files may keep (but at least [`LOG_LIMIT_FLOOR`]), never more than `max`.
+    pub fn log_limit(stdout_file: u64, stderr_file: u64, max: u64) -> u64 {
+        stdout_file
+            .saturating_add(stderr_file)
+            .max(LOG_LIMIT_FLOOR)
+            .min(max)
+    }
 }
 
 impl Default for Limits {
@@ -226,6 +251,7 @@ impl Default for Limits {
             stdout_return: 2048,
             stderr_file: 1 << 30,
             stderr_return: 2048,
+            log: DEFAULT_LOG_LIMIT,
         }
     }
 }

@@ -64,3 +64,29 @@ fn large_write_is_split_into_capped_frames() {
     }
     assert_eq!(got, data);
 }
+
+#[test]
+fn a_bounded_log_stops_with_one_marker_and_counts_the_rest() {
+    use executor_plugin::logstore::LogStop;
+    use executor_plugin::results::CheckedDir;
+    let dir = tempfile::tempdir().unwrap();
+    let checked = CheckedDir::open(dir.path()).unwrap();
+    // Room for one 100-byte frame (39 bytes of header and timestamp each) and part of another.
+    let mut w = LogWriter::create_in(&checked, "raw_container_logs", 200).unwrap();
+    let data = [b'x'; 100];
+    for _ in 0..5 {
+        w.write(Stream::Stdout, &data).unwrap();
+    }
+    w.end().unwrap();
+    assert_eq!(w.stopped(), Some((LogStop::Limit(200), 500 - 100 - 22)));
+    let bytes = std::fs::read(dir.path().join("raw_container_logs")).unwrap();
+    let mut at = check_frame(&bytes, 1, &data);
+    at += check_frame(&bytes[at..], 1, &data[..22]);
+    assert_eq!(at, 200, "the frames fill the bound exactly");
+    let size = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    let marker = String::from_utf8_lossy(&bytes[at + 39..at + 8 + size]).into_owned();
+    assert_eq!(bytes[at], 2, "the marker is on stderr");
+    assert!(marker.contains("limit of 200 bytes"), "{marker}");
+    at += 8 + size;
+    assert_eq!(&bytes[at..], &[4, 0, 0, 0, 0, 0, 0, 0]);
+}

@@ -146,6 +146,7 @@ async fn limits_truncation_and_invalid_utf8() {
         stdout_return: 11,
         stderr_file: 0,
         stderr_return: 0,
+        ..Limits::default()
     };
     let results = s.results_dir.clone();
     let r = run(&reg, s).await;

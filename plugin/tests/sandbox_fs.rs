@@ -6,11 +6,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use executor_plugin::outputs::{hand_over, Direction};
 use executor_plugin::sandbox::mounts::{
     self, Bind, FsError, FsPlan, FsSpec, RootTemplate, SourceError,
 };
 use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
-use executor_plugin::sandbox::user::{chown_tree, UserError, UserPlan};
+use executor_plugin::sandbox::user::{UserError, UserPlan};
 
 fn skip_unless_supported(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
@@ -662,6 +663,16 @@ fn chown_tree_does_not_follow_symlinks() {
         4244
     );
     assert_eq!(fs::metadata(dir.path()).unwrap().uid(), 4244);
+}
+
+/// Give `path` and everything below it to `uid:gid`, as the monitor gives a job its outputs.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let parent = fs::File::open(path.parent().unwrap())?;
+    let name = path.file_name().unwrap().to_str().unwrap();
+    hand_over(parent.as_fd(), name, uid, gid, Direction::ToJob)
+        .map(|_| ())
+        .map_err(std::io::Error::other)
 }
 
 /// Unmounts on drop, so a failing assertion leaves nothing mounted on the host.

@@ -469,3 +469,112 @@ fn an_environment_of_ten_thousand_variables() {
     );
     alive_and_answering(&mut env);
 }
+
+/// A results directory (and a log directory) made beforehand with the result files planted as
+/// symlinks to a host file (issue 12, item 3): the host file is untouched and the results are
+/// written as new files in their place.
+#[test]
+fn planted_symlinks_in_the_results_and_log_dirs_never_redirect_a_write() {
+    let mut env = Env::new();
+    let victim = env.work.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let exec_dir = env.work.path().join("planted-exec");
+    let results = exec_dir.join("results");
+    let logs = exec_dir.join("logs");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::create_dir_all(&logs).unwrap();
+    for name in ["stdout", "stderr", "exitCode"] {
+        std::os::unix::fs::symlink(&victim, results.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, logs.join("raw_container_logs")).unwrap();
+    let req = json!({
+        "JobID": "j", "ExecutionID": "planted", "ExecutionDir": exec_dir,
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", "echo out; echo err >&2; exit 3"]}},
+    });
+    let msg = env.call("executor_run", json!([req]));
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious",
+        "the host file was written through a planted symlink: {msg}"
+    );
+    let r = msg["result"].clone();
+    assert_eq!(
+        (&r["ExitCode"], &r["Stdout"]),
+        (&json!(3), &json!("out\n")),
+        "{msg}"
+    );
+    for (name, want) in [("stdout", "out\n"), ("stderr", "err\n"), ("exitCode", "3")] {
+        let meta = std::fs::symlink_metadata(results.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a file of its own");
+        assert_eq!(std::fs::read_to_string(results.join(name)).unwrap(), want);
+    }
+    let log = std::fs::symlink_metadata(logs.join("raw_container_logs")).unwrap();
+    assert!(
+        log.file_type().is_file() && log.len() > 0,
+        "the log is a file of its own"
+    );
+    alive_and_answering(&mut env);
+}
+
+/// A results directory that another user made (and could fill with links) is refused before
+/// anything is written in it.
+#[test]
+fn a_results_dir_of_another_user_is_refused() {
+    if !executor_tests::harness::is_root() {
+        println!("skipped: giving a directory to another user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new();
+    let victim = env.work.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let results = env.work.path().join("foreign");
+    std::fs::create_dir_all(&results).unwrap();
+    std::os::unix::fs::symlink(&victim, results.join("stdout")).unwrap();
+    std::os::unix::fs::lchown(&results, Some(65534), Some(65534)).unwrap();
+    let mut req = env.request("foreign", "echo out", json!({"ResultsDir": results}));
+    req["Outputs"] = json!([]);
+    let msg = env.call("executor_run", json!([req]));
+    assert_invalid_params(&msg, "ResultsDir", "a results dir of uid 65534");
+    assert!(msg.to_string().contains("65534"), "names the owner: {msg}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    // Ours, but open to everyone's renames: refused too; with the sticky bit (as /tmp): used.
+    std::os::unix::fs::lchown(&results, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut req = env.request("shared", "echo out", json!({"ResultsDir": results}));
+    req["Outputs"] = json!([]);
+    let msg = env.call("executor_run", json!([req]));
+    assert_invalid_params(&msg, "ResultsDir", "a world-writable results dir");
+    std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut req = env.request("sticky", "echo out", json!({"ResultsDir": results}));
+    req["Outputs"] = json!([]);
+    let msg = env.call("executor_run", json!([req]));
+    assert_eq!(msg["result"]["Stdout"], "out\n", "{msg}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    alive_and_answering(&mut env);
+}
+
+/// Two executions never share a results directory: the second is refused while the first runs.
+#[test]
+fn a_results_dir_in_use_by_another_execution_is_refused() {
+    let mut env = Env::new();
+    env.start("inuse-first", "sleep 30", json!({}));
+    let shared = env.results("inuse-first");
+    let mut req = env.request("inuse-second", "echo out", json!({"ResultsDir": shared}));
+    req["Outputs"] = json!([]);
+    let msg = env.call("executor_start", json!([req]));
+    assert_invalid_params(&msg, "ResultsDir", "a results dir in use");
+    assert!(msg.to_string().contains("in use"), "{msg}");
+    let msg = env.call("executor_cancel", json!(["inuse-first"]));
+    assert!(msg.get("error").is_none(), "{msg}");
+    env.wait("inuse-first");
+    // Free again once the first has ended.
+    let r = env.run(
+        "inuse-third",
+        "echo out",
+        json!({"ResultsDir": shared, "Outputs": []}),
+    );
+    assert_eq!(r["Stdout"], "out\n");
+    alive_and_answering(&mut env);
+}

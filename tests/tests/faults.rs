@@ -1146,3 +1146,126 @@ fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
         assert!(text.contains("symbolic link"), "{exec}: {text}");
     }
 }
+
+/// An `Env` whose plugin was initialized with `config` on top of its state root.
+fn env_with_config(config: Value) -> Env {
+    let mut env = Env::new();
+    let _ = env.plugin.child.kill();
+    let _ = env.plugin.child.wait();
+    let mut plugin = executor_tests::RawPlugin::spawn();
+    let mut full = json!({"stateDir": env.state.path()});
+    for (k, v) in config.as_object().cloned().unwrap_or_default() {
+        full[k] = v;
+    }
+    let msg = plugin.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": full}),
+    );
+    assert!(msg.get("result").is_some(), "initialize: {msg}");
+    env.plugin = plugin;
+    env
+}
+
+/// The frames of a raw log file: (stream byte, data).
+fn frames(log: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= log.len() {
+        let size = u32::from_be_bytes(log[at + 4..at + 8].try_into().unwrap()) as usize;
+        let body = &log[at + 8..(at + 8 + size).min(log.len())];
+        // Data follows the 30-byte timestamp and a space.
+        out.push((log[at], body.get(31..).unwrap_or_default().to_vec()));
+        at += 8 + size;
+    }
+    out
+}
+
+/// A job that writes far more than the log may hold (issue 12, item 5): it runs to its end, its
+/// results file keeps its own limit, the log stops at its bound plus one marker frame, and the
+/// result says how much was left out.
+#[test]
+fn a_log_flood_stops_at_the_log_limit_and_the_job_runs_on() {
+    let _serial = serial();
+    const BOUND: u64 = 1 << 20;
+    let mut env = env_with_config(json!({"maxLogLength": BOUND}));
+    let r = env.run(
+        "logflood",
+        "head -c 64000000 /dev/zero; echo done >&2",
+        json!({"OutputLimits": {"MaxStdoutFileLength": 1000000}}),
+    );
+    assert_eq!(r["ExitCode"], 0, "{r}");
+    assert_eq!(env.file("logflood", "stdout").len(), 1_000_000);
+    assert_eq!(env.file("logflood", "stderr"), b"done\n");
+    let log = std::fs::read(env.exec_dir("logflood").join("raw_container_logs")).unwrap();
+    let all = frames(&log);
+    let (last_stream, marker) = all[all.len() - 2].clone();
+    println!(
+        "log flood: {} bytes of log in {} frames for 64 MB of output; marker {:?}",
+        log.len(),
+        all.len(),
+        String::from_utf8_lossy(&marker)
+    );
+    // The bound, the marker frame and the END frame.
+    assert!(
+        log.len() as u64 <= BOUND + 8 + 31 + marker.len() as u64 + 8,
+        "the log grew to {} bytes past its bound of {BOUND}",
+        log.len()
+    );
+    assert_eq!(last_stream, 2);
+    assert!(
+        String::from_utf8_lossy(&marker).contains("reached its limit"),
+        "{marker:?}"
+    );
+    assert_eq!(all.last().unwrap().0, 4, "the log ends with END");
+    let rec: Value = serde_json::from_slice(
+        &std::fs::read(env.exec_dir("logflood").join("result.json")).unwrap(),
+    )
+    .unwrap();
+    let note = rec["notes"]["logDropped"].as_str().unwrap_or_default();
+    assert!(note.contains("not logged"), "the result says so: {rec}");
+    // Followers see the same: the stream ends normally.
+    let sub = subscribe(&mut env, json!({"ExecutionID": "logflood"}));
+    let out = drain_stdout(&mut env, &sub, Duration::from_secs(30));
+    assert!(out.len() as u64 <= BOUND && !out.is_empty());
+    assert_no_monitors(&env);
+}
+
+/// A job writing one byte per write(2) (issue 12, item 5): the log gathers them, so it does not
+/// grow by a frame (39 bytes) per byte, and it still carries every byte in order.
+#[test]
+fn one_byte_writes_are_gathered_into_few_frames() {
+    let _serial = serial();
+    let mut env = Env::new();
+    const N: usize = 50_000;
+    let t = Instant::now();
+    let r = env.run(
+        "bytewise",
+        &format!("head -c {N} /dev/urandom | od -An -v -tx1 | tr -d ' \\n' | head -c {N} | dd bs=1 status=none"),
+        json!({}),
+    );
+    let elapsed = t.elapsed();
+    assert_eq!(r["ExitCode"], 0, "{r}");
+    let log = std::fs::read(env.exec_dir("bytewise").join("raw_container_logs")).unwrap();
+    let data: Vec<(u8, Vec<u8>)> = frames(&log).into_iter().filter(|f| f.0 == 1).collect();
+    let bytes: Vec<u8> = data.iter().flat_map(|f| f.1.clone()).collect();
+    println!(
+        "{N} one-byte writes: {} frames, a log of {} bytes, in {elapsed:?}",
+        data.len(),
+        log.len()
+    );
+    assert_eq!(
+        bytes,
+        env.file("bytewise", "stdout"),
+        "the log is byte-exact"
+    );
+    assert_eq!(bytes.len(), N);
+    // At most one frame per gathering interval (10 ms) since the job started, and the first.
+    let most = 1 + elapsed.as_millis() as usize / 10;
+    assert!(
+        data.len() <= most,
+        "{} frames for {N} one-byte writes in {elapsed:?} (at most {most})",
+        data.len()
+    );
+    assert_no_monitors(&env);
+}

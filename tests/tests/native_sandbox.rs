@@ -787,3 +787,46 @@ fn default_memory_caps_a_job_without_memory_and_a_requested_limit_wins() {
     p.call(3, "shutdown", json!([]));
     p.wait_exit(Duration::from_secs(10));
 }
+
+/// What a job leaves in its outputs is handed back to root without what a host must not get
+/// (issue 12, items 4 and 6): its FIFOs are dropped (a host reading one would block), setuid and
+/// setgid bits are cleared, symlinks stay symlinks (owned by root, never followed).
+#[test]
+fn outputs_come_back_without_fifos_or_special_bits() {
+    let Some(mut env) = isolated_env("outputs_come_back_without_fifos_or_special_bits") else {
+        return;
+    };
+    let exec = "handback-fifo";
+    let scratch = env.scratch(exec);
+    let shadow = std::fs::metadata("/etc/shadow").ok();
+    let script = r#"S="$1"; mkfifo "$S/fifo" && echo x > "$S/suid" && chmod 4755 "$S/suid" \
+        && mkdir "$S/sgid" && chmod 2775 "$S/sgid" && mkfifo "$S/sgid/fifo" \
+        && ln -s /etc/shadow "$S/shadow" && id -u"#;
+    let mut req = env.request(exec, script, json!({}));
+    req["EngineParams"]["Params"]["Parameters"] = json!(["job", scratch]);
+    let msg = env.call("executor_run", json!([req]));
+    let r = &msg["result"];
+    assert_eq!(r["ExitCode"], 0, "{msg}");
+    let job_uid: u32 = r["Stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert_ne!(job_uid, 0);
+    assert!(!scratch.join("fifo").exists() && !scratch.join("sgid/fifo").exists());
+    assert!(
+        std::fs::symlink_metadata(scratch.join("fifo")).is_err(),
+        "FIFO dropped"
+    );
+    assert!(std::fs::symlink_metadata(scratch.join("sgid/fifo")).is_err());
+    let meta = |p: &str| std::fs::symlink_metadata(scratch.join(p)).unwrap();
+    assert_eq!(meta("suid").mode() & 0o7777, 0o755);
+    assert_eq!(meta("sgid").mode() & 0o7777, 0o775);
+    assert!(meta("shadow").file_type().is_symlink());
+    for p in ["suid", "sgid", "shadow", "."] {
+        assert_eq!(
+            (meta(p).uid(), meta(p).gid()),
+            (0, 0),
+            "{p} is root's again"
+        );
+    }
+    if let (Some(before), Ok(after)) = (shadow, std::fs::metadata("/etc/shadow")) {
+        assert_eq!((before.uid(), before.mode()), (after.uid(), after.mode()));
+    }
+}

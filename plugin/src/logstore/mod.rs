@@ -11,4 +11,4 @@ pub mod writer;
 pub use follow::{follow, FollowOptions};
 pub use format::{stdcopy_frame, Stream};
 pub use reader::{decode, FrameError, LogFrame, LogItem, LogReader};
-pub use writer::{append_end_frame, LogWriter};
+pub use writer::{append_end_frame, LogStop, LogWriter};

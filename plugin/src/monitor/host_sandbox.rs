@@ -10,6 +10,8 @@
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
 
+use crate::outputs::{self, Direction};
+use crate::results::CheckedDir;
 use crate::sandbox::cgroup::{
     self, AheadDirs, CgroupConfig, CgroupError, CgroupLimits, CgroupManager, CgroupRecord,
     JobCgroup, Mode,
@@ -19,7 +21,6 @@ use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
 use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
-use crate::sandbox::user::chown_tree;
 use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
@@ -35,7 +36,10 @@ pub struct HostSandbox {
     /// The job's root directory, removed at cleanup.
     /// The job's own uid, held while anything of the job may run, and the outputs given to it
     /// (handed back to root at cleanup, so a later job given the same uid cannot alter them).
-    own_uid: Option<(UidLease, Vec<PathBuf>)>,
+    own_uid: Option<(UidLease, HandBack)>,
+    /// Outputs of a job without a uid of its own: swept in place at the end (see
+    /// [`Direction::InPlace`]).
+    sweep: Option<HandBack>,
     /// What was made before the request came.
     ahead: Ahead,
     /// The template the job's root was built on: its namespace lives until cleanup, so its
@@ -302,20 +306,46 @@ fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
 }
 
 /// `results/` and `results/<Name>` for every output, before the job's root is planned (the
-/// outputs are bind sources) and before they are given to the job's user.
-fn create_outputs(spec: &MonitorSpec) -> Result<(), SandboxError> {
-    let fail =
-        |p: &Path, e: io::Error| SandboxError::Setup(format!("creating {}: {e}", p.display()));
-    std::fs::create_dir_all(&spec.results_dir).map_err(|e| fail(&spec.results_dir, e))?;
+/// outputs are bind sources) and before they are given to the job's user. The directory comes
+/// back open and checked (see [`CheckedDir`]); the monitor holds its own, locked, copy.
+fn create_outputs(spec: &MonitorSpec) -> Result<CheckedDir, SandboxError> {
+    let results =
+        CheckedDir::create(&spec.results_dir).map_err(|e| SandboxError::Setup(e.to_string()))?;
     for name in &spec.output_names {
-        let p = spec.results_dir.join(name);
-        match std::fs::create_dir(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
-            Err(e) => return Err(fail(&p, e)),
+        results.make_subdir(name).map_err(|e| {
+            SandboxError::Setup(format!(
+                "creating {}: {e}",
+                spec.results_dir.join(name).display()
+            ))
+        })?;
+    }
+    Ok(results)
+}
+
+/// What a per-execution uid's outputs need to be handed back: where they are, and whose.
+#[derive(Debug)]
+struct HandBack {
+    results: PathBuf,
+    names: Vec<String>,
+    job_uid: u32,
+}
+
+/// Give every output of `results` (by its descriptor, see [`outputs::hand_over`]) over; the
+/// walk of each goes to its end, and the first failure is returned.
+fn hand_over_all(
+    results: &CheckedDir,
+    names: &[String],
+    uid: u32,
+    gid: u32,
+    direction: Direction,
+) -> Result<(), outputs::HandOverError> {
+    let mut first = None;
+    for name in names {
+        if let Err(e) = outputs::hand_over(results.as_fd(), name, uid, gid, direction) {
+            first.get_or_insert(e);
         }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 impl JobSandbox for HostSandbox {
@@ -413,33 +443,48 @@ impl JobSandbox for HostSandbox {
             ));
         }
         // The job writes its outputs as its own user. The results directory itself stays the
-        // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
-        // directory could plant a symlink in its place.
-        if s.filesystem.is_some() || s.run_as.is_some() {
-            create_outputs(spec)?;
-        }
-        if let Some(user) = &s.run_as {
+        // monitor's: a job that owned it could swap its outputs for symlinks between the
+        // hand-back walks (the files in it are made by descriptor, so they are safe anyway).
+        let results = if s.filesystem.is_some() || s.run_as.is_some() {
+            Some(create_outputs(spec)?)
+        } else {
+            None
+        };
+        if let Some(user) = s.run_as.as_ref().filter(|_| results.is_some()) {
             if let Some(path) = &user.uid_lock {
                 let lease = UidLease::hold(user.uid, path).map_err(|e| {
                     SandboxError::Setup(format!("holding the job's uid {}: {e}", user.uid))
                 })?;
-                let outputs = spec
-                    .output_names
-                    .iter()
-                    .map(|n| spec.results_dir.join(n))
-                    .collect();
-                self.own_uid = Some((lease, outputs));
+                let back = HandBack {
+                    results: spec.results_dir.clone(),
+                    names: spec.output_names.clone(),
+                    job_uid: user.uid,
+                };
+                self.own_uid = Some((lease, back));
             }
-            for name in &spec.output_names {
-                let dir = spec.results_dir.join(name);
-                chown_tree(&dir, user.uid, user.gid).map_err(|e| {
-                    SandboxError::Setup(format!(
-                        "giving the output {} to {}: {e}",
-                        dir.display(),
-                        user.describe()
-                    ))
-                })?;
-            }
+        }
+        if self.own_uid.is_none() && !spec.output_names.is_empty() {
+            self.sweep = Some(HandBack {
+                results: spec.results_dir.clone(),
+                names: spec.output_names.clone(),
+                job_uid: 0,
+            });
+        }
+        if let (Some(user), Some(results)) = (&s.run_as, &results) {
+            hand_over_all(
+                results,
+                &spec.output_names,
+                user.uid,
+                user.gid,
+                Direction::ToJob,
+            )
+            .map_err(|e| {
+                SandboxError::Setup(format!(
+                    "giving the outputs in {} to {}: {e}",
+                    spec.results_dir.display(),
+                    user.describe()
+                ))
+            })?;
         }
         if let Some(fs) = &s.filesystem {
             let devices = s.gpu.as_ref().map(|g| g.nodes.clone()).unwrap_or_default();
@@ -550,16 +595,31 @@ impl JobSandbox for HostSandbox {
     }
 
     fn reclaim_outputs(&mut self) {
-        let Some((_, outputs)) = self.own_uid.as_mut() else {
+        let (back, direction) = match (self.own_uid.as_mut(), self.sweep.as_mut()) {
+            (Some((_, back)), _) => {
+                let job_uid = back.job_uid;
+                (back, Direction::ToHost { job_uid })
+            }
+            (None, Some(back)) => (back, Direction::InPlace),
+            (None, None) => return,
+        };
+        let names = std::mem::take(&mut back.names);
+        if names.is_empty() {
             return;
+        }
+        let results = match CheckedDir::open(&back.results) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("monitor: handing the outputs back: {e}");
+                return;
+            }
         };
         let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-        for dir in std::mem::take(outputs) {
-            match chown_tree(&dir, uid.as_raw(), gid.as_raw()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => eprintln!("monitor: handing {} back: {e}", dir.display()),
-            }
+        if let Err(e) = hand_over_all(&results, &names, uid.as_raw(), gid.as_raw(), direction) {
+            eprintln!(
+                "monitor: handing the outputs in {} back: {e}",
+                back.results.display()
+            );
         }
     }
 }

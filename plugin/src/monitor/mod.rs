@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use executor_schema::RunCommandResult;
@@ -84,19 +84,50 @@ pub trait JobLog {
     fn end(&mut self);
     /// The first error writing the log, if any.
     fn error(&self) -> Option<String>;
+    /// When output held back to be gathered into one frame must be written.
+    fn flush_at(&self) -> Option<Instant> {
+        None
+    }
+    /// Write what is held back if its time (`flush_at`) has come.
+    fn flush_due(&mut self, _now: Instant) {}
+    /// Why the log left output out, if it did.
+    fn dropped(&self) -> Option<String> {
+        None
+    }
 }
 
-/// Writes the log in the `raw_container_logs` format.
+/// How long after a frame the next one waits to gather small writes. The first write after a
+/// quiet spell goes out at once, so a job that prints now and then is followed without delay;
+/// a job writing a byte at a time makes a frame per this interval, not one per write.
+pub const COALESCE: Duration = Duration::from_millis(10);
+/// Held-back output goes out when it reaches this, whatever the time.
+const COALESCE_MAX: usize = 256 * 1024;
+
+/// Writes the log in the `raw_container_logs` format, gathering small writes into frames.
 pub struct RawLog {
     writer: Option<crate::logstore::LogWriter>,
     error: Option<String>,
+    /// Output held back for the next frame: all of one stream, so frames keep the order in
+    /// which the two streams were read.
+    pending: Vec<u8>,
+    pending_stream: usize,
+    /// When the first held-back byte was read (the frame's timestamp).
+    pending_ts: [u8; crate::logstore::timestamp::TIMESTAMP_LEN],
+    last_frame: Option<Instant>,
 }
 
 impl RawLog {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    /// A new log `name` in `dir`, holding at most `limit` bytes (see [`LogWriter::create_in`]).
+    ///
+    /// [`LogWriter::create_in`]: crate::logstore::LogWriter::create_in
+    pub fn create_in(dir: &results::CheckedDir, name: &str, limit: u64) -> io::Result<Self> {
         Ok(RawLog {
-            writer: Some(crate::logstore::LogWriter::create(path)?),
+            writer: Some(crate::logstore::LogWriter::create_in(dir, name, limit)?),
             error: None,
+            pending: Vec::new(),
+            pending_stream: 0,
+            pending_ts: [0; crate::logstore::timestamp::TIMESTAMP_LEN],
+            last_frame: None,
         })
     }
 
@@ -105,22 +136,64 @@ impl RawLog {
         self.error.get_or_insert_with(|| e.to_string());
         self.writer = None;
     }
-}
 
-impl JobLog for RawLog {
-    fn write(&mut self, stream: usize, data: &[u8]) {
+    fn frame(
+        &mut self,
+        stream: usize,
+        ts: Option<&[u8; crate::logstore::timestamp::TIMESTAMP_LEN]>,
+        data: &[u8],
+    ) {
         let s = if stream == 0 {
             crate::logstore::Stream::Stdout
         } else {
             crate::logstore::Stream::Stderr
         };
+        self.last_frame = Some(Instant::now());
         if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.write(s, data) {
+            let written = match ts {
+                Some(ts) => w.write_stamped(s, ts, data),
+                None => w.write(s, data),
+            };
+            if let Err(e) = written {
                 self.fail(e);
             }
         }
     }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut self.pending);
+        let ts = self.pending_ts;
+        self.frame(self.pending_stream, Some(&ts), &data);
+        // Keep the buffer's allocation for the next batch.
+        self.pending = data;
+        self.pending.clear();
+    }
+}
+
+impl JobLog for RawLog {
+    fn write(&mut self, stream: usize, data: &[u8]) {
+        if !self.pending.is_empty() && self.pending_stream != stream {
+            self.flush();
+        }
+        let now = Instant::now();
+        if self.pending.is_empty() {
+            if self.last_frame.is_none_or(|t| now >= t + COALESCE) {
+                self.frame(stream, None, data);
+                return;
+            }
+            self.pending_stream = stream;
+            crate::logstore::timestamp::now(&mut self.pending_ts);
+        }
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= COALESCE_MAX {
+            self.flush();
+        }
+    }
     fn end(&mut self) {
+        self.flush();
         if let Some(w) = self.writer.as_mut() {
             if let Err(e) = w.end() {
                 self.fail(e);
@@ -129,6 +202,32 @@ impl JobLog for RawLog {
     }
     fn error(&self) -> Option<String> {
         self.error.clone()
+    }
+    fn flush_at(&self) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(self.last_frame.map_or_else(Instant::now, |t| t + COALESCE))
+    }
+    fn flush_due(&mut self, now: Instant) {
+        if self.flush_at().is_some_and(|at| now >= at) {
+            self.flush();
+        }
+    }
+    fn dropped(&self) -> Option<String> {
+        let (why, bytes) = self.writer.as_ref()?.stopped()?;
+        Some(match why {
+            crate::logstore::LogStop::Limit(n) => {
+                format!(
+                    "{bytes} bytes of output not logged: the log reached its limit of {n} bytes"
+                )
+            }
+            crate::logstore::LogStop::DiskLow => {
+                format!(
+                    "{bytes} bytes of output not logged: the disk holding the log is nearly full"
+                )
+            }
+        })
     }
 }
 
@@ -148,6 +247,9 @@ pub enum MonitorError {
     InvalidParams { field: String, message: String },
     #[error("{0}")]
     Sandbox(String),
+    /// The results directory (or the log's) cannot be written into safely.
+    #[error(transparent)]
+    Dir(#[from] results::DirError),
 }
 
 impl MonitorError {
@@ -158,6 +260,11 @@ impl MonitorError {
                 error: message.clone(),
                 code: Some("InvalidParams".into()),
                 field: Some(field.clone()),
+            },
+            MonitorError::Dir(e) if e.is_callers() => MonitorReport::Failed {
+                error: e.to_string(),
+                code: Some("InvalidParams".into()),
+                field: Some("ResultsDir".into()),
             },
             _ => MonitorReport::Failed {
                 error: self.to_string(),
@@ -322,15 +429,27 @@ pub fn run(
     // long for a monitor that holds the start lock to record itself.
     state::write_json_replace(&dir.monitor(), &mon)?;
     crate::timing::mark("m.request_read");
-    let prepared = sandbox
-        .prepare(&spec)
-        .map_err(MonitorError::from)
-        .and_then(|()| {
-            mon.cgroup = sandbox.cgroup_record();
-            Ok(state::write_json_replace(&dir.monitor(), &mon)?)
-        });
+    // Held (and locked) until the result is written, past the outputs' hand-back: every
+    // results file is made relative to it, and no other execution uses the directory meanwhile.
+    let mut held = None;
+    let prepared = match open_results(&spec) {
+        Err(e) => Err(e),
+        Ok(r) => {
+            let r = &*held.insert(r);
+            match sandbox.prepare(&spec) {
+                Err(e) => Err(MonitorError::from(e)),
+                Ok(()) => {
+                    mon.cgroup = sandbox.cgroup_record();
+                    state::write_json_replace(&dir.monitor(), &mon)
+                        .map(|()| r)
+                        .map_err(MonitorError::from)
+                }
+            }
+        }
+    };
     crate::timing::mark("m.prepared");
-    let setup_done = prepared.and_then(|()| supervise_job(dir, &spec, &mut mon, sandbox, reporter));
+    let setup_done = prepared
+        .and_then(|r| supervise_job(dir, &spec, r, &mut mon, sandbox, reporter).map(|s| (r, s)));
     // The OOM counter lives in the cgroup: read before cleanup removes it.
     crate::timing::mark("m.supervised");
     let oom_killed = sandbox.oom_killed();
@@ -342,14 +461,17 @@ pub fn run(
     // result reported. Outputs are root's again before anyone is told they are there. The rest
     // of the cleanup (removing the cgroup, releasing the uid) waits until the result is
     // reported: none of it can change the result, and the job's uid stays held until it is done.
-    if !matches!(&setup_done, Ok((_, _, Ok(_)))) {
+    if !matches!(&setup_done, Ok((_, (_, _, Ok(_))))) {
         sandbox.kill_all();
     }
     sandbox.reclaim_outputs();
-    let reported = setup_done.and_then(|(sinks, mut log, outcome)| {
-        finish(dir, &spec, sinks, &mut log, outcome, oom_killed, usage)
+    let reported = setup_done.and_then(|(r, (sinks, mut log, outcome))| {
+        finish(dir, r, sinks, &mut log, outcome, oom_killed, usage).map(|rec| (r, rec))
     });
-    if let Ok(record) = &reported {
+    if let Ok((results, record)) = &reported {
+        // Before the report: a host that starts the next execution on this directory as soon
+        // as it has this one's result must find it free.
+        results.unlock();
         reporter.finished(record);
         if std::env::var_os(SELFTEST_DIE_AFTER_REPORT).is_some() {
             // Self-test: killed between the report and the cleanup.
@@ -359,10 +481,47 @@ pub fn run(
     }
     crate::timing::mark("m.reported");
     sandbox.cleanup();
-    reported?;
+    let (results, _) = reported?;
     crate::timing::mark("m.flushed");
-    flush(dir, &spec);
+    flush(dir, results);
     Ok(())
+}
+
+/// The log, made afresh in its directory (created unless it exists, and checked like the
+/// results directory: the log may go into a host's `ExecutionDir/logs`).
+fn open_log(spec: &MonitorSpec) -> Result<RawLog, MonitorError> {
+    let path = &spec.log_path;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return Err(MonitorError::Setup {
+            what: format!("creating log {}", path.display()),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    };
+    // Only a host's `ExecutionDir/logs` can be the caller's fault (the default is ours).
+    let dir = results::CheckedDir::create(parent).map_err(|e| match e {
+        e if e.is_callers() => MonitorError::InvalidParams {
+            field: "ExecutionDir".into(),
+            message: e.to_string(),
+        },
+        e => MonitorError::Dir(e),
+    })?;
+    RawLog::create_in(&dir, name, spec.limits.log)
+        .map_err(setup(format!("creating log {}", path.display())))
+}
+
+/// The results directory, created unless it exists, checked ([`results::CheckedDir`]) and
+/// locked for this execution, with `results/<Name>` for every output.
+fn open_results(spec: &MonitorSpec) -> Result<results::CheckedDir, MonitorError> {
+    let results = results::CheckedDir::create(&spec.results_dir)?;
+    results.lock()?;
+    for name in &spec.output_names {
+        results.make_subdir(name).map_err(setup(format!(
+            "creating output {}",
+            spec.results_dir.join(name).display()
+        )))?;
+    }
+    Ok(results)
 }
 
 /// Make the result durable: the results files, `result.json` and the directories holding them.
@@ -370,15 +529,22 @@ pub fn run(
 /// meanwhile still finds everything (the page cache has it); only a power loss within these
 /// milliseconds could lose a result that was already reported, as it would lose the job itself.
 /// A failure here can no longer change the reported result; it is logged.
-fn flush(dir: &ExecDir, spec: &MonitorSpec) {
-    let files = [
-        spec.results_dir.join(results::STDOUT_FILE),
-        spec.results_dir.join(results::STDERR_FILE),
-        spec.results_dir.join(results::EXIT_CODE_FILE),
-        dir.result(),
+fn flush(dir: &ExecDir, results: &results::CheckedDir) {
+    let names = [
+        results::STDOUT_FILE,
+        results::STDERR_FILE,
+        results::EXIT_CODE_FILE,
     ];
-    for path in files.iter().chain([&spec.results_dir, &dir.dir]) {
-        let synced = File::open(path).and_then(|f| {
+    let files = names
+        .iter()
+        .map(|n| (results.path().join(n), results.open_file(n)))
+        .chain([
+            (dir.result(), File::open(dir.result())),
+            (results.path().to_path_buf(), results.open_file(".")),
+            (dir.dir.clone(), File::open(&dir.dir)),
+        ]);
+    for (path, file) in files {
+        let synced = file.and_then(|f| {
             // An empty file has no data to flush (its directory entry is covered below).
             let meta = f.metadata()?;
             if meta.is_file() && meta.len() == 0 {
@@ -398,33 +564,23 @@ type Supervised = ([OutputSink; 2], RawLog, Result<Outcome, String>);
 fn supervise_job(
     dir: &ExecDir,
     spec: &MonitorSpec,
+    results: &results::CheckedDir,
     mon: &mut MonitorRecord,
     sandbox: &mut dyn JobSandbox,
     reporter: &mut Reporter,
 ) -> Result<Supervised, MonitorError> {
-    std::fs::create_dir_all(&spec.results_dir).map_err(setup(format!(
-        "creating results directory {}",
-        spec.results_dir.display()
-    )))?;
-    for name in &spec.output_names {
-        let p = spec.results_dir.join(name);
-        match std::fs::create_dir(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
-            Err(e) => return Err(setup(format!("creating output {}", p.display()))(e)),
-        }
-    }
     let l = spec.limits;
-    let out_path = spec.results_dir.join(results::STDOUT_FILE);
-    let err_path = spec.results_dir.join(results::STDERR_FILE);
+    let sink = |name: &str, file: u64, ret: u64| {
+        OutputSink::create(results, name, file, ret).map_err(setup(format!(
+            "creating {}",
+            results.path().join(name).display()
+        )))
+    };
     let mut sinks = [
-        OutputSink::create(&out_path, l.stdout_file, l.stdout_return)
-            .map_err(setup(format!("creating {}", out_path.display())))?,
-        OutputSink::create(&err_path, l.stderr_file, l.stderr_return)
-            .map_err(setup(format!("creating {}", err_path.display())))?,
+        sink(results::STDOUT_FILE, l.stdout_file, l.stdout_return)?,
+        sink(results::STDERR_FILE, l.stderr_file, l.stderr_return)?,
     ];
-    let mut log = RawLog::create(&spec.log_path)
-        .map_err(setup(format!("creating log {}", spec.log_path.display())))?;
+    let mut log = open_log(spec)?;
     let sigfd = signals::SignalFd::open().map_err(setup("opening signalfd"))?;
 
     let started = Instant::now();
@@ -536,7 +692,7 @@ fn close_from(first: u32, keep: &[RawFd]) {
 
 fn finish(
     dir: &ExecDir,
-    spec: &MonitorSpec,
+    results_dir: &results::CheckedDir,
     sinks: [OutputSink; 2],
     log: &mut dyn JobLog,
     outcome: Result<Outcome, String>,
@@ -558,7 +714,7 @@ fn finish(
         errors.push(std::mem::take(&mut result.error_msg));
     }
     errors.extend(stream_errors(&out, &err));
-    if let Err(e) = results::write_exit_code(&spec.results_dir, result.exit_code) {
+    if let Err(e) = results::write_exit_code(results_dir, result.exit_code) {
         errors.push(format!("writing exitCode: {e}"));
     }
     // errors.Join semantics, as Bacalhau's WriteJobResults.
@@ -576,6 +732,9 @@ fn finish(
     }
     if let Some(e) = log.error() {
         notes.insert("logError".into(), e);
+    }
+    if let Some(d) = log.dropped() {
+        notes.insert("logDropped".into(), d);
     }
     let rec = ResultRecord {
         result,

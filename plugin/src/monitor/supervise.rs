@@ -126,6 +126,9 @@ impl Supervisor<'_> {
             } else if children_remain {
                 timeout = earliest(timeout, last_kill + REKILL_EVERY);
             }
+            if let Some(at) = self.log.flush_at() {
+                timeout = earliest(timeout, at);
+            }
             if let Some(at) = trim_at {
                 if out.stop.is_some() || out.main_status.is_some() {
                     // Ending anyway: the pages go with the process.
@@ -142,6 +145,7 @@ impl Supervisor<'_> {
                 }
             }
             self.poll_once(timeout, &mut buf)?;
+            self.log.flush_due(Instant::now());
         }
         Ok(out)
     }

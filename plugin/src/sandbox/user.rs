@@ -1,10 +1,8 @@
 //! Running a job as an unprivileged user when the plugin is root: the user is resolved before
 //! `fork`, and the child drops its groups, gid and uid (in that order) in `pre_exec`.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::{lchown, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::unistd::{Group, Uid, User};
 
@@ -192,25 +190,6 @@ impl UserPlan {
         }
         Ok(())
     }
-}
-
-/// Gives `path` and everything below it to `uid:gid` without following symlinks (a job could
-/// plant one pointing anywhere on the host). Run by the monitor before fork on the results and
-/// output directories.
-pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let root_dev = fs::symlink_metadata(path)?.dev();
-    let mut stack = vec![path.to_owned()];
-    while let Some(p) = stack.pop() {
-        let meta = fs::symlink_metadata(&p)?;
-        lchown(&p, Some(uid), Some(gid))?;
-        // Do not wander onto other filesystems mounted below (none are expected there).
-        if meta.is_dir() && meta.dev() == root_dev {
-            for entry in fs::read_dir(&p)? {
-                stack.push(entry?.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Whether the plugin runs as root and so should switch jobs to an unprivileged user.

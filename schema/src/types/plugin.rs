@@ -63,6 +63,11 @@ pub struct PluginConfig {
     /// default: the job's memory limit, else 1 GiB; 0: the kernel's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs_size: Option<u64>,
+    /// Bytes an execution's log (`raw_container_logs`) holds at most (default 256 MiB); the
+    /// limit of one execution's log is what its results files may keep (at least 16 MiB), at
+    /// most this. Past it, a marker says output was dropped; the results files are unaffected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_length: Option<u64>,
     /// Host paths inputs may come from (Bacalhau's `AllowListedLocalPaths`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_listed_local_paths: Vec<PathBuf>,
