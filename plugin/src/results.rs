@@ -387,13 +387,20 @@ impl CheckedDir {
         }
         // SAFETY: fstatat succeeded and filled the buffer.
         let st = unsafe { st.assume_init() };
-        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Err(io::Error::new(
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Ok(()),
+            libc::S_IFLNK => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{name} is a symbolic link, and an output is never followed: remove it, or \
+                     use a fresh results directory"
+                ),
+            )),
+            _ => Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{name} exists and is not a directory"),
-            ));
+            )),
         }
-        Ok(())
     }
 }
 

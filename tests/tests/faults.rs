@@ -1107,9 +1107,12 @@ fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("outside");
     let results = tmp.path().join("results");
-    for d in [&outside, &results] {
+    // The results directory passes the plugin's owner and mode check (root's, 0755): only the
+    // symlink in it is planted. The outside directory is open to the job's uid, so a mount of
+    // it would show as a written file.
+    for (d, mode) in [(&outside, 0o777), (&results, 0o755)] {
         std::fs::create_dir_all(d).unwrap();
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     std::os::unix::fs::symlink(&outside, results.join("out")).unwrap();
     let mut p = executor_tests::RawPlugin::spawn();
