@@ -92,12 +92,11 @@ impl ConfigFile {
                 path: path.to_path_buf(),
                 why,
             },
-            crate::pin::PinError::Open { source, .. } | crate::pin::PinError::Read { source, .. } => {
-                ConfigFileError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
+            crate::pin::PinError::Open { source, .. }
+            | crate::pin::PinError::Read { source, .. } => ConfigFileError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
             other => ConfigFileError::Invalid {
                 path: path.to_path_buf(),
                 message: other.to_string(),
@@ -130,11 +129,7 @@ impl ConfigFile {
     pub fn parse(text: &str) -> Result<ConfigFile, String> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
             // toml's message spans several lines (the offending line, a caret); one is enough.
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
+            e.to_string().lines().next().unwrap_or_default().to_string()
                 + &format!(": {}", e.message())
         })?;
         file.check()?;
@@ -146,7 +141,11 @@ impl ConfigFile {
             (!p.is_absolute()).then(|| format!("{what} {} must be an absolute path", p.display()))
         };
         let mut problems: Vec<String> = Vec::new();
-        problems.extend(self.plugin_dirs.iter().filter_map(|p| relative("pluginDirs:", p)));
+        problems.extend(
+            self.plugin_dirs
+                .iter()
+                .filter_map(|p| relative("pluginDirs:", p)),
+        );
         problems.extend(self.plugins.iter().filter_map(|p| relative("plugins:", p)));
         problems.extend(self.pins.keys().filter_map(|p| relative("pins:", p)));
         for (engine, config) in &self.engines {
