@@ -83,7 +83,7 @@ The job's stdin is /dev/null. Ctrl-C, SIGTERM and SIGHUP cancel the job (exit st
 enum Command {
     /// Run one job and wait for it: output streams live, results go to a new directory.
     #[command(after_help = RUN_EXAMPLES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the plugins found, their engines, versions and what they can enforce here.
     Plugins {
         /// Print what each plugin answered as JSON, in the protocol's own keys
