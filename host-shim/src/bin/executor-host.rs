@@ -74,8 +74,9 @@ Examples:
   # Limits, a read-only input, an output kept in the results:
   executor-host run --cpus 500m -m 256Mi --timeout 1m -i ./data:/data -o out:/out \\
       sh -c 'wc -l /data/* > /out/counts'
-  # In the background: print the id, then follow and stop it:
-  id=$(executor-host run -d sleep 600); executor-host logs -f \"$id\"; executor-host cancel \"$id\"
+  # In the background: print the id, then show its output so far and stop it:
+  id=$(executor-host run -d sh -c 'while sleep 1; do date; done')
+  executor-host logs \"$id\"; executor-host cancel \"$id\"
 
 The job's stdin is /dev/null. Ctrl-C, SIGTERM and SIGHUP cancel the job (exit status 130).";
 
