@@ -718,3 +718,47 @@ fn the_readme_commands_work() {
     let out = sh("id=$(executor-host run -d sh -c 'echo started; sleep 600')\nexecutor-host logs \"$id\"\nexecutor-host cancel \"$id\"");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_second_signal_stops_waiting_for_a_job_that_ignores_the_first() {
+    let env = Env::new();
+    let conf_dir = tempfile::tempdir().unwrap();
+    // A grace far longer than the test needs: the cancel is still under way at the second one.
+    let config = write_config(conf_dir.path(), "[engines.native]\nkillGrace = 10\n");
+    let id = "cli-signal-twice";
+    let mut child = env
+        .cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--id",
+            id,
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, mut err) = wait_for_start(&mut child);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("SIGTERM received; cancelling"), "{line}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("Ctrl-C again; not waiting for cli-signal-twice"),
+        "{rest}"
+    );
+    // The cancel goes on without us: the job is killed at the end of its grace.
+    let follow = env.output(&["logs", "-f", id]);
+    assert_eq!(follow.status.code(), Some(0), "{}", text(&follow.stderr));
+    let list = env.output(&["list", "--json"]);
+    let execs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(execs[0]["state"], "cancelled", "{execs}");
+}

@@ -1020,7 +1020,9 @@ async fn run(ctx: &Context<'_>, args: &RunArgs, inputs: Vec<InputSpec>) -> Resul
         if made_results {
             let _ = std::fs::remove_dir(&results);
         }
-        return Err(explain(e));
+        // Settings a plugin checks only at start are named as a person sets them.
+        let Failure(msg) = explain(e);
+        return fail(name_settings(&msg, &sanitize_key(&args.engine)));
     }
     eprintln!(
         "--- started {} (network {network}); results in {}\n--- follow: {}; cancel: {}",
@@ -1060,8 +1062,22 @@ async fn run(ctx: &Context<'_>, args: &RunArgs, inputs: Vec<InputSpec>) -> Resul
         how = interrupts.next() => {
             eprintln!("executor-host: {how} received; cancelling {}", escape(&id));
             interrupted = Some(how);
+            // The cancel itself is a prompt call and always completes: only the wait for the
+            // job to stop (its grace period) is given up on a second signal.
             plugin.cancel(&id).await.map_err(explain)?;
-            plugin.wait(&id).await.map_err(explain)?
+            tokio::select! {
+                r = plugin.wait(&id) => r.map_err(explain)?,
+                // A second one: the person wants their shell back, not the job's grace period.
+                again = interrupts.next() => {
+                    sampler.abort();
+                    eprintln!(
+                        "executor-host: {again} again; not waiting for {} to stop \
+                         (`executor-host list` shows when it has)",
+                        escape(&id)
+                    );
+                    return Ok(INTERRUPTED);
+                }
+            }
         }
     };
     let wall = began.elapsed();
