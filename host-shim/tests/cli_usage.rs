@@ -9,7 +9,7 @@ fn help_names_every_command_and_version_prints() {
     let out = Command::new(exe).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "plugins", "logs", "list", "cancel"] {
+    for cmd in ["run", "plugins", "logs", "list", "cancel", "config"] {
         assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
     }
     let out = Command::new(exe).args(["run", "--help"]).output().unwrap();

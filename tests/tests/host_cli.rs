@@ -762,3 +762,43 @@ fn a_second_signal_stops_waiting_for_a_job_that_ignores_the_first() {
     let execs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(execs[0]["state"], "cancelled", "{execs}");
 }
+
+#[test]
+fn the_default_config_file_is_read_for_a_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = top.path().join("home");
+    let dir = home.join(".config/executor-plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = write_config(&dir, "disabled = [\"cli-default-location\"]\n");
+    let mut cmd = Command::new(bin_path("executor-host"));
+    cmd.arg("config")
+        .env_clear()
+        .env("HOME", &home)
+        .stdin(Stdio::null());
+    if is_root() {
+        // Root's file is /etc/executor-plugins/host.toml: look as an ordinary user instead.
+        let nobody = 65534;
+        for p in [&home, &home.join(".config"), &dir, &file] {
+            std::os::unix::fs::chown(p, Some(nobody), Some(nobody)).unwrap();
+        }
+        cmd.uid(nobody).gid(nobody);
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipping: an ordinary user cannot run the binary where it was built: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let printed = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        printed.contains(&format!("# config file: {}", file.display())),
+        "{printed}"
+    );
+    assert!(printed.contains("cli-default-location"), "{printed}");
+}
