@@ -1017,7 +1017,9 @@ async fn run(ctx: &Context<'_>, args: &RunArgs, inputs: Vec<InputSpec>) -> Resul
     let deadline = timeout.map(|t| began + t);
     if let Err(e) = plugin.start(req, deadline).await {
         // A refused run leaves nothing behind; rmdir removes only a directory still empty.
-        if made_results {
+        // Only on the plugin's answer: when it went away during the start, the job may yet
+        // write its results there.
+        if made_results && e.code().is_some() {
             let _ = std::fs::remove_dir(&results);
         }
         // Settings a plugin checks only at start are named as a person sets them.
