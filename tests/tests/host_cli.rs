@@ -383,6 +383,15 @@ fn an_input_works_with_no_config_and_is_read_only_unless_rw() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(data.join("new")).unwrap(), b"x\n");
+
+    // A name with glob syntax is allowed as itself, not read as a pattern.
+    let odd = env.cwd.path().join("odd[1]*{a,b}?\\");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("f"), "odd\n").unwrap();
+    let spec = format!("{}:/odd", odd.display());
+    let out = env.output(&["run", "-i", &spec, "cat", "/odd/f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "odd\n");
 }
 
 #[test]
