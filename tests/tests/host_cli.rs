@@ -465,6 +465,21 @@ fn impossible_requests_are_refused_with_a_message_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("CLI_TEST_UNSET is not set"), "{e}");
 
+    // The same for a request file's limits, named as its fields.
+    let req = serde_json::json!({
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["true"]}},
+        "Resources": {"Memory": 4096},
+    });
+    let small = env.state.path().join("small.json");
+    std::fs::write(&small, req.to_string()).unwrap();
+    let out = env.output(&["run", "-f", small.to_str().unwrap()]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("Resources.Memory") && e.contains("too small"),
+        "{e}"
+    );
+
     // A request the plugin refuses: the results directory made for it goes again.
     let req = serde_json::json!({
         "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["true"]}},

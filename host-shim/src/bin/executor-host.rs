@@ -637,23 +637,37 @@ fn host_cpus() -> Option<f64> {
     (n > 0).then_some(n as f64)
 }
 
-/// A request the host cannot satisfy, said before anything is made for it.
-fn impossible(args: &RunArgs) -> Result<(), Failure> {
-    if let (Some(cpus), Some(host)) = (args.cpus, host_cpus()) {
-        if cpus > host {
+/// A request the host cannot satisfy, said before anything is made for it, naming the flag or
+/// (for a limit from a request file) the field.
+fn impossible(resources: Option<&Resources>, args: &RunArgs) -> Result<(), Failure> {
+    let Some(r) = resources else {
+        return Ok(());
+    };
+    let cpu_name = if args.cpus.is_some() {
+        "--cpus"
+    } else {
+        "Resources.CPU"
+    };
+    let memory_name = if args.memory.is_some() {
+        "--memory"
+    } else {
+        "Resources.Memory"
+    };
+    if let Some(host) = host_cpus() {
+        if r.cpu > host {
             return fail(format!(
-                "--cpus {cpus}: this host has {host} CPUs; ask for at most {host}"
+                "{cpu_name} {}: this host has {host} CPUs; ask for at most {host}",
+                r.cpu
             ));
         }
     }
-    if let Some(memory) = args.memory {
-        if memory < MIN_MEMORY {
-            return fail(format!(
-                "--memory {}: too small to start a process; give at least {}",
-                format_size(memory),
-                format_size(MIN_MEMORY)
-            ));
-        }
+    // Zero is no limit.
+    if r.memory != 0 && r.memory < MIN_MEMORY {
+        return fail(format!(
+            "{memory_name} {}: too small to start a process; give at least {}",
+            format_size(r.memory),
+            format_size(MIN_MEMORY)
+        ));
     }
     Ok(())
 }
@@ -685,7 +699,6 @@ fn job_env(args: &RunArgs) -> Result<Vec<serde_json::Value>, Failure> {
 /// The request, checked, without its results directory (made only once nothing more can be
 /// refused here).
 fn build_request(args: &RunArgs, inputs: Vec<InputSpec>) -> Result<RunCommandRequest, Failure> {
-    impossible(args)?;
     let mut req = match &args.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -757,6 +770,7 @@ fn build_request(args: &RunArgs, inputs: Vec<InputSpec>) -> Result<RunCommandReq
             ..Default::default()
         });
     }
+    impossible(req.resources.as_ref(), args)?;
     req.inputs
         .extend(inputs.into_iter().map(InputSpec::into_storage));
     for spec in &args.outputs {
