@@ -68,7 +68,8 @@ pub enum ConfigError {
     #[error("plugin directory refused: {0}")]
     UntrustedDir(crate::pin::PinError),
     #[error(
-        "--pin names {path}, which is not among the plugins found; pass it with --plugin or its          directory with --plugin-dir, or remove the pin"
+        "--pin names {path}, which is not among the plugins found; pass it with --plugin or its \
+         directory with --plugin-dir, or remove the pin"
     )]
     UnmatchedPin { path: PathBuf },
 }

@@ -39,6 +39,10 @@ pub enum HostError {
         method: &'static str,
         detail: String,
     },
+    /// The plugin answered `initialize` with an error: it refuses its configuration. Not
+    /// retried; the message names the key to change.
+    #[error("plugin {plugin} refused its configuration: {message}")]
+    Refused { plugin: String, message: String },
     /// The plugin did not answer a call that needs no time within its limit; it was killed
     /// (it is restarted on next use). For `executor_start` whether the execution started is
     /// unknown: `wait` on its id tells.
@@ -95,6 +99,7 @@ impl HostError {
             HostError::Interrupted { .. }
                 | HostError::Unhealthy { .. }
                 | HostError::Launch { .. }
+                | HostError::Refused { .. }
                 | HostError::Timeout { .. }
         )
     }

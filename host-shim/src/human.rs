@@ -1,4 +1,5 @@
-//! Sizes and durations as people type them: `256MiB`, `1.5GB`, `30s`, `2m`, `1h30m`.
+//! Sizes, durations and CPU counts as people type them: `256MiB`, `256Mi` (as Kubernetes
+//! writes it), `1.5GB`, `30s`, `2m`, `1h30m`, `0.5`, `500m`.
 //!
 //! Sizes are 1024-based whatever the spelling (`MB` = `MiB`), as Bacalhau's datasize reads
 //! them, so a limit means the same here as in a job spec.
@@ -11,6 +12,8 @@ pub enum ParseError {
     Size(String),
     #[error("invalid duration {0:?}: write a number and a unit, such as 30s, 2m, 1h30m or 500ms")]
     Duration(String),
+    #[error("invalid CPU count {0:?}: write cores (0.5, 2) or thousandths of one (500m)")]
+    Cpus(String),
 }
 
 /// Split `1.5GB` into (1.5, "GB"); `None` without a leading number.
@@ -27,10 +30,10 @@ pub fn parse_size(input: &str) -> Result<u64, ParseError> {
     let (number, unit) = number_and_unit(input.trim()).ok_or_else(err)?;
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
+        "k" | "kb" | "ki" | "kib" => 10,
+        "m" | "mb" | "mi" | "mib" => 20,
+        "g" | "gb" | "gi" | "gib" => 30,
+        "t" | "tb" | "ti" | "tib" => 40,
         _ => return Err(err()),
     };
     let bytes = number * (1u64 << shift) as f64;
@@ -38,6 +41,22 @@ pub fn parse_size(input: &str) -> Result<u64, ParseError> {
         return Err(err());
     }
     Ok(bytes.round() as u64)
+}
+
+/// CPU cores: `2`, `0.5`, or thousandths of a core as Kubernetes and Bacalhau write them
+/// (`500m`). Must be more than zero.
+pub fn parse_cpus(input: &str) -> Result<f64, ParseError> {
+    let err = || ParseError::Cpus(input.to_string());
+    let (number, unit) = number_and_unit(input.trim()).ok_or_else(err)?;
+    let cores = match unit {
+        "" => number,
+        "m" => number / 1000.0,
+        _ => return Err(err()),
+    };
+    if !cores.is_finite() || cores <= 0.0 {
+        return Err(err());
+    }
+    Ok(cores)
 }
 
 /// One or more `<number><unit>` parts (`1h30m`); a bare number is seconds.
@@ -146,10 +165,22 @@ mod tests {
         assert_eq!(parse_size("1.5GB"), Ok(3 << 29));
         assert_eq!(parse_size("512"), Ok(512));
         assert_eq!(parse_size("2 k"), Ok(2048));
+        assert_eq!(parse_size("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_size("2Gi"), Ok(2 << 30));
         for bad in ["", "MB", "1.2.3GB", "12 parsecs", "-1MB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("x").unwrap_err().to_string().contains("256MiB"));
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("500m"), Ok(0.5));
+        assert_eq!(parse_cpus("0.25"), Ok(0.25));
+        assert_eq!(parse_cpus("2"), Ok(2.0));
+        for bad in ["", "0", "0m", "-1", "2 cores", "m"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The host side of executor plugins: the `Executor` trait, a supervised plugin client, the
-//! provider registry with discovery, and log adapters. See DESIGN.md, "Host shim".
+//! provider registry with discovery, and log adapters.
 
+pub mod config_file;
 pub mod discovery;
 pub mod error;
 pub mod executor;
@@ -13,6 +14,7 @@ pub mod provider;
 pub mod supervisor;
 pub mod transport;
 
+pub use config_file::{ConfigFile, ConfigFileError};
 pub use discovery::{ConfigError, DiscoveredPlugin, Host, HostConfig};
 pub use error::HostError;
 pub use executor::Executor;

@@ -294,8 +294,11 @@ impl Inner {
                     state.current = Some(conn.clone());
                     return Ok(conn);
                 }
-                // A binary that fails its pin or cannot be executed will not get better.
-                Err(e @ (HostError::Pin(_) | HostError::Spawn(_))) => return Err(e),
+                // A binary that fails its pin or cannot be executed, or that refuses its configuration,
+                // will not get better.
+                Err(e @ (HostError::Pin(_) | HostError::Spawn(_) | HostError::Refused { .. })) => {
+                    return Err(e)
+                }
                 Err(HostError::Launch { detail, stderr, .. }) => {
                     tracing::warn!(engine = %self.spec.engine, %detail, "plugin failed to start");
                     state.crashes.push_back(Instant::now());
@@ -378,6 +381,7 @@ impl Inner {
             ),
         )
         .await;
+        let refused_by = plugin.clone();
         let failed = |detail: String, process: PluginProcess| async move {
             process.kill();
             process.wait_exit_for(Duration::from_secs(1)).await;
@@ -389,6 +393,16 @@ impl Inner {
         };
         let init = match init {
             Ok(Ok(init)) => init,
+            // The plugin answered: it refuses this configuration (a state directory it cannot
+            // create, a malformed allow-list). Starting it again would be refused the same way.
+            Ok(Err(jsonrpsee::core::client::Error::Call(obj))) => {
+                process.kill();
+                process.wait_exit_for(Duration::from_secs(1)).await;
+                return Err(HostError::Refused {
+                    plugin: refused_by,
+                    message: obj.message().to_string(),
+                });
+            }
             Ok(Err(e)) => return Err(failed(format!("initialize failed: {e}"), process).await),
             Err(_) => {
                 let detail = format!(

@@ -1,8 +1,8 @@
 //! The JSON-RPC API between a host and a plugin: one `jsonrpsee` trait gives both the plugin's
 //! server side (`ExecutorApiServer`) and the host's typed client (`ExecutorApiClient`).
 //!
-//! Method names are the wire contract (DESIGN.md, "Methods"); params are accepted by position and
-//! by name (the argument names below, camelCase on the wire).
+//! Method names are the wire contract (schema/PROTOCOL.md, section 6 "Methods"); params are
+//! accepted by position and by name (the argument names below, camelCase on the wire).
 
 use jsonrpsee::core::SubscriptionResult;
 use jsonrpsee::proc_macros::rpc;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The component name Bacalhau's executors put on their errors.
 pub const COMPONENT: &str = "Executor";
 
-/// Executor error codes (DESIGN.md, "Errors").
+/// Executor error codes (schema/PROTOCOL.md, section 8 "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     ExecutionAlreadyStarted,

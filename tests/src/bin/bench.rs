@@ -1,4 +1,4 @@
-//! `bench`: DESIGN.md's performance budget, measured against baselines in the same run.
+//! `bench`: the performance budget of docs/PERFORMANCE.md, measured against baselines in the same run.
 //!
 //! ```text
 //! cargo build --release -p executor-plugin --bin executor-native
@@ -84,7 +84,7 @@ struct Figure {
     baseline: f64,
     /// value / baseline.
     ratio: f64,
-    /// The DESIGN.md budget this figure is held to, if any.
+    /// The budget (docs/PERFORMANCE.md) this figure is held to, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
