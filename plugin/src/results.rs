@@ -1,4 +1,4 @@
-//! Streaming results writer (DESIGN.md "Results", Bacalhau's `WriteJobResults` done right).
+//! Streaming results writer (docs/ARCHITECTURE.md, "Semantics"; Bacalhau's `WriteJobResults` done right).
 //!
 //! Each stream goes through an [`OutputSink`] as it is produced: the file keeps the head of the
 //! stream up to the file limit, the summary is the head up to the return limit, and everything

@@ -208,7 +208,7 @@ pub struct FsSandbox {
     pub tmpfs_size: Option<u64>,
 }
 
-/// Output limits in bytes (DESIGN.md "Results").
+/// Output limits in bytes (docs/ARCHITECTURE.md, "Semantics": results).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {

@@ -353,8 +353,10 @@ impl JobSandbox for HostSandbox {
         let s = &spec.sandbox;
         if s.isolate_network && !netns::supported() {
             return Err(SandboxError::Unsupported(
-                "network type None (an isolated network) is not supported on this host: \
-                 creating a network namespace needs root"
+                "the job's own network (None, and Default or no Network, which mean it here) \
+                 is not supported on this host: creating a network namespace needs root; run \
+                 the plugin as root, or ask for the host's network (Network Host; \
+                 executor-host run --network host)"
                     .into(),
             ));
         }
