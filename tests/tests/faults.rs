@@ -1269,3 +1269,89 @@ fn one_byte_writes_are_gathered_into_few_frames() {
     );
     assert_no_monitors(&env);
 }
+
+/// SysV segments of the host's IPC namespace, as `/proc/sysvipc/shm` lists them (`key shmid
+/// perms size cpid lpid nattch uid ...`): the owner uid of each.
+fn host_shm_owners() -> Vec<u32> {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(7)?.parse().ok())
+        .collect()
+}
+
+/// A jailed job's SysV IPC objects and POSIX message queues are its own: it has an IPC
+/// namespace of its own, so a segment it leaves behind neither outlives it (memory no cgroup
+/// holds any more) nor reaches the host or the next job given the same uid. Before, jobs shared
+/// the host's namespace: a 0600 segment made by one job was listed, owned by its uid, on the
+/// host and in the next job.
+#[test]
+fn a_jailed_job_has_an_ipc_namespace_of_its_own() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let host_ns = std::fs::read_link("/proc/self/ns/ipc").expect("our IPC namespace");
+    let jobs_before = host_shm_owners()
+        .into_iter()
+        .filter(|u| *u >= 70000)
+        .count();
+    // `ipcmk` where it exists makes a segment to leave behind; the namespace is checked either way.
+    let script = "readlink /proc/self/ns/ipc; \
+                  command -v ipcmk >/dev/null && ipcmk -M 4096 -p 0600 >/dev/null; \
+                  echo segments $(tail -n +2 /proc/sysvipc/shm | wc -l)";
+    let mut seen = Vec::new();
+    for i in 0..2u64 {
+        let exec = format!("ipcns-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-ipcns", "ExecutionID": exec,
+                "ResultsDir": tmp.path().join("results").join(&exec),
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+            }]),
+        );
+        let r = &msg["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {msg}");
+        let out = r["Stdout"].as_str().unwrap_or("").to_owned();
+        let ns = out.lines().next().unwrap_or("").to_owned();
+        assert_ne!(
+            Path::new(&ns),
+            host_ns,
+            "{exec} ran in the host's IPC namespace: {out}"
+        );
+        assert!(
+            !seen.contains(&ns),
+            "{exec} shares an IPC namespace with an earlier job: {out}"
+        );
+        // Only what this job made itself, never an earlier job's or the host's.
+        let segments = out.lines().last().unwrap_or("");
+        assert!(
+            segments == "segments 0" || segments == "segments 1",
+            "{exec} sees IPC objects it did not make: {out}"
+        );
+        seen.push(ns);
+    }
+    let jobs_after = host_shm_owners()
+        .into_iter()
+        .filter(|u| *u >= 70000)
+        .count();
+    assert_eq!(
+        jobs_after, jobs_before,
+        "segments made by jobs are left in the host's IPC namespace"
+    );
+}

@@ -3,9 +3,9 @@
 //! root with the inputs and outputs mounted, and an unprivileged user.
 //!
 //! In the child the steps run in this order: join the cgroup (needs the host's
-//! `/sys/fs/cgroup`), enter the network namespace, build and enter the private root (needs
-//! root), rlimits and `no_new_privs`, and last the user switch (drops the privilege everything
-//! before it needed).
+//! `/sys/fs/cgroup`), enter the network and IPC namespaces, build and enter the private root
+//! (needs root), rlimits and `no_new_privs`, and last the user switch (drops the privilege
+//! everything before it needed).
 //!
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
@@ -330,6 +330,16 @@ struct HandBack {
     job_uid: u32,
 }
 
+/// Moves the calling process into a new IPC namespace (needs `CAP_SYS_ADMIN`, so before the
+/// user switch). Async-signal-safe: one system call.
+fn enter_private_ipc() -> io::Result<()> {
+    // SAFETY: plain system call with a constant flag.
+    if unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Give every output of `results` (by its descriptor, see [`outputs::hand_over`]) over; the
 /// walk of each goes to its end, and the first failure is returned.
 fn hand_over_all(
@@ -440,6 +450,17 @@ impl JobSandbox for HostSandbox {
             self.steps.push(PreExecStep::new(
                 "entering the job's network namespace",
                 netns::enter_isolated_network,
+            ));
+        }
+        // A jailed job (root plugin) gets an IPC namespace of its own: in the host's, SysV
+        // segments, queues and semaphores and POSIX message queues a job makes outlive it
+        // (memory no cgroup holds any more), stay readable by the next job given the same uid,
+        // and the host's own objects with loose modes are the job's to read. A namespace's
+        // objects go with its last process.
+        if s.filesystem.is_some() || s.run_as.is_some() {
+            self.steps.push(PreExecStep::new(
+                "entering the job's own IPC namespace",
+                enter_private_ipc,
             ));
         }
         // The job writes its outputs as its own user. The results directory itself stays the
