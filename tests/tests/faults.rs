@@ -1355,3 +1355,90 @@ fn a_jailed_job_has_an_ipc_namespace_of_its_own() {
         "segments made by jobs are left in the host's IPC namespace"
     );
 }
+
+/// Files under `dir` (not following symlinks) with a setuid or setgid bit, owned by a uid of
+/// the jobs' pool.
+fn job_owned_setid(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.path().symlink_metadata().unwrap();
+            if m.file_type().is_dir() {
+                todo.push(e.path());
+            }
+            if m.uid() >= 70000 && m.mode() & 0o6000 != 0 {
+                found.push(format!("{} {:o}", e.path().display(), m.mode()));
+            }
+        }
+    }
+    found
+}
+
+/// A job's uid goes back to the pool when it ends; a setuid or setgid file it left in a writable
+/// input (host data, on a filesystem that may well honour setuid) would let any local user run
+/// as the next job given that uid (signal it, read its `/proc/<pid>/environ` and `root`). The
+/// bits of what the job's uid owns there are cleared before the uid is released: a copy of
+/// `sh` made setuid and setgid, a hard link to it, a setgid directory, a file deep below.
+/// Before, all of them were left as the job made them.
+#[test]
+fn setuid_files_a_job_leaves_in_a_writable_input_are_cleared() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let x = allowed.join("x");
+    for d in [&allowed, &x] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let script = "cp /bin/sh /in/sh && chmod 6755 /in/sh && ln /in/sh /in/sh.link \
+                  && mkdir -p /in/d/e/f && chmod 2777 /in/d && cp /bin/sh /in/d/e/f/deep \
+                  && chmod 4755 /in/d/e/f/deep && ls -l /in/sh";
+    for i in 0..2u64 {
+        let exec = format!("setid-input-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-setid", "ExecutionID": exec,
+                "ResultsDir": tmp.path().join("results").join(&exec),
+                "Inputs": [writable_local_input(&x, "/in")],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+            }]),
+        );
+        let r = &msg["result"];
+        assert_eq!(r["ExitCode"], 0, "{exec}: {msg}");
+        // The job did make them setuid (else this test proves nothing).
+        assert!(
+            r["Stdout"].as_str().unwrap_or("").starts_with("-rwsr-s"),
+            "{exec}: {msg}"
+        );
+        let left = job_owned_setid(&x);
+        assert!(
+            left.is_empty(),
+            "{exec} left setuid/setgid files of its uid in its writable input: {left:?}"
+        );
+        std::fs::remove_dir_all(&x).unwrap();
+        std::fs::create_dir(&x).unwrap();
+        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+}

@@ -328,6 +328,9 @@ struct HandBack {
     results: PathBuf,
     names: Vec<String>,
     job_uid: u32,
+    /// The writable inputs (source, and where it stops being the host's path; see
+    /// [`mounts::Bind`]): what the job's uid made setuid or setgid in them is cleared.
+    writable_inputs: Vec<(PathBuf, Option<PathBuf>)>,
 }
 
 /// Moves the calling process into a new IPC namespace (needs `CAP_SYS_ADMIN`, so before the
@@ -356,6 +359,33 @@ fn hand_over_all(
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+/// A job's uid goes back to the pool: a setuid or setgid file it left in a writable input (host
+/// data, often on a filesystem mounted with setuid allowed) would let any local user become the
+/// next job given that uid. Each input is resolved again as it was for the mount (a racer can
+/// at most point the walk at another tree it may write, where only the job uid's files are
+/// touched).
+fn strip_writable_inputs(back: &mut HandBack) {
+    use std::os::fd::AsFd;
+    for (source, below) in std::mem::take(&mut back.writable_inputs) {
+        let held = match mounts::open_source(&source, below.as_deref()) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!(
+                    "monitor: clearing setuid bits in the writable input {}: {e}",
+                    source.display()
+                );
+                continue;
+            }
+        };
+        if let Err(e) = outputs::strip(held.fd.as_fd(), back.job_uid) {
+            eprintln!(
+                "monitor: clearing setuid bits in the writable input {}: {e}",
+                source.display()
+            );
+        }
+    }
 }
 
 impl JobSandbox for HostSandbox {
@@ -476,10 +506,24 @@ impl JobSandbox for HostSandbox {
                 let lease = UidLease::hold(user.uid, path).map_err(|e| {
                     SandboxError::Setup(format!("holding the job's uid {}: {e}", user.uid))
                 })?;
+                // Inputs come first in the binds, then one per output.
+                let writable_inputs = s
+                    .filesystem
+                    .as_ref()
+                    .map(|fs| {
+                        let inputs = fs.binds.len().saturating_sub(spec.output_names.len());
+                        fs.binds[..inputs]
+                            .iter()
+                            .filter(|b| !b.read_only)
+                            .map(|b| (b.source.clone(), b.untrusted_below.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let back = HandBack {
                     results: spec.results_dir.clone(),
                     names: spec.output_names.clone(),
                     job_uid: user.uid,
+                    writable_inputs,
                 };
                 self.own_uid = Some((lease, back));
             }
@@ -489,6 +533,7 @@ impl JobSandbox for HostSandbox {
                 results: spec.results_dir.clone(),
                 names: spec.output_names.clone(),
                 job_uid: 0,
+                writable_inputs: Vec::new(),
             });
         }
         if let (Some(user), Some(results)) = (&s.run_as, &results) {
@@ -608,6 +653,9 @@ impl JobSandbox for HostSandbox {
             }
         }
         self.reclaim_outputs();
+        if let Some((_, back)) = self.own_uid.as_mut() {
+            strip_writable_inputs(back);
+        }
         // Only now may the uid go to another job.
         self.own_uid = None;
         // Every process of the job is gone: the last hold on its mount namespace.
