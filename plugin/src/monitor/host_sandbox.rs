@@ -363,7 +363,8 @@ fn hand_over_all(
 
 /// A job's uid goes back to the pool: a setuid or setgid file it left in a writable input (host
 /// data, often on a filesystem mounted with setuid allowed) would let any local user become the
-/// next job given that uid. Each input is resolved again as it was for the mount (a racer can
+/// next job given that uid. Where the job ran under its system-call filter it could make no
+/// such file (see `seccomp::MODE_ARG`), and this is not needed. Each input is resolved again as it was for the mount (a racer can
 /// at most point the walk at another tree it may write, where only the job uid's files are
 /// touched).
 fn strip_writable_inputs(back: &mut HandBack) {
@@ -653,8 +654,12 @@ impl JobSandbox for HostSandbox {
             }
         }
         self.reclaim_outputs();
-        if let Some((_, back)) = self.own_uid.as_mut() {
-            strip_writable_inputs(back);
+        // Under the job's system-call filter no mode with those bits can be set: the walk is
+        // for kernels without seccomp only (a large writable input costs a walk per job).
+        if !crate::sandbox::seccomp::supported() {
+            if let Some((_, back)) = self.own_uid.as_mut() {
+                strip_writable_inputs(back);
+            }
         }
         // Only now may the uid go to another job.
         self.own_uid = None;
