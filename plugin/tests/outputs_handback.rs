@@ -278,7 +278,6 @@ fn owners(out: &Path, name: &CString, depth: usize) -> Vec<u32> {
 
 #[test]
 fn nesting_past_path_max_is_walked_to_the_bottom_both_ways() {
-    use std::os::unix::fs::FileTypeExt;
     if !root() {
         return;
     }
@@ -438,7 +437,7 @@ fn strip_clears_only_the_job_uids_setid_bits_in_a_writable_input() {
     if !root() {
         return;
     }
-    const JOB: u32 = 4247;
+    const JOB: u32 = 4249;
     let tmp = scratch();
     let input = tmp.path().join("input");
     let deep = input.join("a/b/c");
