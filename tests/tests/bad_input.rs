@@ -578,3 +578,67 @@ fn a_results_dir_in_use_by_another_execution_is_refused() {
     assert_eq!(r["Stdout"], "out\n");
     alive_and_answering(&mut env);
 }
+
+/// A state root another local user can write, or rename or replace (it or a directory above
+/// it is theirs, or open to all without the sticky bit), is refused at `initialize`: that user
+/// could read `request.json` (the job's `Env`) through files of their own, or point the root
+/// plugin's writes elsewhere with symlinks. Before, any existing directory was taken as it was.
+#[test]
+fn a_state_root_other_users_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let init = |state: &std::path::Path| {
+        let mut p = executor_tests::RawPlugin::spawn();
+        p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": {"stateDir": state}}),
+        )
+    };
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let ok = tmp.path().join("ok");
+    let msg = init(&ok);
+    assert!(msg.get("result").is_some(), "a fresh state root: {msg}");
+
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    mode(&open, 0o777);
+    assert_invalid_params(&init(&open), "config.stateDir", "a state root open to all");
+
+    let open_parent = tmp.path().join("open-parent");
+    std::fs::create_dir(&open_parent).unwrap();
+    mode(&open_parent, 0o777);
+    assert_invalid_params(
+        &init(&open_parent.join("state")),
+        "config.stateDir",
+        "a state root in a directory open to all",
+    );
+
+    let link = open_parent.join("link");
+    std::os::unix::fs::symlink(&ok, &link).unwrap();
+    assert_invalid_params(
+        &init(&link),
+        "config.stateDir",
+        "a state root named by a symlink others can replace",
+    );
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped the cases of another user's directories: needs root to chown");
+        return;
+    }
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    assert_invalid_params(
+        &init(&theirs),
+        "config.stateDir",
+        "another user's state root",
+    );
+    assert_invalid_params(
+        &init(&theirs.join("state")),
+        "config.stateDir",
+        "a state root in another user's directory",
+    );
+}
