@@ -1107,9 +1107,11 @@ fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("outside");
     let results = tmp.path().join("results");
-    for d in [&outside, &results] {
+    // The results directory is the plugin's (one open to others is refused outright); the
+    // symlink stands for what a job could leave in an output of an earlier execution.
+    for (d, mode) in [(&outside, 0o777), (&results, 0o755)] {
         std::fs::create_dir_all(d).unwrap();
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     std::os::unix::fs::symlink(&outside, results.join("out")).unwrap();
     let mut p = executor_tests::RawPlugin::spawn();
@@ -1143,7 +1145,10 @@ fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
         let refused = msg.get("error").is_some() || msg["result"]["ErrorMsg"] != "";
         assert!(refused, "{exec}: {msg}");
         let text = msg.to_string();
-        assert!(text.contains("symbolic link"), "{exec}: {text}");
+        assert!(
+            text.contains("symbolic link") || text.contains("not a directory"),
+            "{exec}: {text}"
+        );
     }
 }
 
@@ -1448,4 +1453,77 @@ fn a_job_leaves_no_setuid_file_in_a_writable_input() {
         std::fs::create_dir(&x).unwrap();
         std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
+}
+
+/// The results directory is checked once (`CheckedDir`), but an output's bind was opened below
+/// it by its path again: whoever can rename entries next to it (its parent is theirs, or open
+/// to all: a user's home, another job's output) swapping it for a symlink at the right moment
+/// had `<symlink target>/<Name>`, any host directory of that name, bound writable into the job.
+/// Each start must get its own output or be refused.
+#[test]
+fn a_results_dir_swapped_for_a_symlink_never_binds_what_the_symlink_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("parent");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("out")).unwrap();
+    std::fs::write(outside.join("out").join("outside-marker"), "host\n").unwrap();
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let results = parent.join("results");
+    let link = parent.join("results.link");
+    std::fs::create_dir(&results).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let swapper = Swapper::start(&results, &link);
+    let (mut escaped, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150u64 {
+        let exec = format!("binds-results-race-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-binds", "ExecutionID": exec, "ResultsDir": results,
+                "Outputs": [{"Name": "out", "Path": "/outputs"}],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["ls", "/outputs"]}},
+            }]),
+        );
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                if r["Stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("outside-marker")
+                {
+                    escaped.push(exec);
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} got the outside directory, {swaps} swaps",
+        escaped.len()
+    );
+    assert!(
+        escaped.is_empty(),
+        "the outside directory was bound as the output for {escaped:?}"
+    );
+    assert!(ran > 0, "no start got its output ({refused} refused)");
 }
