@@ -1527,3 +1527,71 @@ fn a_results_dir_swapped_for_a_symlink_never_binds_what_the_symlink_names() {
     );
     assert!(ran > 0, "no start got its output ({refused} refused)");
 }
+
+/// The outputs go back to root through the results directory checked when they were made, not
+/// through its path: whoever can rename entries beside it swapping it, while the job runs, for
+/// another directory that passes the same check had the walk back chown that directory's
+/// outputs to root and leave the job's own files to its uid, which goes back to the pool.
+#[test]
+fn outputs_go_back_through_the_results_dir_that_was_checked_not_its_path() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let results = parent.join("results");
+    let moved = parent.join("results.moved");
+    let decoy = parent.join("decoy");
+    std::fs::create_dir_all(decoy.join("out")).unwrap();
+    let theirs = decoy.join("out").join("theirs");
+    std::fs::write(&theirs, "not the job's\n").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let exec = "handback-swapped-results";
+    let started = p.call(
+        1,
+        "executor_start",
+        json!([{
+            "JobID": "j-handback", "ExecutionID": exec, "ResultsDir": results,
+            "Outputs": [{"Name": "out", "Path": "/outputs"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                "touch /outputs/made; i=0; while [ ! -e /outputs/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"]}},
+        }]),
+    );
+    assert!(started.get("result").is_some(), "{started}");
+    let made = results.join("out").join("made");
+    wait_until(Duration::from_secs(20), "the job's output", || {
+        made.exists()
+    });
+    // While the job runs, the path is pointed at the decoy; the job is then let go.
+    std::fs::rename(&results, &moved).unwrap();
+    std::fs::rename(&decoy, &results).unwrap();
+    std::fs::write(moved.join("out").join("go"), "").unwrap();
+    let r = p.call(2, "executor_wait", json!([exec]));
+    assert_eq!(r["result"]["ErrorMsg"], "", "{r}");
+    let owner = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+    assert_eq!(
+        owner(&results.join("out").join("theirs")),
+        65534,
+        "the walk back went through the path, to the directory swapped in"
+    );
+    assert_eq!(
+        owner(&moved.join("out").join("made")),
+        0,
+        "the job's own output was left to its uid"
+    );
+}

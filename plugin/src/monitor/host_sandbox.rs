@@ -326,6 +326,10 @@ fn create_outputs(spec: &MonitorSpec) -> Result<CheckedDir, SandboxError> {
 #[derive(Debug)]
 struct HandBack {
     results: PathBuf,
+    /// The results directory as it was checked when the outputs were made: the walk back goes
+    /// through this descriptor, not the path, which whoever can rename entries beside it may
+    /// have pointed at another directory since.
+    dir: Option<CheckedDir>,
     names: Vec<String>,
     job_uid: u32,
     /// The writable inputs (source, and where it stops being the host's path; see
@@ -522,6 +526,7 @@ impl JobSandbox for HostSandbox {
                     .unwrap_or_default();
                 let back = HandBack {
                     results: spec.results_dir.clone(),
+                    dir: results.as_ref().and_then(|r| r.try_clone().ok()),
                     names: spec.output_names.clone(),
                     job_uid: user.uid,
                     writable_inputs,
@@ -532,6 +537,7 @@ impl JobSandbox for HostSandbox {
         if self.own_uid.is_none() && !spec.output_names.is_empty() {
             self.sweep = Some(HandBack {
                 results: spec.results_dir.clone(),
+                dir: results.as_ref().and_then(|r| r.try_clone().ok()),
                 names: spec.output_names.clone(),
                 job_uid: 0,
                 writable_inputs: Vec::new(),
@@ -681,7 +687,11 @@ impl JobSandbox for HostSandbox {
         if names.is_empty() {
             return;
         }
-        let results = match CheckedDir::open(&back.results) {
+        let results = match back
+            .dir
+            .take()
+            .map_or_else(|| CheckedDir::open(&back.results), Ok)
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("monitor: handing the outputs back: {e}");
