@@ -1595,3 +1595,78 @@ fn outputs_go_back_through_the_results_dir_that_was_checked_not_its_path() {
         "the job's own output was left to its uid"
     );
 }
+
+/// A host's `ExecutionDir/logs` is checked when the monitor makes the log, but readers open the
+/// log by its path later. Whoever can rename entries beside the `ExecutionDir` (its parent is
+/// theirs, or open to all) can put a directory of their own in its place whose log is a
+/// symlink to another execution's: reading this execution's logs must never give that one's.
+#[test]
+fn a_log_swapped_for_a_symlink_never_reads_another_executions_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    p.initialize(&state);
+    let run = |p: &mut executor_tests::RawPlugin, id: u64, req: Value| {
+        let msg = p.call(id, "executor_run", json!([req]));
+        assert_eq!(msg["result"]["ErrorMsg"], "", "{msg}");
+    };
+    run(
+        &mut p,
+        1,
+        json!({"JobID": "j-logswap", "ExecutionID": "logswap-victim",
+               "ResultsDir": tmp.path().join("results-victim"),
+               "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["echo", "victim-secret"]}}}),
+    );
+    let exec_dir = parent.join("exec");
+    run(
+        &mut p,
+        2,
+        json!({"JobID": "j-logswap", "ExecutionID": "logswap-mine", "ExecutionDir": exec_dir,
+               "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["echo", "mine"]}}}),
+    );
+    let victim_log = state
+        .join("executions")
+        .join("logswap-victim")
+        .join("raw_container_logs");
+    assert!(
+        victim_log.exists(),
+        "the victim's log is not where expected"
+    );
+    std::fs::rename(&exec_dir, parent.join("exec.old")).unwrap();
+    std::fs::create_dir_all(exec_dir.join("logs")).unwrap();
+    std::os::unix::fs::symlink(
+        &victim_log,
+        exec_dir.join("logs").join("raw_container_logs"),
+    )
+    .unwrap();
+    let msg = p.call(
+        3,
+        "executor_subscribeLogs",
+        json!([{"ExecutionID": "logswap-mine"}]),
+    );
+    let mut seen = Vec::new();
+    if let Some(sub) = msg.get("result").cloned() {
+        loop {
+            let raw = p.log_event(&sub, Duration::from_secs(10));
+            // A stream that fails (the log refused) ends without data.
+            let Ok(ev) = serde_json::from_value::<LogEvent>(raw.clone()) else {
+                eprintln!("the stream ended with {raw}");
+                break;
+            };
+            seen.extend(ev.data_bytes());
+            if matches!(ev, LogEvent::End { .. }) {
+                break;
+            }
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        !seen.contains("victim-secret"),
+        "another execution's log was read through the symlink: {seen:?} ({msg})"
+    );
+}
