@@ -1318,7 +1318,6 @@ fn a_jailed_job_has_an_ipc_namespace_of_its_own() {
     let script = "readlink /proc/self/ns/ipc; \
                   command -v ipcmk >/dev/null && ipcmk -M 4096 -p 0600 >/dev/null; \
                   echo segments $(tail -n +2 /proc/sysvipc/shm | wc -l)";
-    let mut seen = Vec::new();
     for i in 0..2u64 {
         let exec = format!("ipcns-{i}");
         let msg = p.call(
@@ -1339,17 +1338,14 @@ fn a_jailed_job_has_an_ipc_namespace_of_its_own() {
             host_ns,
             "{exec} ran in the host's IPC namespace: {out}"
         );
-        assert!(
-            !seen.contains(&ns),
-            "{exec} shares an IPC namespace with an earlier job: {out}"
-        );
+        // (Namespace inode numbers are reused once a namespace is gone, so two jobs one after
+        // the other may show the same one: what they share is told by the segments.)
         // Only what this job made itself, never an earlier job's or the host's.
         let segments = out.lines().last().unwrap_or("");
         assert!(
             segments == "segments 0" || segments == "segments 1",
             "{exec} sees IPC objects it did not make: {out}"
         );
-        seen.push(ns);
     }
     let jobs_after = host_shm_owners()
         .into_iter()
