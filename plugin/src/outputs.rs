@@ -17,7 +17,7 @@
 //! On the way the walk also drops what a host must not be handed: FIFOs, sockets and device
 //! nodes are unlinked (after their inode has been given to the target owner, so a racer that
 //! renames one keeps nothing of the job's), and setuid/setgid bits are cleared on files and
-//! directories. Symlinks are left as symlinks (owned by the target owner), never followed.
+//! directories (on the way back to the host, group and others' write bits too). Symlinks are left as symlinks (owned by the target owner), never followed.
 //! Nothing on another filesystem (a mount below an output) is touched. A failure on one entry
 //! is counted and the walk goes on; the caller gets all of it walked that could be, and an error
 //! naming the first failure.
@@ -58,7 +58,8 @@ pub struct HandOver {
     pub entries: u64,
     /// FIFOs, sockets and device nodes unlinked.
     pub dropped: u64,
-    /// Files with setuid/setgid bits cleared.
+    /// Files with setuid/setgid bits cleared (write bits for others, also cleared on the way to
+    /// the host, are not counted).
     pub cleared: u64,
     /// Hard-linked files left as they were (see [`Direction`]).
     pub kept_linked: u64,
@@ -427,12 +428,21 @@ impl Walk {
         Ok(())
     }
 
-    /// Clear setuid/setgid on the inode held by `fd` (read after the chown, which may have
+    /// Clear setuid/setgid on the inode held by `fd`, and on the way to the host the write bits
+    /// of group and others (read after the chown, which may have
     /// cleared them already). `readable`: a descriptor `fchmod` accepts; else (an `O_PATH` one)
     /// the inode is reached through `/proc/self/fd`, which resolves to exactly what `fd` holds.
     fn clear_special_bits(&mut self, fd: &OwnedFd, readable: Option<&OwnedFd>) -> io::Result<()> {
         let st = fstat(fd.as_fd())?;
-        let special = libc::S_ISUID | libc::S_ISGID;
+        let set_id = libc::S_ISUID | libc::S_ISGID;
+        // Handed back to the host, nothing stays writable by other local users: a 0777
+        // directory the job left would let any of them swap its outputs for symlinks to the
+        // host's files before whoever publishes the results reads them as root.
+        let others_write = match self.direction {
+            Direction::ToHost { .. } => 0o022,
+            _ => 0,
+        };
+        let special = set_id | others_write;
         if st.st_mode & special == 0 {
             return Ok(());
         }
@@ -450,7 +460,9 @@ impl Walk {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        self.done.cleared += 1;
+        if st.st_mode & set_id != 0 {
+            self.done.cleared += 1;
+        }
         Ok(())
     }
 }

@@ -1666,3 +1666,56 @@ fn a_log_swapped_for_a_symlink_never_reads_another_executions_log() {
         "another execution's log was read through the symlink: {seen:?} ({msg})"
     );
 }
+
+/// Outputs handed back to the host keep no write bit for other local users: a 0777 directory
+/// or 0666 file a job left, owned by root once handed back, would let any local user swap the
+/// outputs for symlinks to the host's files before whoever publishes the results reads them.
+#[test]
+fn outputs_handed_back_are_writable_by_no_other_user() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let msg = p.call(
+        1,
+        "executor_run",
+        json!([{
+            "JobID": "j-handback", "ExecutionID": "handback-modes", "ResultsDir": results,
+            "Outputs": [{"Name": "out", "Path": "/outputs"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                "mkdir -p /outputs/d/e && touch /outputs/f /outputs/d/e/g \
+                 && chmod 666 /outputs/f /outputs/d/e/g && chmod 777 /outputs /outputs/d /outputs/d/e \
+                 && chmod 1777 /outputs/d/e"]}},
+        }]),
+    );
+    assert_eq!(msg["result"]["ExitCode"], 0, "{msg}");
+    let mut open = Vec::new();
+    let mut todo = vec![results.join("out")];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.mode() & 0o022 != 0 {
+            open.push(format!("{} {:o}", p.display(), m.mode() & 0o7777));
+        }
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "outputs left writable by other users: {open:?}"
+    );
+}
