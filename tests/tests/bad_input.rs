@@ -642,3 +642,52 @@ fn a_state_root_other_users_can_write_is_refused() {
         "a state root in another user's directory",
     );
 }
+
+/// In a private root, the program is looked up as the job will see it; `..` must not take that
+/// lookup, made as root on the host, outside the job's root: a request naming
+/// `/usr/../<host path>` learnt from the error whether a host file exists (`permission denied`,
+/// `is a directory`) or not (`no such file or directory`).
+#[test]
+fn a_program_path_with_dotdot_tells_nothing_about_host_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("host-only-file");
+    std::fs::write(&secret, "x").unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no private root here: {init}");
+        return;
+    }
+    let mut errors = Vec::new();
+    for (i, target) in [
+        secret.clone(),
+        tmp.path().join("no-such-file"),
+        tmp.path().to_path_buf(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let program = format!("/usr/..{}", target.display());
+        let exec = format!("oracle-{i}");
+        let msg = p.call(
+            1 + i as u64,
+            "executor_run",
+            json!([{"JobID": "j-oracle", "ExecutionID": exec,
+                    "ResultsDir": tmp.path().join("results").join(&exec),
+                    "EngineParams": {"Type": "native", "Params": {"Entrypoint": [program]}}}]),
+        );
+        let text = msg["result"]["ErrorMsg"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| msg.to_string());
+        errors.push(text.replace(&program, "PROGRAM"));
+    }
+    assert!(
+        errors.iter().all(|e| *e == errors[0]),
+        "the answers differ with what exists on the host: {errors:#?}"
+    );
+}
