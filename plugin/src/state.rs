@@ -145,7 +145,12 @@ pub fn untrusted_state_root(path: &Path) -> Option<String> {
                 Ok(m) => m,
                 Err(e) => return Some(format!("cannot inspect {}: {e}", dir.display())),
             };
-            let open_to_others = meta.mode() & 0o022 != 0;
+            // Group-writable is fine for our own group or root's (a umask of 002 with a group
+            // per user makes every directory so), as for results directories.
+            // SAFETY: getegid cannot fail.
+            let our_group = meta.gid() == 0 || meta.gid() == unsafe { libc::getegid() };
+            let open_to_others =
+                meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && !our_group);
             let sticky = meta.mode() & libc::S_ISVTX != 0;
             if !trusted(meta.uid()) {
                 return Some(format!("{} belongs to uid {}", dir.display(), meta.uid()));

@@ -691,3 +691,21 @@ fn a_program_path_with_dotdot_tells_nothing_about_host_files() {
         "the answers differ with what exists on the host: {errors:#?}"
     );
 }
+
+/// A state root below a directory writable by the plugin's own group (a umask of 002 with a
+/// group per user) is the plugin's as much as one that is not: accepted.
+#[test]
+fn a_state_root_below_a_directory_of_our_own_group_is_fine() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let msg = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": home.join("state")}}),
+    );
+    assert!(msg.get("result").is_some(), "{msg}");
+}
