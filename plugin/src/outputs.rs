@@ -17,7 +17,7 @@
 //! On the way the walk also drops what a host must not be handed: FIFOs, sockets and device
 //! nodes are unlinked (after their inode has been given to the target owner, so a racer that
 //! renames one keeps nothing of the job's), and setuid/setgid bits are cleared on files and
-//! directories. Symlinks are left as symlinks (owned by the target owner), never followed.
+//! directories (on the way back to the host, group and others' write bits too). Symlinks are left as symlinks (owned by the target owner), never followed.
 //! Nothing on another filesystem (a mount below an output) is touched. A failure on one entry
 //! is counted and the walk goes on; the caller gets all of it walked that could be, and an error
 //! naming the first failure.
@@ -45,6 +45,10 @@ pub enum Direction {
     /// Owners unchanged (a job without a uid of its own, whose outputs stay its user's): only
     /// the dropping and clearing.
     InPlace,
+    /// A writable input, once the job (running as `job_uid`) has ended: only the setuid and
+    /// setgid bits of what `job_uid` owns are cleared. Nothing else changes: the tree is the
+    /// host's data, which the job was allowed to change.
+    Strip { job_uid: u32 },
 }
 
 /// What a walk did.
@@ -54,7 +58,8 @@ pub struct HandOver {
     pub entries: u64,
     /// FIFOs, sockets and device nodes unlinked.
     pub dropped: u64,
-    /// Files with setuid/setgid bits cleared.
+    /// Files with setuid/setgid bits cleared (write bits for others, also cleared on the way to
+    /// the host, are not counted).
     pub cleared: u64,
     /// Hard-linked files left as they were (see [`Direction`]).
     pub kept_linked: u64,
@@ -109,6 +114,65 @@ pub fn hand_over(
         )),
     );
     walk.result(name)
+}
+
+/// Clear the setuid and setgid bits of everything `job_uid` owns in the tree held by `held` (a
+/// writable input the job has finished with, resolved once, see
+/// [`crate::sandbox::mounts::open_source`]): a job's uid goes back to the pool, and a setuid
+/// copy of a shell the job left in host data would let any local user run as the next job
+/// given that uid. Walked as [`hand_over`] walks an output.
+pub fn strip(held: BorrowedFd<'_>, job_uid: u32) -> Result<HandOver, HandOverError> {
+    let direction = Direction::Strip { job_uid };
+    let mut walk = Walk {
+        uid: job_uid,
+        gid: 0,
+        direction,
+        done: HandOver::default(),
+        failed: 0,
+        first: None,
+        root_dev: 0,
+    };
+    const SHOWN: &str = "the writable input";
+    let st = match fstat(held) {
+        Ok(st) => st,
+        Err(e) => {
+            walk.fail(SHOWN, e);
+            return walk.result(SHOWN);
+        }
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // A file bind: only that file.
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == job_uid {
+            let fd = match held.try_clone_to_owned() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    walk.fail(SHOWN, e);
+                    return walk.result(SHOWN);
+                }
+            };
+            if let Err(e) = walk.clear_special_bits(&fd, None) {
+                walk.fail(SHOWN, e);
+            }
+        }
+        return walk.result(SHOWN);
+    }
+    for _ in 0..PASSES {
+        walk.done = HandOver::default();
+        walk.failed = 0;
+        walk.first = None;
+        // "." of the held directory: the walk enters exactly what was resolved.
+        match walk.run(held, c".") {
+            Ok(()) => return walk.result(SHOWN),
+            Err(Moved) => continue,
+        }
+    }
+    walk.fail(
+        SHOWN,
+        io::Error::other(format!(
+            "its directories kept moving during {PASSES} walks; the last one stopped part-way"
+        )),
+    );
+    walk.result(SHOWN)
 }
 
 /// The tree moved under the walk: a directory closed to save descriptors is no longer where it
@@ -251,11 +315,16 @@ impl Walk {
         let ours = match self.direction {
             Direction::ToJob | Direction::InPlace => !linked,
             Direction::ToHost { job_uid } => !linked || st.st_uid == job_uid,
+            // Hard-linked or not: a file the job's uid owns is the job's doing.
+            Direction::Strip { job_uid } => st.st_uid == job_uid,
         };
         if !ours {
             self.done.kept_linked += 1;
         }
         match kind {
+            // A writable input's FIFOs and sockets are the host's data: left as they are.
+            libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+                if matches!(self.direction, Direction::Strip { .. }) => {}
             libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
                 // Taken back first, so if a racer renames it out of our way, what it keeps
                 // is no longer the job's; never given to a job.
@@ -308,8 +377,14 @@ impl Walk {
         if let Err(e) = self.chown(dir.as_fd(), st) {
             self.fail(shown, e);
         }
-        if let Err(e) = self.clear_special_bits(&dir, Some(&dir)) {
-            self.fail(shown, e);
+        let clear = match self.direction {
+            Direction::Strip { job_uid } => st.st_uid == job_uid,
+            _ => true,
+        };
+        if clear {
+            if let Err(e) = self.clear_special_bits(&dir, Some(&dir)) {
+                self.fail(shown, e);
+            }
         }
         let mut level = Level {
             fd: None,
@@ -333,7 +408,7 @@ impl Walk {
 
     fn chown(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> io::Result<()> {
         let same = st.st_uid == self.uid && st.st_gid == self.gid;
-        if same || self.direction == Direction::InPlace {
+        if same || matches!(self.direction, Direction::InPlace | Direction::Strip { .. }) {
             return Ok(());
         }
         // SAFETY: fchownat on a descriptor we hold with an empty path: it changes exactly that
@@ -353,12 +428,21 @@ impl Walk {
         Ok(())
     }
 
-    /// Clear setuid/setgid on the inode held by `fd` (read after the chown, which may have
+    /// Clear setuid/setgid on the inode held by `fd`, and on the way to the host the write bits
+    /// of group and others (read after the chown, which may have
     /// cleared them already). `readable`: a descriptor `fchmod` accepts; else (an `O_PATH` one)
     /// the inode is reached through `/proc/self/fd`, which resolves to exactly what `fd` holds.
     fn clear_special_bits(&mut self, fd: &OwnedFd, readable: Option<&OwnedFd>) -> io::Result<()> {
         let st = fstat(fd.as_fd())?;
-        let special = libc::S_ISUID | libc::S_ISGID;
+        let set_id = libc::S_ISUID | libc::S_ISGID;
+        // Handed back to the host, nothing stays writable by other local users: a 0777
+        // directory the job left would let any of them swap its outputs for symlinks to the
+        // host's files before whoever publishes the results reads them as root.
+        let others_write = match self.direction {
+            Direction::ToHost { .. } => 0o022,
+            _ => 0,
+        };
+        let special = set_id | others_write;
         if st.st_mode & special == 0 {
             return Ok(());
         }
@@ -376,7 +460,9 @@ impl Walk {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        self.done.cleared += 1;
+        if st.st_mode & set_id != 0 {
+            self.done.cleared += 1;
+        }
         Ok(())
     }
 }

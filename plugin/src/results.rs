@@ -295,6 +295,14 @@ impl CheckedDir {
         &self.path
     }
 
+    /// Another descriptor of the same checked directory (its `flock` is shared with this one).
+    pub fn try_clone(&self) -> io::Result<CheckedDir> {
+        Ok(CheckedDir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

@@ -378,6 +378,17 @@ impl ExecutorApiServer for NativePlugin {
                 state_dir.display()
             ))
         })?;
+        if let Some(why) = crate::state::untrusted_state_root(&state_dir) {
+            return Err(ExecutorError::invalid_params(vec![FieldProblem {
+                field: "config.stateDir".into(),
+                message: format!(
+                    "{} cannot hold the plugin's state: {why}; it and every directory above it \
+                     must be root's or the plugin's user's, and not writable by others",
+                    state_dir.display()
+                ),
+            }])
+            .into());
+        }
         let rc = registry_config(&config, &state_dir)?;
         let host = host.unwrap_or_default();
         let session = self

@@ -120,6 +120,57 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
         .create(path)
 }
 
+/// Why a state root cannot be trusted: whoever else can write it, or rename or replace it or a
+/// directory above it, could read the records (`request.json` holds the job's `Env`) or point
+/// the plugin's writes, made as root, anywhere through symlinks and files of their own.
+pub fn untrusted_state_root(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let real = match fs::canonicalize(path) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("cannot resolve it: {e}")),
+    };
+    // Where a symlink naming the root lives counts too: its directory's owner could re-point it.
+    let link_dir = path
+        .parent()
+        .filter(|_| real != path)
+        .and_then(|p| fs::canonicalize(p).ok());
+    let chains = std::iter::once(real.as_path()).chain(link_dir.as_deref());
+    for (i, start) in chains.enumerate() {
+        let mut child_uid = None;
+        for dir in start.ancestors() {
+            let meta = match fs::metadata(dir) {
+                Ok(m) => m,
+                Err(e) => return Some(format!("cannot inspect {}: {e}", dir.display())),
+            };
+            // Group-writable is fine for our own group or root's (a umask of 002 with a group
+            // per user makes every directory so), as for results directories.
+            // SAFETY: getegid cannot fail.
+            let our_group = meta.gid() == 0 || meta.gid() == unsafe { libc::getegid() };
+            let open_to_others =
+                meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && !our_group);
+            let sticky = meta.mode() & libc::S_ISVTX != 0;
+            if !trusted(meta.uid()) {
+                return Some(format!("{} belongs to uid {}", dir.display(), meta.uid()));
+            }
+            // The root itself must be nobody else's to write; above it, a sticky directory
+            // (such as /tmp) is fine where the entry below is a trusted user's.
+            let is_root = i == 0 && child_uid.is_none();
+            if open_to_others && (is_root || !(sticky && child_uid.is_some_and(trusted))) {
+                return Some(format!(
+                    "{} is writable by other users (mode {:o})",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                ));
+            }
+            child_uid = Some(meta.uid());
+        }
+    }
+    None
+}
+
 /// A new or truncated file of the state, made [`PRIVATE_FILE_MODE`] by `open` itself.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

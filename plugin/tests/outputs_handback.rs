@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use executor_plugin::outputs::{hand_over, Direction};
+use executor_plugin::outputs::{hand_over, strip, Direction};
 
 fn root() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -426,4 +426,71 @@ fn a_deep_tree_moved_during_the_walk_ends_the_walk_without_escaping() {
         .arg("-rf")
         .arg(&out)
         .status();
+}
+
+/// A writable input the job has finished with: the setuid and setgid bits of what the job's uid
+/// owns are cleared (a hard-linked file too, a file deep below, a setgid directory), and nothing
+/// else changes: another uid's setuid file, owners, FIFOs and symlinks stay.
+#[test]
+fn strip_clears_only_the_job_uids_setid_bits_in_a_writable_input() {
+    use std::os::unix::fs::FileTypeExt;
+    if !root() {
+        return;
+    }
+    const JOB: u32 = 4249;
+    let tmp = scratch();
+    let input = tmp.path().join("input");
+    let deep = input.join("a/b/c");
+    fs::create_dir_all(&deep).unwrap();
+    let made = |path: &Path, mode: u32, uid: u32| {
+        fs::write(path, b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    made(&input.join("sh"), 0o6755, JOB);
+    fs::hard_link(input.join("sh"), input.join("sh.link")).unwrap();
+    made(&deep.join("deep"), 0o4755, JOB);
+    made(&input.join("theirs"), 0o4755, JOB + 1);
+    std::os::unix::fs::chown(input.join("a"), Some(JOB), Some(JOB)).unwrap();
+    fs::set_permissions(input.join("a"), fs::Permissions::from_mode(0o2777)).unwrap();
+    nix::unistd::mkfifo(
+        &input.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(input.join("fifo"), Some(JOB), Some(JOB)).unwrap();
+    std::os::unix::fs::symlink("/", input.join("up")).unwrap();
+
+    let held = fs::File::open(&input).unwrap();
+    let done = strip(held.as_fd(), JOB).expect("strip");
+    assert_eq!(done.cleared, 3, "{done:?}");
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&input.join("sh")), 0o755);
+    assert_eq!(mode(&input.join("sh.link")), 0o755);
+    assert_eq!(mode(&deep.join("deep")), 0o755);
+    assert_eq!(mode(&input.join("a")), 0o777);
+    assert_eq!(
+        mode(&input.join("theirs")),
+        0o4755,
+        "another uid's file changed"
+    );
+    assert_eq!(
+        fs::metadata(input.join("sh")).unwrap().uid(),
+        JOB,
+        "owner changed"
+    );
+    assert!(
+        fs::symlink_metadata(input.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "a FIFO in host data was dropped"
+    );
+
+    // A writable input that is one file.
+    let file = tmp.path().join("file");
+    made(&file, 0o6755, JOB);
+    let held = fs::File::open(&file).unwrap();
+    strip(held.as_fd(), JOB).expect("strip a file");
+    assert_eq!(mode(&file), 0o755);
 }

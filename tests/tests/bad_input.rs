@@ -578,3 +578,134 @@ fn a_results_dir_in_use_by_another_execution_is_refused() {
     assert_eq!(r["Stdout"], "out\n");
     alive_and_answering(&mut env);
 }
+
+/// A state root another local user can write, or rename or replace (it or a directory above
+/// it is theirs, or open to all without the sticky bit), is refused at `initialize`: that user
+/// could read `request.json` (the job's `Env`) through files of their own, or point the root
+/// plugin's writes elsewhere with symlinks. Before, any existing directory was taken as it was.
+#[test]
+fn a_state_root_other_users_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let init = |state: &std::path::Path| {
+        let mut p = executor_tests::RawPlugin::spawn();
+        p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": {"stateDir": state}}),
+        )
+    };
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let ok = tmp.path().join("ok");
+    let msg = init(&ok);
+    assert!(msg.get("result").is_some(), "a fresh state root: {msg}");
+
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    mode(&open, 0o777);
+    assert_invalid_params(&init(&open), "config.stateDir", "a state root open to all");
+
+    let open_parent = tmp.path().join("open-parent");
+    std::fs::create_dir(&open_parent).unwrap();
+    mode(&open_parent, 0o777);
+    assert_invalid_params(
+        &init(&open_parent.join("state")),
+        "config.stateDir",
+        "a state root in a directory open to all",
+    );
+
+    let link = open_parent.join("link");
+    std::os::unix::fs::symlink(&ok, &link).unwrap();
+    assert_invalid_params(
+        &init(&link),
+        "config.stateDir",
+        "a state root named by a symlink others can replace",
+    );
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped the cases of another user's directories: needs root to chown");
+        return;
+    }
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    assert_invalid_params(
+        &init(&theirs),
+        "config.stateDir",
+        "another user's state root",
+    );
+    assert_invalid_params(
+        &init(&theirs.join("state")),
+        "config.stateDir",
+        "a state root in another user's directory",
+    );
+}
+
+/// In a private root, the program is looked up as the job will see it; `..` must not take that
+/// lookup, made as root on the host, outside the job's root: a request naming
+/// `/usr/../<host path>` learnt from the error whether a host file exists (`permission denied`,
+/// `is a directory`) or not (`no such file or directory`).
+#[test]
+fn a_program_path_with_dotdot_tells_nothing_about_host_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("host-only-file");
+    std::fs::write(&secret, "x").unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no private root here: {init}");
+        return;
+    }
+    let mut errors = Vec::new();
+    for (i, target) in [
+        secret.clone(),
+        tmp.path().join("no-such-file"),
+        tmp.path().to_path_buf(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let program = format!("/usr/..{}", target.display());
+        let exec = format!("oracle-{i}");
+        let msg = p.call(
+            1 + i as u64,
+            "executor_run",
+            json!([{"JobID": "j-oracle", "ExecutionID": exec,
+                    "ResultsDir": tmp.path().join("results").join(&exec),
+                    "EngineParams": {"Type": "native", "Params": {"Entrypoint": [program]}}}]),
+        );
+        let text = msg["result"]["ErrorMsg"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| msg.to_string());
+        errors.push(text.replace(&program, "PROGRAM"));
+    }
+    assert!(
+        errors.iter().all(|e| *e == errors[0]),
+        "the answers differ with what exists on the host: {errors:#?}"
+    );
+}
+
+/// A state root below a directory writable by the plugin's own group (a umask of 002 with a
+/// group per user) is the plugin's as much as one that is not: accepted.
+#[test]
+fn a_state_root_below_a_directory_of_our_own_group_is_fine() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let msg = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": home.join("state")}}),
+    );
+    assert!(msg.get("result").is_some(), "{msg}");
+}

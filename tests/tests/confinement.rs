@@ -45,8 +45,8 @@ const PY_PRELUDE: &str = r#"
 import ctypes, json, os, platform
 libc = ctypes.CDLL(None, use_errno=True)
 NR = {
-    "x86_64": dict(keyctl=250, add_key=248, unshare=272, clone3=435, userfaultfd=323, io_uring_setup=425),
-    "aarch64": dict(keyctl=219, add_key=217, unshare=97, clone3=435, userfaultfd=282, io_uring_setup=425),
+    "x86_64": dict(keyctl=250, add_key=248, unshare=272, clone3=435, userfaultfd=323, io_uring_setup=425, openat2=437),
+    "aarch64": dict(keyctl=219, add_key=217, unshare=97, clone3=435, userfaultfd=282, io_uring_setup=425, openat2=437),
 }[platform.machine()]
 def call(name, *args):
     ctypes.set_errno(0)
@@ -191,6 +191,23 @@ out["clone3"] = [rc, err]
 out["userfaultfd"] = call("userfaultfd", 1)
 params = ctypes.create_string_buffer(120)
 out["io_uring"] = call("io_uring_setup", 1, params)
+# No setuid or setgid mode, by any of the calls that set one; openat2 hides its mode.
+def errno_of(f):
+    try:
+        f()
+        return 0
+    except OSError as e:
+        return e.errno
+open("/tmp/f", "w").close()
+os.mkdir("/tmp/d")
+out["chmod_suid"] = errno_of(lambda: os.chmod("/tmp/f", 0o4755))
+out["chmod_sgid_dir"] = errno_of(lambda: os.chmod("/tmp/d", 0o2775))
+out["open_suid"] = errno_of(lambda: os.open("/tmp/g", os.O_CREAT | os.O_WRONLY, 0o6755))
+out["mknod_suid"] = errno_of(lambda: os.mknod("/tmp/h", 0o100000 | 0o4755))
+how = ctypes.create_string_buffer(24)
+out["openat2"] = call("openat2", -100, b"/tmp/f", how, 24)
+# Ordinary modes still work.
+out["chmod_plain"] = errno_of(lambda: (os.chmod("/tmp/f", 0o755), os.chmod("/tmp/d", 0o1777)))
 # Ordinary work: threads (glibc tries clone3 first), fork, a subprocess, a pipe.
 t = threading.Thread(target=lambda: out.__setitem__("thread", True)); t.start(); t.join()
 pid = os.fork()
@@ -217,6 +234,11 @@ print(json.dumps(out))
         assert_eq!(errno(k), eperm, "{k}: {o}");
     }
     assert_eq!(errno("clone3"), (-1, libc::ENOSYS as i64), "{o}");
+    assert_eq!(errno("openat2"), (-1, libc::ENOSYS as i64), "{o}");
+    for k in ["chmod_suid", "chmod_sgid_dir", "open_suid", "mknod_suid"] {
+        assert_eq!(o[k], libc::EPERM, "{k}: {o}");
+    }
+    assert_eq!(o["chmod_plain"], 0, "{o}");
     assert_eq!(o["thread"], true, "{o}");
     assert_eq!(o["fork"], 7, "{o}");
     assert_eq!(o["subprocess"], "Hi\n", "{o}");

@@ -1146,7 +1146,10 @@ fn an_output_planted_as_a_symlink_is_refused_not_mounted() {
         let refused = msg.get("error").is_some() || msg["result"]["ErrorMsg"] != "";
         assert!(refused, "{exec}: {msg}");
         let text = msg.to_string();
-        assert!(text.contains("symbolic link"), "{exec}: {text}");
+        assert!(
+            text.contains("symbolic link") || text.contains("not a directory"),
+            "{exec}: {text}"
+        );
     }
 }
 
@@ -1271,4 +1274,449 @@ fn one_byte_writes_are_gathered_into_few_frames() {
         data.len()
     );
     assert_no_monitors(&env);
+}
+
+/// SysV segments of the host's IPC namespace, as `/proc/sysvipc/shm` lists them (`key shmid
+/// perms size cpid lpid nattch uid ...`): the owner uid of each.
+fn host_shm_owners() -> Vec<u32> {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(7)?.parse().ok())
+        .collect()
+}
+
+/// A jailed job's SysV IPC objects and POSIX message queues are its own: it has an IPC
+/// namespace of its own, so a segment it leaves behind neither outlives it (memory no cgroup
+/// holds any more) nor reaches the host or the next job given the same uid. Before, jobs shared
+/// the host's namespace: a 0600 segment made by one job was listed, owned by its uid, on the
+/// host and in the next job.
+#[test]
+fn a_jailed_job_has_an_ipc_namespace_of_its_own() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let host_ns = std::fs::read_link("/proc/self/ns/ipc").expect("our IPC namespace");
+    let jobs_before = host_shm_owners()
+        .into_iter()
+        .filter(|u| *u >= 70000)
+        .count();
+    // `ipcmk` where it exists makes a segment to leave behind; the namespace is checked either way.
+    let script = "readlink /proc/self/ns/ipc; \
+                  command -v ipcmk >/dev/null && ipcmk -M 4096 -p 0600 >/dev/null; \
+                  echo segments $(tail -n +2 /proc/sysvipc/shm | wc -l)";
+    for i in 0..2u64 {
+        let exec = format!("ipcns-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-ipcns", "ExecutionID": exec,
+                "ResultsDir": tmp.path().join("results").join(&exec),
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+            }]),
+        );
+        let r = &msg["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {msg}");
+        let out = r["Stdout"].as_str().unwrap_or("").to_owned();
+        let ns = out.lines().next().unwrap_or("").to_owned();
+        assert_ne!(
+            Path::new(&ns),
+            host_ns,
+            "{exec} ran in the host's IPC namespace: {out}"
+        );
+        // (Namespace inode numbers are reused once a namespace is gone, so two jobs one after
+        // the other may show the same one: what they share is told by the segments.)
+        // Only what this job made itself, never an earlier job's or the host's.
+        let segments = out.lines().last().unwrap_or("");
+        assert!(
+            segments == "segments 0" || segments == "segments 1",
+            "{exec} sees IPC objects it did not make: {out}"
+        );
+    }
+    let jobs_after = host_shm_owners()
+        .into_iter()
+        .filter(|u| *u >= 70000)
+        .count();
+    assert_eq!(
+        jobs_after, jobs_before,
+        "segments made by jobs are left in the host's IPC namespace"
+    );
+}
+
+/// Files under `dir` (not following symlinks) with a setuid or setgid bit, owned by a uid of
+/// the jobs' pool.
+fn job_owned_setid(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.path().symlink_metadata().unwrap();
+            if m.file_type().is_dir() {
+                todo.push(e.path());
+            }
+            if m.uid() >= 70000 && m.mode() & 0o6000 != 0 {
+                found.push(format!("{} {:o}", e.path().display(), m.mode()));
+            }
+        }
+    }
+    found
+}
+
+/// A job's uid goes back to the pool when it ends; a setuid or setgid file it left in a writable
+/// input (host data, on a filesystem that may well honour setuid) would let any local user run
+/// as that uid, while the job runs and after, as the next job given it (signal it, read its
+/// `/proc/<pid>/environ` and `root`). Under the job's system-call filter no mode with those
+/// bits can be set at all; without one (a kernel without seccomp) the bits of what the job's
+/// uid owns are cleared before the uid is released. The job tries: a copy of `sh` made setuid
+/// and setgid, a hard link to it, a setgid directory, a file deep below. Before, all of them
+/// were left as the job made them.
+#[test]
+fn a_job_leaves_no_setuid_file_in_a_writable_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let x = allowed.join("x");
+    for d in [&allowed, &x] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {
+            "stateDir": tmp.path().join("state"),
+            "allowListedLocalPaths": [format!("{}:rw", allowed.display())],
+        }}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let filtered = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .contains("Seccomp:");
+    let script = "cp /bin/sh /in/sh; chmod 6755 /in/sh; ln /in/sh /in/sh.link; \
+                  mkdir -p /in/d/e/f; chmod 2777 /in/d; cp /bin/sh /in/d/e/f/deep; \
+                  chmod u+s /in/d/e/f/deep; find /in -perm /6000 | sort";
+    for i in 0..2u64 {
+        let exec = format!("setid-input-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-setid", "ExecutionID": exec,
+                "ResultsDir": tmp.path().join("results").join(&exec),
+                "Inputs": [writable_local_input(&x, "/in")],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c", script]}},
+            }]),
+        );
+        let r = &msg["result"];
+        assert_eq!(r["ErrorMsg"], "", "{exec}: {msg}");
+        assert!(x.join("d/e/f/deep").exists(), "{exec}: {msg}");
+        if filtered {
+            assert_eq!(
+                r["Stdout"], "",
+                "{exec} made setuid/setgid files while it ran: {msg}"
+            );
+        }
+        let left = job_owned_setid(&x);
+        assert!(
+            left.is_empty(),
+            "{exec} left setuid/setgid files of its uid in its writable input: {left:?}"
+        );
+        std::fs::remove_dir_all(&x).unwrap();
+        std::fs::create_dir(&x).unwrap();
+        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+}
+
+/// The results directory is checked once (`CheckedDir`), but an output's bind was opened below
+/// it by its path again: whoever can rename entries next to it (its parent is theirs, or open
+/// to all: a user's home, another job's output) swapping it for a symlink at the right moment
+/// had `<symlink target>/<Name>`, any host directory of that name, bound writable into the job.
+/// Each start must get its own output or be refused.
+#[test]
+fn a_results_dir_swapped_for_a_symlink_never_binds_what_the_symlink_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("parent");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("out")).unwrap();
+    std::fs::write(outside.join("out").join("outside-marker"), "host\n").unwrap();
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let results = parent.join("results");
+    let link = parent.join("results.link");
+    std::fs::create_dir(&results).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let swapper = Swapper::start(&results, &link);
+    let (mut escaped, mut ran, mut refused) = (Vec::new(), 0, 0);
+    for i in 0..150u64 {
+        let exec = format!("binds-results-race-{i}");
+        let msg = p.call(
+            1 + i,
+            "executor_run",
+            json!([{
+                "JobID": "j-binds", "ExecutionID": exec, "ResultsDir": results,
+                "Outputs": [{"Name": "out", "Path": "/outputs"}],
+                "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["ls", "/outputs"]}},
+            }]),
+        );
+        match msg.get("result") {
+            Some(r) if r["ErrorMsg"] == "" => {
+                ran += 1;
+                if r["Stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("outside-marker")
+                {
+                    escaped.push(exec);
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let swaps = swapper.stop();
+    eprintln!(
+        "{ran} ran, {refused} refused, {} got the outside directory, {swaps} swaps",
+        escaped.len()
+    );
+    assert!(
+        escaped.is_empty(),
+        "the outside directory was bound as the output for {escaped:?}"
+    );
+    assert!(ran > 0, "no start got its output ({refused} refused)");
+}
+
+/// The outputs go back to root through the results directory checked when they were made, not
+/// through its path: whoever can rename entries beside it swapping it, while the job runs, for
+/// another directory that passes the same check had the walk back chown that directory's
+/// outputs to root and leave the job's own files to its uid, which goes back to the pool.
+#[test]
+fn outputs_go_back_through_the_results_dir_that_was_checked_not_its_path() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let results = parent.join("results");
+    let moved = parent.join("results.moved");
+    let decoy = parent.join("decoy");
+    std::fs::create_dir_all(decoy.join("out")).unwrap();
+    let theirs = decoy.join("out").join("theirs");
+    std::fs::write(&theirs, "not the job's\n").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let exec = "handback-swapped-results";
+    let started = p.call(
+        1,
+        "executor_start",
+        json!([{
+            "JobID": "j-handback", "ExecutionID": exec, "ResultsDir": results,
+            "Outputs": [{"Name": "out", "Path": "/outputs"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                "touch /outputs/made; i=0; while [ ! -e /outputs/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"]}},
+        }]),
+    );
+    assert!(started.get("result").is_some(), "{started}");
+    let made = results.join("out").join("made");
+    wait_until(Duration::from_secs(20), "the job's output", || {
+        made.exists()
+    });
+    // While the job runs, the path is pointed at the decoy; the job is then let go.
+    std::fs::rename(&results, &moved).unwrap();
+    std::fs::rename(&decoy, &results).unwrap();
+    std::fs::write(moved.join("out").join("go"), "").unwrap();
+    let r = p.call(2, "executor_wait", json!([exec]));
+    assert_eq!(r["result"]["ErrorMsg"], "", "{r}");
+    let owner = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+    assert_eq!(
+        owner(&results.join("out").join("theirs")),
+        65534,
+        "the walk back went through the path, to the directory swapped in"
+    );
+    assert_eq!(
+        owner(&moved.join("out").join("made")),
+        0,
+        "the job's own output was left to its uid"
+    );
+}
+
+/// A host's `ExecutionDir/logs` is checked when the monitor makes the log, but readers open the
+/// log by its path later. Whoever can rename entries beside the `ExecutionDir` (its parent is
+/// theirs, or open to all) can put a directory of their own in its place whose log is a
+/// symlink to another execution's: reading this execution's logs must never give that one's.
+#[test]
+fn a_log_swapped_for_a_symlink_never_reads_another_executions_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let parent = tmp.path().join("parent");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    p.initialize(&state);
+    let run = |p: &mut executor_tests::RawPlugin, id: u64, req: Value| {
+        let msg = p.call(id, "executor_run", json!([req]));
+        assert_eq!(msg["result"]["ErrorMsg"], "", "{msg}");
+    };
+    run(
+        &mut p,
+        1,
+        json!({"JobID": "j-logswap", "ExecutionID": "logswap-victim",
+               "ResultsDir": tmp.path().join("results-victim"),
+               "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["echo", "victim-secret"]}}}),
+    );
+    let exec_dir = parent.join("exec");
+    run(
+        &mut p,
+        2,
+        json!({"JobID": "j-logswap", "ExecutionID": "logswap-mine", "ExecutionDir": exec_dir,
+               "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["echo", "mine"]}}}),
+    );
+    let victim_log = state
+        .join("executions")
+        .join("logswap-victim")
+        .join("raw_container_logs");
+    assert!(
+        victim_log.exists(),
+        "the victim's log is not where expected"
+    );
+    std::fs::rename(&exec_dir, parent.join("exec.old")).unwrap();
+    std::fs::create_dir_all(exec_dir.join("logs")).unwrap();
+    std::os::unix::fs::symlink(
+        &victim_log,
+        exec_dir.join("logs").join("raw_container_logs"),
+    )
+    .unwrap();
+    let msg = p.call(
+        3,
+        "executor_subscribeLogs",
+        json!([{"ExecutionID": "logswap-mine"}]),
+    );
+    let mut seen = Vec::new();
+    if let Some(sub) = msg.get("result").cloned() {
+        loop {
+            let raw = p.log_event(&sub, Duration::from_secs(10));
+            // A stream that fails (the log refused) ends without data.
+            let Ok(ev) = serde_json::from_value::<LogEvent>(raw.clone()) else {
+                eprintln!("the stream ended with {raw}");
+                break;
+            };
+            seen.extend(ev.data_bytes());
+            if matches!(ev, LogEvent::End { .. }) {
+                break;
+            }
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        !seen.contains("victim-secret"),
+        "another execution's log was read through the symlink: {seen:?} ({msg})"
+    );
+}
+
+/// Outputs handed back to the host keep no write bit for other local users: a 0777 directory
+/// or 0666 file a job left, owned by root once handed back, would let any local user swap the
+/// outputs for symlinks to the host's files before whoever publishes the results reads them.
+#[test]
+fn outputs_handed_back_are_writable_by_no_other_user() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root for job uids");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": tmp.path().join("state")}}),
+    );
+    if init["result"]["capabilities"]["filesystemIsolation"] != true {
+        eprintln!("skipped: no filesystem isolation here: {init}");
+        return;
+    }
+    let msg = p.call(
+        1,
+        "executor_run",
+        json!([{
+            "JobID": "j-handback", "ExecutionID": "handback-modes", "ResultsDir": results,
+            "Outputs": [{"Name": "out", "Path": "/outputs"}],
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sh", "-c",
+                "mkdir -p /outputs/d/e && touch /outputs/f /outputs/d/e/g \
+                 && chmod 666 /outputs/f /outputs/d/e/g && chmod 777 /outputs /outputs/d /outputs/d/e \
+                 && chmod 1777 /outputs/d/e"]}},
+        }]),
+    );
+    assert_eq!(msg["result"]["ExitCode"], 0, "{msg}");
+    let mut open = Vec::new();
+    let mut todo = vec![results.join("out")];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.mode() & 0o022 != 0 {
+            open.push(format!("{} {:o}", p.display(), m.mode() & 0o7777));
+        }
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "outputs left writable by other users: {open:?}"
+    );
 }

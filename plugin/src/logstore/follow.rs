@@ -116,7 +116,7 @@ async fn open(path: &Path, opts: &FollowOptions, deadline: Instant) -> io::Resul
         let tail = opts.tail;
         let position = opts.position.unwrap_or(0);
         let opened = blocking(move || {
-            let file = std::fs::File::open(&p)?;
+            let file = super::reader::open_log_file(&p)?;
             let offset = if tail {
                 file.metadata()?.len()
             } else {

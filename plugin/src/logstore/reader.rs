@@ -145,6 +145,25 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Option<(LogItem, usize)>, Frame
     Ok(Some((LogItem::Frame(frame), total)))
 }
 
+/// Opens a log for reading: never through a symlink, and only a regular file. A host's
+/// `ExecutionDir/logs` is checked when the monitor makes the log, but its path is what a reader
+/// opens later: whoever can rename entries beside it could put a directory of their own there
+/// whose log is a symlink to another execution's, or a FIFO that would block the reader.
+pub fn open_log_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
 /// Reads items from an open log file, starting at a frame boundary, in bounded memory.
 /// Reads go through `pread` at the tracked offset, so the file's own cursor is irrelevant and
 /// the file may grow between calls.
@@ -161,7 +180,7 @@ impl LogReader {
     /// Opens `path` and positions at `offset`, which must be a frame boundary (0, or a `next`
     /// or `End` offset from an earlier read) not beyond the current end of the file.
     pub fn open(path: &Path, offset: u64) -> io::Result<LogReader> {
-        LogReader::new(File::open(path)?, offset)
+        LogReader::new(open_log_file(path)?, offset)
     }
 
     pub fn new(file: File, offset: u64) -> io::Result<LogReader> {

@@ -3,9 +3,9 @@
 //! root with the inputs and outputs mounted, and an unprivileged user.
 //!
 //! In the child the steps run in this order: join the cgroup (needs the host's
-//! `/sys/fs/cgroup`), enter the network namespace, build and enter the private root (needs
-//! root), rlimits and `no_new_privs`, and last the user switch (drops the privilege everything
-//! before it needed).
+//! `/sys/fs/cgroup`), enter the network and IPC namespaces, build and enter the private root
+//! (needs root), rlimits and `no_new_privs`, and last the user switch (drops the privilege
+//! everything before it needed).
 //!
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
@@ -326,8 +326,25 @@ fn create_outputs(spec: &MonitorSpec) -> Result<CheckedDir, SandboxError> {
 #[derive(Debug)]
 struct HandBack {
     results: PathBuf,
+    /// The results directory as it was checked when the outputs were made: the walk back goes
+    /// through this descriptor, not the path, which whoever can rename entries beside it may
+    /// have pointed at another directory since.
+    dir: Option<CheckedDir>,
     names: Vec<String>,
     job_uid: u32,
+    /// The writable inputs (source, and where it stops being the host's path; see
+    /// [`mounts::Bind`]): what the job's uid made setuid or setgid in them is cleared.
+    writable_inputs: Vec<(PathBuf, Option<PathBuf>)>,
+}
+
+/// Moves the calling process into a new IPC namespace (needs `CAP_SYS_ADMIN`, so before the
+/// user switch). Async-signal-safe: one system call.
+fn enter_private_ipc() -> io::Result<()> {
+    // SAFETY: plain system call with a constant flag.
+    if unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Give every output of `results` (by its descriptor, see [`outputs::hand_over`]) over; the
@@ -346,6 +363,34 @@ fn hand_over_all(
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+/// A job's uid goes back to the pool: a setuid or setgid file it left in a writable input (host
+/// data, often on a filesystem mounted with setuid allowed) would let any local user become the
+/// next job given that uid. Where the job ran under its system-call filter it could make no
+/// such file (see `seccomp::MODE_ARG`), and this is not needed. Each input is resolved again as it was for the mount (a racer can
+/// at most point the walk at another tree it may write, where only the job uid's files are
+/// touched).
+fn strip_writable_inputs(back: &mut HandBack) {
+    use std::os::fd::AsFd;
+    for (source, below) in std::mem::take(&mut back.writable_inputs) {
+        let held = match mounts::open_source(&source, below.as_deref()) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!(
+                    "monitor: clearing setuid bits in the writable input {}: {e}",
+                    source.display()
+                );
+                continue;
+            }
+        };
+        if let Err(e) = outputs::strip(held.fd.as_fd(), back.job_uid) {
+            eprintln!(
+                "monitor: clearing setuid bits in the writable input {}: {e}",
+                source.display()
+            );
+        }
+    }
 }
 
 impl JobSandbox for HostSandbox {
@@ -444,6 +489,17 @@ impl JobSandbox for HostSandbox {
                 netns::enter_isolated_network,
             ));
         }
+        // A jailed job (root plugin) gets an IPC namespace of its own: in the host's, SysV
+        // segments, queues and semaphores and POSIX message queues a job makes outlive it
+        // (memory no cgroup holds any more), stay readable by the next job given the same uid,
+        // and the host's own objects with loose modes are the job's to read. A namespace's
+        // objects go with its last process.
+        if s.filesystem.is_some() || s.run_as.is_some() {
+            self.steps.push(PreExecStep::new(
+                "entering the job's own IPC namespace",
+                enter_private_ipc,
+            ));
+        }
         // The job writes its outputs as its own user. The results directory itself stays the
         // monitor's: a job that owned it could swap its outputs for symlinks between the
         // hand-back walks (the files in it are made by descriptor, so they are safe anyway).
@@ -457,10 +513,25 @@ impl JobSandbox for HostSandbox {
                 let lease = UidLease::hold(user.uid, path).map_err(|e| {
                     SandboxError::Setup(format!("holding the job's uid {}: {e}", user.uid))
                 })?;
+                // Inputs come first in the binds, then one per output.
+                let writable_inputs = s
+                    .filesystem
+                    .as_ref()
+                    .map(|fs| {
+                        let inputs = fs.binds.len().saturating_sub(spec.output_names.len());
+                        fs.binds[..inputs]
+                            .iter()
+                            .filter(|b| !b.read_only)
+                            .map(|b| (b.source.clone(), b.untrusted_below.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let back = HandBack {
                     results: spec.results_dir.clone(),
+                    dir: results.as_ref().and_then(|r| r.try_clone().ok()),
                     names: spec.output_names.clone(),
                     job_uid: user.uid,
+                    writable_inputs,
                 };
                 self.own_uid = Some((lease, back));
             }
@@ -468,8 +539,10 @@ impl JobSandbox for HostSandbox {
         if self.own_uid.is_none() && !spec.output_names.is_empty() {
             self.sweep = Some(HandBack {
                 results: spec.results_dir.clone(),
+                dir: results.as_ref().and_then(|r| r.try_clone().ok()),
                 names: spec.output_names.clone(),
                 job_uid: 0,
+                writable_inputs: Vec::new(),
             });
         }
         if let (Some(user), Some(results)) = (&s.run_as, &results) {
@@ -589,6 +662,13 @@ impl JobSandbox for HostSandbox {
             }
         }
         self.reclaim_outputs();
+        // Under the job's system-call filter no mode with those bits can be set: the walk is
+        // for kernels without seccomp only (a large writable input costs a walk per job).
+        if !crate::sandbox::seccomp::supported() {
+            if let Some((_, back)) = self.own_uid.as_mut() {
+                strip_writable_inputs(back);
+            }
+        }
         // Only now may the uid go to another job.
         self.own_uid = None;
         // Every process of the job is gone: the last hold on its mount namespace.
@@ -609,7 +689,11 @@ impl JobSandbox for HostSandbox {
         if names.is_empty() {
             return;
         }
-        let results = match CheckedDir::open(&back.results) {
+        let results = match back
+            .dir
+            .take()
+            .map_or_else(|| CheckedDir::open(&back.results), Ok)
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("monitor: handing the outputs back: {e}");

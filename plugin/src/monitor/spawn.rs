@@ -242,6 +242,23 @@ pub fn resolve_program_in(
 /// Where a path of the job's private root comes from on the host: the deepest bind containing
 /// it, else a system directory (bound at the same path), else nowhere (the job's own tmpfs).
 fn host_path(fs: &FsSandbox, system: &[PathBuf], p: &Path) -> Option<PathBuf> {
+    // `..` is taken lexically first: in the job's root `/usr/../root` is the job's `/root`
+    // (nothing), and looking it up on the host as root would tell a request whether the host's
+    // `/root/...` exists.
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut normal = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::Normal(n) => normal.push(n),
+            _ => {}
+        }
+    }
+    let p = normal.as_path();
     if let Some(b) = fs
         .binds
         .iter()

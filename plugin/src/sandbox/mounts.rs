@@ -76,6 +76,10 @@ pub struct HeldSource {
 pub enum SourceError {
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The directory below which nothing may be a symlink is not one the plugin can trust as
+    /// it finds it now (swapped for a symlink or another user's directory since it was made).
+    #[error("{0}")]
+    Below(#[from] crate::results::DirError),
     #[error(
         "{path} is a symbolic link; no component below {below} may be one (a job could have \
          planted it there)"
@@ -111,8 +115,12 @@ fn fstat_mode(fd: &OwnedFd) -> io::Result<libc::mode_t> {
 /// directory or a regular file. With `untrusted_below`, that directory is opened as the host
 /// named it and every component below it is opened one at a time with `O_NOFOLLOW` (as
 /// `openat2(RESOLVE_NO_SYMLINKS)` would, on any kernel): a symlink a job planted, or swapped in
-/// while this runs, is refused, never followed. The caller mounts from the descriptor, so what
-/// was checked is what the job gets.
+/// while this runs, is refused, never followed. That directory itself must pass the results
+/// directory's check ([`crate::results::CheckedDir::open`]: not a symlink, root's or ours, not
+/// open to others' renames): the results directory was checked when it was made, but whoever
+/// can rename entries beside it could have swapped it for a symlink since, and its path is
+/// resolved again here. The caller mounts from the descriptor, so what was checked is what the
+/// job gets.
 pub fn open_source(
     source: &Path,
     untrusted_below: Option<&Path>,
@@ -129,7 +137,8 @@ pub fn open_source(
                 .map_err(|_| SourceError::NotBelow {
                     below: below.to_owned(),
                 })?;
-            let mut fd = open_path_fd(libc::AT_FDCWD, &c(below)?, libc::O_DIRECTORY)?;
+            let checked = crate::results::CheckedDir::open(below)?;
+            let mut fd = open_path_fd(checked.as_fd().as_raw_fd(), c".", libc::O_DIRECTORY)?;
             let mut walked = below.to_owned();
             for part in rest.components() {
                 let Component::Normal(name) = part else {

@@ -8,7 +8,9 @@
 //! libc falls back to `clone`), the keyrings, tracing and reading other processes, BPF, perf
 //! events, `userfaultfd`, io_uring, mounting, modules, reboot and kexec, the clock, swap and
 //! accounting, and the kernel crypto and vsock sockets. Refused calls fail with EPERM, as
-//! they do for an unprivileged process, so programs take their usual fallbacks.
+//! they do for an unprivileged process, so programs take their usual fallbacks. Beyond Docker's
+//! list, a mode with the setuid or setgid bit is refused (see [`MODE_ARG`]; `openat2` answers
+//! ENOSYS, as `clone3` does).
 //!
 //! The programs are compiled in the monitor before the job is cloned (the child may not
 //! allocate); the child only hands them to the kernel.
@@ -110,6 +112,33 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS__sysctl,
 ];
 
+/// `fchmodat2` (Linux 6.6), the same number on every architecture; libc does not name it on all.
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// Calls that set a file's mode, with the index of their mode argument. A mode with the setuid
+/// or setgid bit is refused: a job writing into host data (a writable input) must not leave a
+/// file there that runs as its uid, which goes back to the pool and is the next job's. Inside
+/// the job the binds are nosuid, so nothing a job runs loses by this. `openat2`, whose mode
+/// sits behind a pointer, answers ENOSYS instead (libc's `open` does not use it).
+const MODE_ARG: &[(libc::c_long, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (SYS_FCHMODAT2, 2),
+    (libc::SYS_openat, 3),
+    (libc::SYS_mknodat, 2),
+];
+
+/// The mode bits [`MODE_ARG`] refuses.
+const SET_ID_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+
 /// Socket families refused: the kernel crypto API and vsock.
 const DENIED_SOCKET_FAMILIES: [libc::c_int; 2] = [libc::AF_ALG, libc::AF_VSOCK];
 
@@ -185,6 +214,15 @@ impl JobFilter {
                 })
                 .collect::<Result<_, SeccompError>>()?,
         );
+        for &(nr, arg) in MODE_ARG {
+            eperm.insert(
+                nr,
+                SET_ID_BITS
+                    .iter()
+                    .map(|&bit| has_flag(arg, bit))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
         let eperm = SeccompFilter::new(
             eperm,
             SeccompAction::Allow,
@@ -192,7 +230,12 @@ impl JobFilter {
             arch,
         )?;
         let enosys = SeccompFilter::new(
-            [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+            [
+                (libc::SYS_clone3, Vec::new()),
+                (libc::SYS_openat2, Vec::new()),
+            ]
+            .into_iter()
+            .collect(),
             SeccompAction::Allow,
             SeccompAction::Errno(libc::ENOSYS as u32),
             arch,
