@@ -81,6 +81,17 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
         )),
     }
 
+    match crate::sandbox::bridge::unavailable() {
+        None => caps.notes.push(
+            "Bridge jobs turn on IPv4 forwarding (net.ipv4.ip_forward, for their NAT) and it \
+             stays on; the host's own forward rules apply to other traffic as before"
+                .into(),
+        ),
+        Some(why) => caps.notes.push(format!(
+            "no Bridge networks ({why}): jobs with network type Bridge are refused"
+        )),
+    }
+
     if !crate::sandbox::seccomp::supported() {
         caps.notes.push(
             "this kernel takes no seccomp filters: jobs run without the system-call filter that \

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
+use crate::sandbox::bridge::BridgePlan;
 use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::mounts::{self, Bind};
@@ -614,6 +615,10 @@ pub struct SpecInput {
     pub resources: Resources,
     /// The request's `Network.Type` (`Default` when the request has no `Network`).
     pub network: Network,
+    /// The request's `Network.Ports` with a host port, for Bridge.
+    pub ports: Vec<crate::sandbox::bridge::Publish>,
+    /// `PluginConfig.bridgeSubnet`; `None`: [`crate::sandbox::bridge::DEFAULT_SUBNET`].
+    pub bridge_subnet: Option<String>,
     /// `PluginConfig.cgroupBase`.
     pub cgroup_base: Option<PathBuf>,
     /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
@@ -980,14 +985,25 @@ fn tmpfs_size(input: &SpecInput) -> Option<u64> {
 }
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
+    let mut bridge = None;
     let isolate_network = match input.network {
         // `Default` (also a request without a `Network`) is Bridge where Bridge works, else
         // None: never the host's network, which a job must ask for by name.
         Network::None | Network::Default => true,
         Network::Host | Network::Full => false,
-        Network::Http | Network::Bridge => {
+        Network::Bridge => {
+            bridge = Some(BridgePlan {
+                subnet: input
+                    .bridge_subnet
+                    .clone()
+                    .unwrap_or_else(|| crate::sandbox::bridge::DEFAULT_SUBNET.into()),
+                ports: input.ports.clone(),
+            });
+            false
+        }
+        Network::Http => {
             return Err(ExecutorError::unsupported(format!(
-                "network type {} is not supported by the native executor (supported: None, Host)",
+                "network type {} is not supported by the native executor (supported: None, Host, Bridge)",
                 input.network.as_str()
             ))
             .with_execution(input.execution_id.clone()))
@@ -1020,6 +1036,7 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
         nofile: input.nofile,
         isolate_network,
+        bridge,
         filesystem: None,
         run_as: None,
     })
@@ -1822,18 +1839,30 @@ mod tests {
         );
         assert!(!s.isolate_network);
 
-        for net in [Network::Http, Network::Bridge] {
-            let err = build_spec(
-                Path::new("/s"),
-                SpecInput {
-                    network: net,
-                    ..input.clone()
-                },
-            )
-            .unwrap_err();
-            assert_eq!(err.code, executor_schema::ErrorCode::Unsupported);
-            assert!(err.message.contains(net.as_str()), "{}", err.message);
-        }
+        let s = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                network: Network::Bridge,
+                bridge_subnet: Some("10.99.0.0/16".into()),
+                ..input.clone()
+            },
+        )
+        .unwrap()
+        .sandbox;
+        assert!(!s.isolate_network);
+        assert_eq!(s.bridge.map(|b| b.subnet).as_deref(), Some("10.99.0.0/16"));
+
+        let net = Network::Http;
+        let err = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                network: net,
+                ..input.clone()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code, executor_schema::ErrorCode::Unsupported);
+        assert!(err.message.contains(net.as_str()), "{}", err.message);
         let err = build_spec(
             Path::new("/s"),
             SpecInput {

@@ -16,10 +16,10 @@ use crate::sandbox::cgroup::{
 };
 use crate::sandbox::gpu;
 use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
-use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::user::chown_tree;
+use crate::sandbox::{bridge, netns};
 use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
@@ -41,6 +41,8 @@ pub struct HostSandbox {
     /// The template the job's root was built on: its namespace lives until cleanup, so its
     /// teardown comes after the report, not in the job's exit.
     template: Option<RootTemplate>,
+    /// A Bridge job's network: removed at cleanup.
+    net: Option<bridge::JobNet>,
 }
 
 /// The job root a spare monitor can make before its request: the root directory and system
@@ -412,6 +414,10 @@ impl JobSandbox for HostSandbox {
                 netns::enter_isolated_network,
             ));
         }
+        if let Some(plan) = &s.bridge {
+            self.steps
+                .push(bridge_step(self.net.insert(bridge_net(plan)?)));
+        }
         // The job writes its outputs as its own user. The results directory itself stays the
         // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
         // directory could plant a symlink in its place.
@@ -541,6 +547,8 @@ impl JobSandbox for HostSandbox {
                 eprintln!("monitor: removing the job's cgroup: {e}");
             }
         }
+        // The job is gone: its veth and published ports go, then its address is free.
+        self.net = None;
         self.reclaim_outputs();
         // Only now may the uid go to another job.
         self.own_uid = None;
@@ -562,6 +570,28 @@ impl JobSandbox for HostSandbox {
             }
         }
     }
+}
+
+/// Connect a Bridge job's namespace (see [`bridge`]).
+fn bridge_net(plan: &bridge::BridgePlan) -> Result<bridge::JobNet, SandboxError> {
+    if let Some(why) = bridge::unavailable() {
+        return Err(SandboxError::Unsupported(format!(
+            "network type Bridge is not supported on this host: {why}"
+        )));
+    }
+    let net = bridge::JobNet::setup(plan, std::process::id()).map_err(|e| match e {
+        bridge::NetError::Unsupported(why) => SandboxError::Unsupported(why),
+        e => SandboxError::Setup(format!("the job's bridge network: {e}")),
+    })?;
+    crate::timing::mark("m.bridge");
+    Ok(net)
+}
+
+fn bridge_step(net: &bridge::JobNet) -> PreExecStep {
+    let fd = net.netns_fd();
+    PreExecStep::new("entering the job's bridge network namespace", move || {
+        bridge::enter(fd)
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! `pre_exec` steps only make raw system calls (no allocation, no locks).
 
 pub mod allowlist;
+pub mod bridge;
 pub mod cgroup;
 pub mod gpu;
 pub mod mounts;

@@ -72,6 +72,10 @@ pub struct PluginConfig {
     /// Where the NVIDIA device nodes are (`nvidiactl`, `nvidia<minor>`, ...; default `/dev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_device_dir: Option<PathBuf>,
+    /// The private IPv4 range `Network: Bridge` jobs get their addresses from (the bridge
+    /// has the first; default `10.213.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_subnet: Option<String>,
     /// Keys for other engines, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
