@@ -23,6 +23,7 @@ use crate::sandbox::allowlist::AllowList;
 use crate::sandbox::bridge::BridgePlan;
 use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
+use crate::sandbox::http_proxy::{self, HttpPlan};
 use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
 use crate::sandbox::user::{self, UserPlan};
@@ -619,6 +620,10 @@ pub struct SpecInput {
     pub ports: Vec<crate::sandbox::bridge::Publish>,
     /// `PluginConfig.bridgeSubnet`; `None`: [`crate::sandbox::bridge::DEFAULT_SUBNET`].
     pub bridge_subnet: Option<String>,
+    /// The request's `Network.Domains`, for HTTP.
+    pub domains: Vec<String>,
+    /// `PluginConfig.httpHostsFile`.
+    pub http_hosts_file: Option<PathBuf>,
     /// `PluginConfig.cgroupBase`.
     pub cgroup_base: Option<PathBuf>,
     /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
@@ -708,6 +713,10 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
     for kv in &input.engine_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         env.push((k.to_string(), v.to_string()));
+    }
+    if sandbox.http.is_some() {
+        // Last, so the job's own values cannot point its clients elsewhere.
+        env.extend(http_proxy::proxy_env());
     }
     env.push(("BACALHAU_EXECUTION_ID".into(), input.execution_id.clone()));
     env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
@@ -985,7 +994,7 @@ fn tmpfs_size(input: &SpecInput) -> Option<u64> {
 }
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
-    let mut bridge = None;
+    let (mut bridge, mut http) = (None, None);
     let isolate_network = match input.network {
         // `Default` (also a request without a `Network`) is Bridge where Bridge works, else
         // None: never the host's network, which a job must ask for by name.
@@ -1002,11 +1011,12 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
             false
         }
         Network::Http => {
-            return Err(ExecutorError::unsupported(format!(
-                "network type {} is not supported by the native executor (supported: None, Host, Bridge)",
-                input.network.as_str()
-            ))
-            .with_execution(input.execution_id.clone()))
+            http = Some(HttpPlan {
+                domains: input.domains.clone(),
+                hosts_file: input.http_hosts_file.clone(),
+                bridge_subnet: input.bridge_subnet.clone(),
+            });
+            false
         }
     };
     let cpu = input.resources.cpu;
@@ -1037,6 +1047,7 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         nofile: input.nofile,
         isolate_network,
         bridge,
+        http,
         filesystem: None,
         run_as: None,
     })
@@ -1852,17 +1863,22 @@ mod tests {
         assert!(!s.isolate_network);
         assert_eq!(s.bridge.map(|b| b.subnet).as_deref(), Some("10.99.0.0/16"));
 
-        let net = Network::Http;
-        let err = build_spec(
+        let spec = build_spec(
             Path::new("/s"),
             SpecInput {
-                network: net,
+                network: Network::Http,
+                domains: vec![".example.com".into()],
+                request_env: vec![("HTTP_PROXY".into(), "http://elsewhere:1".into())],
                 ..input.clone()
             },
         )
-        .unwrap_err();
-        assert_eq!(err.code, executor_schema::ErrorCode::Unsupported);
-        assert!(err.message.contains(net.as_str()), "{}", err.message);
+        .unwrap();
+        assert!(!spec.sandbox.isolate_network);
+        let http = spec.sandbox.http.expect("an HTTP plan");
+        assert_eq!(http.domains, vec![".example.com".to_string()]);
+        // The proxy's variables come after the request's: they win.
+        let last = spec.env.iter().rev().find(|(k, _)| k == "HTTP_PROXY");
+        assert_eq!(last.map(|(_, v)| v.as_str()), Some(http_proxy::PROXY_URL));
         let err = build_spec(
             Path::new("/s"),
             SpecInput {

@@ -129,6 +129,12 @@ fn registry_config(
             }])
         })?;
     }
+    if let Some(path) = config.http_hosts_file.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(ExecutorError::invalid_params(vec![FieldProblem {
+            field: "config.httpHostsFile".into(),
+            message: format!("must be an absolute path, got {}", path.display()),
+        }]));
+    }
     let bad = allowlist::AllowList::problems(&config.allow_listed_local_paths);
     if !bad.is_empty() {
         return Err(ExecutorError::invalid_params(vec![FieldProblem {
@@ -293,6 +299,12 @@ fn spec_input(
             .map(|n| n.network_type)
             .unwrap_or_default(),
         bridge_subnet: config.bridge_subnet.clone(),
+        domains: req
+            .network
+            .as_ref()
+            .map(|n| n.domains.clone())
+            .unwrap_or_default(),
+        http_hosts_file: config.http_hosts_file.clone(),
         cgroup_base: config.cgroup_base.clone(),
         default_pids_max: config.default_pids_max,
         default_memory: config.default_memory.map(|b| b.bytes()),

@@ -318,3 +318,121 @@ fn a_killed_monitors_network_is_removed_by_the_next_plugin() {
     let leftover: Value = json!(leftovers());
     assert_eq!(leftover, json!([]));
 }
+
+/// Answers every HTTP request (read up to the end of its head) with `200` and `tag`.
+fn serve_http(listener: TcpListener, tag: &'static str) {
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{tag}",
+                tag.len()
+            );
+        }
+    });
+}
+
+/// An HTTP job reaches an allowed domain's server through the proxy (plain HTTP, and CONNECT
+/// for a name under a `.domain` wildcard), and is refused for a domain not listed, for a listed
+/// one that resolves to the host's loopback, and for the server's address directly.
+#[test]
+fn an_http_job_reaches_allowed_domains_through_the_proxy_only() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = harness::serial();
+    let remote = Remote::new(43);
+    let far = remote.inside(|| TcpListener::bind("0.0.0.0:0").expect("remote server"));
+    let port = far.local_addr().unwrap().port();
+    serve_http(far, "remote");
+    let loopback = TcpListener::bind("127.0.0.1:0").expect("loopback server");
+    let loop_port = loopback.local_addr().unwrap().port();
+    serve_http(loopback, "host");
+
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let hosts = work.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "{ip} allowed.test sub.wild.test denied.test\n127.0.0.1 loop.test\n",
+            ip = remote.ip
+        ),
+    )
+    .unwrap();
+    let mut p = executor_tests::RawPlugin::spawn();
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": state.path(), "httpHostsFile": hosts}}),
+    );
+    assert!(init.get("result").is_some(), "{init}");
+    let script = format!(
+        r#"import os, socket, urllib.request, urllib.error
+print('env', os.environ.get('HTTP_PROXY'), os.environ.get('https_proxy'))
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return '%d %s' % (r.status, r.read().decode())
+    except urllib.error.HTTPError as e:
+        return 'refused %d' % e.code
+    except Exception as e:
+        return 'error %s' % e
+def connect(host):
+    s = socket.create_connection(('127.0.0.1', 3128), 5)
+    s.sendall(('CONNECT %s:{port} HTTP/1.1\r\nHost: x\r\n\r\n' % host).encode())
+    head = s.recv(1024).decode()
+    if not head.startswith('HTTP/1.1 200'):
+        return 'refused ' + head.split()[1]
+    s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+    data = b''
+    while True:
+        c = s.recv(1024)
+        if not c:
+            break
+        data += c
+    return 'tunnel ' + data.decode().split('\r\n\r\n', 1)[1]
+print('allowed', get('http://allowed.test:{port}/'))
+print('denied', get('http://denied.test:{port}/'))
+print('loop', get('http://loop.test:{loop_port}/'))
+print('wild', connect('sub.wild.test'))
+print('connect-denied', connect('denied.test'))
+try:
+    socket.create_connection(('{ip}', {port}), 3)
+    print('direct reached')
+except OSError:
+    print('direct unreachable')
+"#,
+        ip = remote.ip
+    );
+    let results = work.path().join("net-http");
+    let req = json!({
+        "JobID": "j-net", "ExecutionID": "net-http", "ResultsDir": results,
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["python3", "-c", script]}},
+        "Network": {"Type": "HTTP", "Domains": ["allowed.test", ".wild.test", "loop.test"]},
+    });
+    let r = p.call(1, "executor_run", json!([req]));
+    assert_eq!(r["result"]["ExitCode"], 0, "{r}");
+    let out = std::fs::read_to_string(results.join("stdout")).unwrap();
+    assert_eq!(
+        out,
+        "env http://127.0.0.1:3128 http://127.0.0.1:3128\n\
+         allowed 200 remote\n\
+         denied refused 403\n\
+         loop refused 403\n\
+         wild tunnel remote\n\
+         connect-denied refused 403\n\
+         direct unreachable\n",
+        "{r}"
+    );
+    p.call(2, "shutdown", json!([]));
+}

@@ -19,7 +19,7 @@ use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::user::chown_tree;
-use crate::sandbox::{bridge, netns};
+use crate::sandbox::{bridge, http_proxy, netns};
 use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
@@ -43,6 +43,8 @@ pub struct HostSandbox {
     template: Option<RootTemplate>,
     /// A Bridge job's network: removed at cleanup.
     net: Option<bridge::JobNet>,
+    /// An HTTP job's namespace and the proxy serving it: stopped at cleanup.
+    http: Option<(std::os::fd::OwnedFd, http_proxy::Proxy)>,
 }
 
 /// The job root a spare monitor can make before its request: the root directory and system
@@ -418,6 +420,10 @@ impl JobSandbox for HostSandbox {
             self.steps
                 .push(bridge_step(self.net.insert(bridge_net(plan)?)));
         }
+        if let Some(plan) = &s.http {
+            self.steps
+                .push(http_step(self.http.insert(http_net(plan)?)));
+        }
         // The job writes its outputs as its own user. The results directory itself stays the
         // monitor's: it writes `exitCode` there by path at the end, and a job that owned the
         // directory could plant a symlink in its place.
@@ -549,6 +555,7 @@ impl JobSandbox for HostSandbox {
         }
         // The job is gone: its veth and published ports go, then its address is free.
         self.net = None;
+        self.http = None;
         self.reclaim_outputs();
         // Only now may the uid go to another job.
         self.own_uid = None;
@@ -585,6 +592,32 @@ fn bridge_net(plan: &bridge::BridgePlan) -> Result<bridge::JobNet, SandboxError>
     })?;
     crate::timing::mark("m.bridge");
     Ok(net)
+}
+
+/// An HTTP job's namespace with the proxy in it (see [`http_proxy`]).
+fn http_net(
+    plan: &http_proxy::HttpPlan,
+) -> Result<(std::os::fd::OwnedFd, http_proxy::Proxy), SandboxError> {
+    if !netns::supported() {
+        return Err(SandboxError::Unsupported(
+            "network type HTTP is not supported on this host: creating a network namespace \
+             needs root"
+                .into(),
+        ));
+    }
+    http_proxy::start(plan).map_err(|e| {
+        SandboxError::Setup(format!(
+            "starting the job's HTTP proxy in its namespace: {e}"
+        ))
+    })
+}
+
+fn http_step(net: &(std::os::fd::OwnedFd, http_proxy::Proxy)) -> PreExecStep {
+    use std::os::fd::AsRawFd;
+    let fd = net.0.as_raw_fd();
+    PreExecStep::new("entering the job's HTTP network namespace", move || {
+        bridge::enter(fd)
+    })
 }
 
 fn bridge_step(net: &bridge::JobNet) -> PreExecStep {

@@ -6,6 +6,7 @@ pub mod allowlist;
 pub mod bridge;
 pub mod cgroup;
 pub mod gpu;
+pub mod http_proxy;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;

@@ -76,6 +76,10 @@ pub struct PluginConfig {
     /// has the first; default `10.213.0.0/16`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge_subnet: Option<String>,
+    /// A hosts(5) file the HTTP network's proxy looks names up in before the system resolver
+    /// (private names; tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_hosts_file: Option<PathBuf>,
     /// Keys for other engines, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
