@@ -620,6 +620,8 @@ pub struct SpecInput {
     pub ports: Vec<crate::sandbox::bridge::Publish>,
     /// `PluginConfig.bridgeSubnet`; `None`: [`crate::sandbox::bridge::DEFAULT_SUBNET`].
     pub bridge_subnet: Option<String>,
+    /// Bridge works on this host (capabilities' `networks`): `Default` means Bridge, else None.
+    pub default_bridge: bool,
     /// The request's `Network.Domains`, for HTTP.
     pub domains: Vec<String>,
     /// `PluginConfig.httpHostsFile`.
@@ -998,9 +1000,10 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
     let isolate_network = match input.network {
         // `Default` (also a request without a `Network`) is Bridge where Bridge works, else
         // None: never the host's network, which a job must ask for by name.
-        Network::None | Network::Default => true,
+        Network::None => true,
+        Network::Default if !input.default_bridge => true,
         Network::Host | Network::Full => false,
-        Network::Bridge => {
+        Network::Bridge | Network::Default => {
             bridge = Some(BridgePlan {
                 subnet: input
                     .bridge_subnet
@@ -1862,6 +1865,21 @@ mod tests {
         .sandbox;
         assert!(!s.isolate_network);
         assert_eq!(s.bridge.map(|b| b.subnet).as_deref(), Some("10.99.0.0/16"));
+        // Default is Bridge where Bridge works, else None.
+        for (works, bridged) in [(true, true), (false, false)] {
+            let s = build_spec(
+                Path::new("/s"),
+                SpecInput {
+                    network: Network::Default,
+                    default_bridge: works,
+                    ..input.clone()
+                },
+            )
+            .unwrap()
+            .sandbox;
+            assert_eq!(s.bridge.is_some(), bridged);
+            assert_eq!(s.isolate_network, !bridged);
+        }
 
         let spec = build_spec(
             Path::new("/s"),

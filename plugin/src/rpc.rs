@@ -713,6 +713,7 @@ impl NativePlugin {
             &session.gpus,
         );
         input.ports = bridge_ports(&request)?;
+        input.default_bridge = session.capabilities.networks.contains(&Network::Bridge);
         input.job_user = uid_lease
             .as_ref()
             .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));

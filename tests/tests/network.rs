@@ -436,3 +436,55 @@ except OSError:
     );
     p.call(2, "shutdown", json!([]));
 }
+
+/// Where Bridge works, `Default` (and a request without a `Network`) is Bridge: the job
+/// reaches a "remote" server through the NAT and still nothing of the host; `capabilities`
+/// lists the network types.
+#[test]
+fn the_default_network_is_bridge_where_bridge_works() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = harness::serial();
+    let remote = Remote::new(44);
+    let far = remote.inside(|| TcpListener::bind("0.0.0.0:0").expect("remote server"));
+    let far_port = far.local_addr().unwrap().port();
+    serve(far, "remote");
+    let host = TcpListener::bind("127.0.0.1:0").expect("host server");
+    let host_port = host.local_addr().unwrap().port();
+    serve(host, "host");
+
+    let mut env = Env::new();
+    assert_eq!(
+        env.capabilities["networks"],
+        json!(["Host", "Full", "None", "HTTP", "Bridge", "Default"]),
+        "{}",
+        env.capabilities
+    );
+    let targets = [
+        SocketAddr::from((remote.ip, far_port)),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
+    ];
+    let script = probe_script(&targets);
+    for (exec, network) in [
+        ("net-default-missing", Value::Null),
+        ("net-default-named", json!({"Type": "Default"})),
+    ] {
+        let r = env.run(exec, &python(&script), json!({"Network": network}));
+        assert_eq!(r["ErrorMsg"], "", "{r}");
+        let out = String::from_utf8_lossy(&env.file(exec, "stdout")).into_owned();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines.first().copied(),
+            Some(format!("{} remote", remote.ip).as_str()),
+            "{exec}: {out}"
+        );
+        assert!(
+            lines
+                .get(1)
+                .is_some_and(|l| l.starts_with("127.0.0.1 unreachable")),
+            "{exec}: {out}"
+        );
+    }
+}

@@ -553,12 +553,13 @@ impl JobSandbox for HostSandbox {
                 eprintln!("monitor: removing the job's cgroup: {e}");
             }
         }
-        // The job is gone: its veth and published ports go, then its address is free.
-        self.net = None;
-        self.http = None;
         self.reclaim_outputs();
         // Only now may the uid go to another job.
         self.own_uid = None;
+        // The job is gone: its veth and published ports go, then its address is free. After
+        // the uid: it is not the job's any more, and a next job of that uid need not wait.
+        self.net = None;
+        self.http = None;
         // Every process of the job is gone: the last hold on its mount namespace.
         self.template = None;
         self.ahead = Ahead::default();

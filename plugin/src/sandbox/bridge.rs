@@ -336,12 +336,8 @@ fn try_lock(file: &File) -> io::Result<bool> {
 fn remove_index(index: u32, table: bool) -> Vec<String> {
     let mut problems = Vec::new();
     let veth = format!("{VETH_PREFIX}{index}");
-    if link_exists(&veth) {
-        if let Err(e) = run("ip", &["link", "del", &veth], "") {
-            if link_exists(&veth) {
-                problems.push(format!("removing {veth}: {e}"));
-            }
-        }
+    if let Err(e) = delete_link(&veth) {
+        problems.push(format!("removing {veth}: {e}"));
     }
     if !table {
         return problems;
@@ -355,6 +351,78 @@ fn remove_index(index: u32, table: bool) -> Vec<String> {
         problems.push(format!("removing the nftables table ip {table}: {e}"));
     }
     problems
+}
+
+/// Delete the link `name` (both ends, for a veth) with one `RTM_DELLINK` over rtnetlink: at the
+/// end of every Bridge job, where starting `ip` would keep the monitor (and the job's uid) that
+/// much longer. A link that is not there is no error.
+fn delete_link(name: &str) -> io::Result<()> {
+    fn push16(m: &mut Vec<u8>, v: u16) {
+        m.extend_from_slice(&v.to_ne_bytes());
+    }
+    fn push32(m: &mut Vec<u8>, v: u32) {
+        m.extend_from_slice(&v.to_ne_bytes());
+    }
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad link name"));
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16) + ifinfomsg (16) + rtattr IFLA_IFNAME (4 + name + NUL, padded to 4).
+    let attr_len = 4 + name.len() + 1;
+    let total = 16 + 16 + attr_len.div_ceil(4) * 4;
+    let mut msg = Vec::with_capacity(total);
+    push32(&mut msg, total as u32);
+    push16(&mut msg, libc::RTM_DELLINK);
+    push16(&mut msg, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16);
+    push32(&mut msg, 1); // sequence
+    push32(&mut msg, 0); // to the kernel
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
+    push16(&mut msg, 0); // type
+    push32(&mut msg, 0); // index: by name
+    push32(&mut msg, 0); // flags
+    push32(&mut msg, 0); // change
+    push16(&mut msg, attr_len as u16);
+    push16(&mut msg, libc::IFLA_IFNAME);
+    msg.extend_from_slice(name.as_bytes());
+    msg.resize(total, 0);
+    // SAFETY: send(2) of a buffer that lives across the call, on the socket owned above
+    // (unbound and unconnected netlink sockets send to the kernel).
+    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 512];
+    let n = loop {
+        // SAFETY: recv(2) into a buffer of the given length, on the socket owned above.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // The acknowledgement: nlmsghdr with type NLMSG_ERROR, then the (negative) errno.
+    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
+        return Err(io::Error::other("an unexpected rtnetlink reply"));
+    }
+    match -i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+        0 | libc::ENODEV => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// A Bridge job's network: its namespace (entered by the job), its index and what carries it.
@@ -389,10 +457,8 @@ impl JobNet {
             )
         })?;
         let veth = format!("{VETH_PREFIX}{index}");
-        if link_exists(&veth) {
-            if let Err(e) = run("ip", &["link", "del", &veth], "") {
-                eprintln!("monitor: removing the leftover {veth}: {e}");
-            }
+        if let Err(e) = delete_link(&veth) {
+            eprintln!("monitor: removing the leftover {veth}: {e}");
         }
         // Made before the namespace, so a failure below is torn down like a job's end.
         let mut net = JobNet {
@@ -604,6 +670,35 @@ mod tests {
         ] {
             assert!(Subnet::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn links_are_deleted_over_rtnetlink_and_a_missing_one_is_no_error() {
+        if !nix::unistd::geteuid().is_root() || tool("ip").is_none() {
+            eprintln!("skipped: needs root and ip");
+            return;
+        }
+        let name = format!("exdl{}", std::process::id() % 100_000);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}p"),
+            ],
+            "",
+        )
+        .expect("a veth pair");
+        assert!(link_exists(&name));
+        delete_link(&name).expect("deleted");
+        assert!(!link_exists(&name) && !link_exists(&format!("{name}p")));
+        delete_link(&name).expect("a missing link is no error");
+        assert!(delete_link("").is_err());
     }
 
     #[test]

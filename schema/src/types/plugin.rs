@@ -150,6 +150,10 @@ pub struct Capabilities {
     pub limits: EnforcedLimits,
     /// `Network: None` gets its own network namespace.
     pub network_isolation: bool,
+    /// The `Network.Type`s this host runs jobs with (`Default` included when it maps to one
+    /// of them); the others are declined and refused. Empty from a plugin that predates it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<super::bacalhau::Network>,
     /// Inputs and outputs are mounted at their paths in a private mount namespace.
     pub filesystem_isolation: bool,
     /// User jobs run as, when not the plugin's own.
