@@ -86,6 +86,23 @@ impl Remote {
         r
     }
 
+    /// Also answer at a link-local address (like a cloud's metadata service at 169.254.169.254),
+    /// routed from the host through this namespace. Not the real metadata address: the host
+    /// may need its own.
+    fn with_link_local(self, addr: Ipv4Addr) -> Remote {
+        let cidr = format!("{addr}/32");
+        let host = format!("{addr}/32");
+        let via = self.ip.to_string();
+        let steps: [&[&str]; 2] = [
+            &["-n", &self.ns, "addr", "add", &cidr, "dev", "lo"],
+            &["route", "replace", &host, "via", &via],
+        ];
+        for s in steps {
+            ip(s).unwrap_or_else(|e| panic!("ip {s:?}: {e}"));
+        }
+        self
+    }
+
     /// Run `f` on a thread inside the remote namespace (sockets it makes stay there).
     fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.ns);
@@ -161,7 +178,8 @@ fn python(script: &str) -> String {
 }
 
 /// A Bridge job reaches a server in another namespace through the NAT, and reaches no service
-/// of the host: not on its loopback, not on the bridge address, not on another host address.
+/// of the host: not on its loopback, not on the bridge address, not on another host address;
+/// nor a link-local address the host itself reaches (where cloud metadata lives).
 #[test]
 fn a_bridge_job_reaches_a_remote_server_and_nothing_of_the_host() {
     if let Some(why) = cannot_run() {
@@ -169,10 +187,17 @@ fn a_bridge_job_reaches_a_remote_server_and_nothing_of_the_host() {
         return;
     }
     let _serial = harness::serial();
-    let remote = Remote::new(41);
+    let metadata = Ipv4Addr::new(169, 254, 77, 77);
+    let remote = Remote::new(41).with_link_local(metadata);
     let far = remote.inside(|| TcpListener::bind("0.0.0.0:0").expect("remote server"));
     let far_port = far.local_addr().unwrap().port();
     serve(far, "remote");
+    // The host itself reaches the link-local server: only the job must not.
+    let mut s = TcpStream::connect_timeout(&(metadata, far_port).into(), Duration::from_secs(5))
+        .expect("the host reaches the link-local server");
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "remote");
     let host = TcpListener::bind("0.0.0.0:0").expect("host server");
     let host_port = host.local_addr().unwrap().port();
     serve(host, "host");
@@ -183,6 +208,7 @@ fn a_bridge_job_reaches_a_remote_server_and_nothing_of_the_host() {
         SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
         SocketAddr::from((BRIDGE_GATEWAY, host_port)),
         SocketAddr::from((remote.host_ip, host_port)),
+        SocketAddr::from((metadata, far_port)),
     ];
     let script = probe_script(&targets);
     let req = json!({"Network": {"Type": "Bridge"}});
@@ -193,12 +219,12 @@ fn a_bridge_job_reaches_a_remote_server_and_nothing_of_the_host() {
     }
     let out = String::from_utf8_lossy(&env.file("net-bridge-reach", "stdout")).into_owned();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "{out} / {r}");
+    assert_eq!(lines.len(), 5, "{out} / {r}");
     assert_eq!(lines[0], format!("{} remote", remote.ip), "{out}");
     for (line, t) in lines[1..].iter().zip(&targets[1..]) {
         assert!(
             line.starts_with(&format!("{} unreachable", t.ip())),
-            "the job reached the host at {t}: {out}"
+            "the job reached {t}: {out}"
         );
     }
     assert_eq!(leftovers(), Vec::<String>::new(), "after the job");
@@ -487,4 +513,42 @@ fn the_default_network_is_bridge_where_bridge_works() {
             "{exec}: {out}"
         );
     }
+}
+
+/// A cancelled Bridge job's veth and DNAT table are gone once its monitor has exited.
+#[test]
+fn a_cancelled_bridge_job_leaves_nothing() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = harness::serial();
+    let mut env = Env::new();
+    let exec = "net-bridge-cancel";
+    let static_port = {
+        let l = TcpListener::bind("0.0.0.0:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    start(
+        &mut env,
+        exec,
+        "sleep 600",
+        json!({"Network": {"Type": "Bridge", "Ports": [
+            {"Name": "p", "Static": static_port, "Target": 80}
+        ]}}),
+    );
+    harness::wait_until(Duration::from_secs(30), "the job", || {
+        env.job_pid(exec).is_some()
+    });
+    let monitor = env.monitor_pid(exec).expect("monitor pid");
+    let during = leftovers();
+    assert!(
+        during.iter().any(|l| l.starts_with("exv")) && during.iter().any(|l| l.contains("exj_")),
+        "the job's veth and DNAT table while it runs: {during:?}"
+    );
+    let msg = env.call("executor_cancel", json!([exec]));
+    assert!(msg.get("error").is_none(), "{msg}");
+    env.wait(exec);
+    assert!(harness::survivors(&[monitor], Duration::from_secs(20)).is_empty());
+    assert_eq!(leftovers(), Vec::<String>::new(), "after the cancel");
 }
