@@ -26,8 +26,11 @@
 //!
 //! Bridge ports are isolated (`bridge_slave isolated on`): jobs do not reach each other.
 //!
-//! `ip` (iproute2) and `nft` (nftables) are run as programs: a start costs three short
-//! processes, and the rules read as written in the nft language.
+//! `nft` (nftables) and `ip` (iproute2) are run as programs for what is made once per start on
+//! the host's side (the tables in one transaction, the veth pair on the bridge): two short
+//! processes, with rules that read as written in the nft language. The inside of the job's
+//! namespace (address, link up, default route) and the veth's removal at the end are a few
+//! rtnetlink requests the monitor sends itself.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -353,19 +356,42 @@ fn remove_index(index: u32, table: bool) -> Vec<String> {
     problems
 }
 
-/// Delete the link `name` (both ends, for a veth) with one `RTM_DELLINK` over rtnetlink: at the
-/// end of every Bridge job, where starting `ip` would keep the monitor (and the job's uid) that
-/// much longer. A link that is not there is no error.
-fn delete_link(name: &str) -> io::Result<()> {
-    fn push16(m: &mut Vec<u8>, v: u16) {
-        m.extend_from_slice(&v.to_ne_bytes());
+/// An rtnetlink request: the header, the family's fixed part, then attributes.
+struct NlMsg(Vec<u8>);
+
+impl NlMsg {
+    /// `fixed` is the family's struct (`ifinfomsg`, `ifaddrmsg`, `rtmsg`), a multiple of 4.
+    fn new(kind: u16, flags: libc::c_int, fixed: &[u8]) -> NlMsg {
+        let mut m = Vec::with_capacity(64);
+        m.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `bytes`
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(
+            &((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes(),
+        );
+        m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        m.extend_from_slice(&0u32.to_ne_bytes()); // to the kernel
+        m.extend_from_slice(fixed);
+        NlMsg(m)
     }
-    fn push32(m: &mut Vec<u8>, v: u32) {
-        m.extend_from_slice(&v.to_ne_bytes());
+
+    fn attr(mut self, kind: u16, data: &[u8]) -> NlMsg {
+        let len = 4 + data.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(4) * 4, 0);
+        self
     }
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad link name"));
+
+    fn bytes(mut self) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.0[..4].copy_from_slice(&len.to_ne_bytes());
+        self.0
     }
+}
+
+/// An rtnetlink socket in the calling thread's network namespace.
+fn netlink() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -378,34 +404,21 @@ fn delete_link(name: &str) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // nlmsghdr (16) + ifinfomsg (16) + rtattr IFLA_IFNAME (4 + name + NUL, padded to 4).
-    let attr_len = 4 + name.len() + 1;
-    let total = 16 + 16 + attr_len.div_ceil(4) * 4;
-    let mut msg = Vec::with_capacity(total);
-    push32(&mut msg, total as u32);
-    push16(&mut msg, libc::RTM_DELLINK);
-    push16(&mut msg, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16);
-    push32(&mut msg, 1); // sequence
-    push32(&mut msg, 0); // to the kernel
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
-    push16(&mut msg, 0); // type
-    push32(&mut msg, 0); // index: by name
-    push32(&mut msg, 0); // flags
-    push32(&mut msg, 0); // change
-    push16(&mut msg, attr_len as u16);
-    push16(&mut msg, libc::IFLA_IFNAME);
-    msg.extend_from_slice(name.as_bytes());
-    msg.resize(total, 0);
-    // SAFETY: send(2) of a buffer that lives across the call, on the socket owned above
-    // (unbound and unconnected netlink sockets send to the kernel).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Send one request and read its acknowledgement: `Err` with the kernel's errno.
+fn netlink_request(sock: &OwnedFd, msg: NlMsg) -> io::Result<()> {
+    let msg = msg.bytes();
+    // SAFETY: send(2) of a buffer that lives across the call, on an open socket (an unbound
+    // netlink socket sends to the kernel).
     let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut reply = [0u8; 512];
     let n = loop {
-        // SAFETY: recv(2) into a buffer of the given length, on the socket owned above.
+        // SAFETY: recv(2) into a buffer of the given length, on an open socket.
         let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
         if n >= 0 {
             break n as usize;
@@ -420,9 +433,84 @@ fn delete_link(name: &str) -> io::Result<()> {
         return Err(io::Error::other("an unexpected rtnetlink reply"));
     }
     match -i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
-        0 | libc::ENODEV => Ok(()),
+        0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
+}
+
+/// `ifinfomsg` for the link `index` (0: named by an attribute), setting `flags` in `change`.
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[0] = libc::AF_UNSPEC as u8;
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..12].copy_from_slice(&flags.to_ne_bytes());
+    m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+/// Delete the link `name` (both ends, for a veth) with one `RTM_DELLINK` over rtnetlink: at the
+/// end of every Bridge job, where starting `ip` would keep the monitor that much longer. A link
+/// that is not there is no error.
+fn delete_link(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad link name"));
+    }
+    let mut ifname = name.as_bytes().to_vec();
+    ifname.push(0);
+    let msg =
+        NlMsg::new(libc::RTM_DELLINK, 0, &ifinfomsg(0, 0, 0)).attr(libc::IFLA_IFNAME, &ifname);
+    match netlink_request(&netlink()?, msg) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        done => done,
+    }
+}
+
+/// In the job's namespace (the calling thread's): `eth0` up with `addr`, a default route
+/// through `gateway`. Three rtnetlink requests, no process to start.
+fn configure_inside(addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> io::Result<()> {
+    // SAFETY: if_nametoindex(3) with a NUL-terminated constant.
+    let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sock = netlink()?;
+    let mut ifaddrmsg = [0u8; 8];
+    ifaddrmsg[0] = libc::AF_INET as u8;
+    ifaddrmsg[1] = prefix;
+    ifaddrmsg[3] = libc::RT_SCOPE_UNIVERSE;
+    ifaddrmsg[4..8].copy_from_slice(&index.to_ne_bytes());
+    let create = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
+    netlink_request(
+        &sock,
+        NlMsg::new(libc::RTM_NEWADDR, create, &ifaddrmsg)
+            .attr(libc::IFA_LOCAL, &addr.octets())
+            .attr(libc::IFA_ADDRESS, &addr.octets()),
+    )?;
+    let up = libc::IFF_UP as u32;
+    netlink_request(
+        &sock,
+        NlMsg::new(libc::RTM_NEWLINK, 0, &ifinfomsg(index, up, up)),
+    )?;
+    let rtmsg = [
+        libc::AF_INET as u8,
+        0, // destination length: the default route
+        0,
+        0,
+        libc::RT_TABLE_MAIN,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_UNIVERSE,
+        libc::RTN_UNICAST,
+        0,
+        0,
+        0,
+        0,
+    ];
+    netlink_request(
+        &sock,
+        NlMsg::new(libc::RTM_NEWROUTE, create, &rtmsg)
+            .attr(libc::RTA_GATEWAY, &gateway.octets())
+            .attr(libc::RTA_OIF, &index.to_ne_bytes()),
+    )
 }
 
 /// A Bridge job's network: its namespace (entered by the job), its index and what carries it.
@@ -521,24 +609,18 @@ fn claim(subnet: &Subnet, hint: u32) -> Result<(u32, File), NetError> {
 
 /// A thread makes the namespace (a network namespace is per thread until a process enters it),
 /// the host end is made with its peer moved into that thread's namespace, and the thread
-/// configures the inside with a process it starts there.
+/// configures the inside over an rtnetlink socket it opens there.
 fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, NetError> {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel::<io::Result<(i32, OwnedFd)>>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
-    let inside = format!(
-        "link set lo up\naddr add {addr}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n",
-        subnet.prefix(),
-        subnet.gateway()
-    );
+    let (prefix, gateway) = (subnet.prefix(), subnet.gateway());
     let worker = std::thread::Builder::new()
         .name("netns".into())
         .stack_size(64 * 1024)
         .spawn(move || -> Result<(), String> {
             let made = (|| {
-                // SAFETY: unshare(2) with a constant flag; affects this thread only.
-                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // A namespace for this thread alone, with `lo` up.
+                super::netns::enter_isolated_network()?;
                 // SAFETY: gettid(2) cannot fail.
                 let tid = unsafe { libc::gettid() };
                 let path = c"/proc/thread-self/ns/net";
@@ -555,8 +637,7 @@ fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, Ne
             if !ok || !go_rx.recv().unwrap_or(false) {
                 return Ok(());
             }
-            // This thread's processes start in the job's namespace.
-            run("ip", &["-batch", "-"], &inside)
+            configure_inside(addr, prefix, gateway).map_err(|e| e.to_string())
         })
         .map_err(|e| setup("starting the thread that makes the job's network", e))?;
     let joined = |worker: std::thread::JoinHandle<Result<(), String>>| {
