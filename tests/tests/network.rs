@@ -552,3 +552,56 @@ fn a_cancelled_bridge_job_leaves_nothing() {
     assert!(harness::survivors(&[monitor], Duration::from_secs(20)).is_empty());
     assert_eq!(leftovers(), Vec::<String>::new(), "after the cancel");
 }
+
+/// The proxy lives in the job's monitor: an HTTP job keeps its way out through a kill -9 of the
+/// plugin, and the next plugin reports what it fetched.
+#[test]
+fn an_http_jobs_proxy_survives_a_plugin_restart() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = harness::serial();
+    let remote = Remote::new(45);
+    let far = remote.inside(|| TcpListener::bind("0.0.0.0:0").expect("remote server"));
+    let port = far.local_addr().unwrap().port();
+    serve_http(far, "remote");
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let hosts = work.path().join("hosts");
+    std::fs::write(&hosts, format!("{} allowed.test\n", remote.ip)).unwrap();
+    let init = |p: &mut executor_tests::RawPlugin| {
+        let msg = p.call(
+            0,
+            "initialize",
+            json!({"protocolVersions": ["1"], "config": {"stateDir": state.path(), "httpHostsFile": hosts}}),
+        );
+        assert!(msg.get("result").is_some(), "{msg}");
+    };
+    let results = work.path().join("net-http-restart");
+    let scratch = results.join("scratch");
+    let go = scratch.join("go");
+    let script = format!(
+        "import os, time, urllib.request\nwhile not os.path.exists('{go}'):\n    time.sleep(0.05)\nprint(urllib.request.urlopen('http://allowed.test:{port}/', timeout=5).read().decode())\n",
+        go = go.display()
+    );
+    let req = json!({
+        "JobID": "j-net", "ExecutionID": "net-http-restart", "ResultsDir": results,
+        "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["python3", "-c", script]}},
+        "Network": {"Type": "HTTP", "Domains": ["allowed.test"]},
+        "Outputs": [{"Name": "scratch", "Path": scratch}],
+    });
+    let mut p = executor_tests::RawPlugin::spawn();
+    init(&mut p);
+    let msg = p.call(1, "executor_start", json!([req]));
+    assert!(msg.get("error").is_none(), "{msg}");
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let mut p = executor_tests::RawPlugin::spawn();
+    init(&mut p);
+    std::fs::write(&go, "").unwrap();
+    let r = p.call(2, "executor_wait", json!(["net-http-restart"]));
+    assert_eq!(r["result"]["ExitCode"], 0, "{r}");
+    assert_eq!(r["result"]["Stdout"], "remote\n", "{r}");
+    p.call(3, "shutdown", json!([]));
+}
