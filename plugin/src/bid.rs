@@ -69,6 +69,21 @@ pub fn semantic(
              `nft` (nftables) installed)",
         );
     }
+    let ports = task.network.iter().flat_map(|n| &n.ports);
+    if let Some((i, p)) = ports
+        .enumerate()
+        .find(|(_, p)| p.host_network.parse::<std::net::Ipv6Addr>().is_ok())
+        .filter(|_| network == Network::Bridge)
+    {
+        return BidStrategyResponse::new(
+            false,
+            format!(
+                "publish Bridge ports on IPv6 addresses (Network.Ports[{i}].HostNetwork {}: \
+                 IPv4 only; leave it empty for every address)",
+                p.host_network
+            ),
+        );
+    }
     if matches!(network, Network::None | Network::Default | Network::Http)
         && !caps.network_isolation
     {
@@ -448,6 +463,11 @@ mod tests {
         let r = semantic(&bridge_task, &namespaces, &[]);
         assert!(!r.should_bid && r.reason.contains("nft"), "{r:?}");
         assert!(semantic(&bridge_task, &bridge, &[]).should_bid);
+        let v6 = with_network(serde_json::json!({"Type": "Bridge", "Ports": [
+            {"Name": "p", "Static": 2000, "HostNetwork": "::1"}
+        ]}));
+        let r = semantic(&v6, &bridge, &[]);
+        assert!(!r.should_bid && r.reason.contains("IPv6"), "{r:?}");
         let http = with_network(serde_json::json!({"Type": "HTTP", "Domains": ["a.com"]}));
         assert!(semantic(&http, &namespaces, &[]).should_bid);
         let r = semantic(&http, &Capabilities::default(), &[]);
