@@ -88,10 +88,11 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
     if caps.network_isolation {
         caps.networks.extend([Network::None, Network::Http]);
     }
-    let bridge = caps
-        .network_isolation
-        .then(crate::sandbox::bridge::unavailable)
-        .unwrap_or_else(|| Some("network namespaces need a root plugin".into()));
+    let bridge = if caps.network_isolation {
+        crate::sandbox::bridge::probe(config.bridge_subnet.as_deref())
+    } else {
+        Some("network namespaces need a root plugin".into())
+    };
     if bridge.is_none() {
         caps.networks.push(Network::Bridge);
     }

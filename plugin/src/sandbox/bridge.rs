@@ -174,6 +174,24 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// [`unavailable`], and whether this kernel takes the plugin's nftables rules (`nft --check`:
+/// validated by the kernel, nothing applied). For `capabilities`, once: a host with `nft` but
+/// without nf_tables (a container, a trimmed kernel) must not be told it has Bridge, which
+/// `Default` would then mean.
+pub fn probe(subnet: Option<&str>) -> Option<String> {
+    if let Some(why) = unavailable() {
+        return Some(why);
+    }
+    let subnet = match Subnet::parse(subnet.unwrap_or(DEFAULT_SUBNET)) {
+        Ok(s) => s,
+        Err(e) => return Some(e.to_string()),
+    };
+    let rules = shared_rules(&subnet) + &job_rules(2, subnet.host(2), &[]);
+    run("nft", &["--check", "-f", "-"], &rules)
+        .err()
+        .map(|e| format!("this kernel does not take the nftables rules: {e}"))
+}
+
 /// Run `program args`, `input` on its stdin; its stderr is the error.
 fn run(program: &str, args: &[&str], input: &str) -> Result<(), String> {
     let path = tool(program).ok_or_else(|| format!("`{program}` is not installed"))?;
@@ -780,6 +798,20 @@ mod tests {
         assert!(!link_exists(&name) && !link_exists(&format!("{name}p")));
         delete_link(&name).expect("a missing link is no error");
         assert!(delete_link("").is_err());
+    }
+
+    #[test]
+    fn the_probe_checks_the_rules_with_the_kernel_and_applies_nothing() {
+        assert!(probe(Some("8.8.0.0/16")).is_some());
+        if unavailable().is_some() {
+            eprintln!("skipped: needs root, ip and nft");
+            return;
+        }
+        let before = output("nft", &["list", "ruleset"]).unwrap();
+        assert_eq!(probe(None), None);
+        // `--check` changed nothing (a run that had no table yet still has none).
+        let after = output("nft", &["list", "ruleset"]).unwrap();
+        assert_eq!(before.contains(TABLE), after.contains(TABLE));
     }
 
     #[test]

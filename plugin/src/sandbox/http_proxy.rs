@@ -318,6 +318,8 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, rules: Arc<Rules>) {
             return;
         }
         let Ok((stream, _)) = conn else {
+            // Out of descriptors, say: give the connections being served time to end.
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         };
         if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
