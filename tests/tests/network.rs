@@ -267,6 +267,10 @@ fn a_bridge_jobs_published_port_is_reachable_and_removed_after() {
         during.iter().any(|l| l.starts_with("exv")) && during.iter().any(|l| l.contains("exj_")),
         "the job's veth and DNAT table while it runs: {during:?}"
     );
+    // The job's bridge port is isolated: jobs do not reach each other.
+    let veth = during.iter().find(|l| l.starts_with("exv")).unwrap();
+    let isolated = std::fs::read_to_string(format!("/sys/class/net/{veth}/brport/isolated"));
+    assert_eq!(isolated.ok().as_deref().map(str::trim), Some("1"), "{veth}");
     let expect = format!("{static_port} 8080\n");
     let to = SocketAddr::from((remote.host_ip, static_port));
     let read = |to: SocketAddr| -> String {
