@@ -65,8 +65,8 @@ pub fn semantic(
     if network == Network::Bridge && !caps.networks.contains(&Network::Bridge) {
         return BidStrategyResponse::new(
             false,
-            "give native jobs Bridge networks (it needs a root plugin with `ip` (iproute2) and \
-             `nft` (nftables) installed)",
+            "give native jobs Bridge networks (it needs a root plugin, `nft` (nftables) installed \
+             and a kernel with nf_tables)",
         );
     }
     let ports = task.network.iter().flat_map(|n| &n.ports);

@@ -26,11 +26,10 @@
 //!
 //! Bridge ports are isolated (`bridge_slave isolated on`): jobs do not reach each other.
 //!
-//! `nft` (nftables) and `ip` (iproute2) are run as programs for what is made once per start on
-//! the host's side (the tables in one transaction, the veth pair on the bridge): two short
-//! processes, with rules that read as written in the nft language. The inside of the job's
-//! namespace (address, link up, default route) and the veth's removal at the end are a few
-//! rtnetlink requests the monitor sends itself.
+//! `nft` (nftables) is run as a program, once per start (both tables in one transaction): the
+//! rules read as written in the nft language. Links, addresses and routes (the bridge, the veth
+//! pair, the inside of the job's namespace, the veth's removal at the end) are rtnetlink
+//! requests the monitor sends itself, a few dozen lines instead of a crate or a process.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -164,14 +163,9 @@ pub fn unavailable() -> Option<String> {
     if !super::netns::supported() {
         return Some("network namespaces need a root plugin".into());
     }
-    for (name, package) in [("ip", "iproute2"), ("nft", "nftables")] {
-        if tool(name).is_none() {
-            return Some(format!(
-                "`{name}` is not installed (Debian package {package})"
-            ));
-        }
-    }
-    None
+    tool("nft")
+        .is_none()
+        .then(|| "`nft` is not installed (Debian package nftables)".into())
 }
 
 /// [`unavailable`], and whether this kernel takes the plugin's nftables rules (`nft --check`:
@@ -235,25 +229,10 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Forwarding on and the bridge made, without IPv6 (its address and state are set with the
-/// job's veth, in the same `ip` run).
-fn ensure_bridge() -> Result<(), NetError> {
+/// IPv4 forwarding on: the NAT needs it. Left on (other jobs, other plugins use it).
+fn enable_forwarding() -> Result<(), NetError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| setup("turning on IPv4 forwarding (needed for NAT)", e))?;
-    if !link_exists(BRIDGE) {
-        // Another monitor may make it at the same moment: its existence is what counts.
-        if let Err(e) = run("ip", &["link", "add", BRIDGE, "type", "bridge"], "") {
-            if !link_exists(BRIDGE) {
-                return Err(setup(format!("making the bridge {BRIDGE}"), e));
-            }
-        }
-    }
-    // No IPv6 on the bridge: a job would otherwise reach the host by its link-local address.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6"),
-        "1",
-    );
-    Ok(())
+        .map_err(|e| setup("turning on IPv4 forwarding (needed for NAT)", e))
 }
 
 /// The shared table, replaced whole in one transaction (`add` first, so `delete` never fails).
@@ -393,12 +372,36 @@ impl NlMsg {
     }
 
     fn attr(mut self, kind: u16, data: &[u8]) -> NlMsg {
+        self.push(kind, data);
+        self
+    }
+
+    fn push(&mut self, kind: u16, data: &[u8]) {
         let len = 4 + data.len();
         self.0.extend_from_slice(&(len as u16).to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(data);
         self.0.resize(self.0.len().div_ceil(4) * 4, 0);
-        self
+    }
+
+    /// Open a nested attribute; its length is set by [`NlMsg::end`] with the returned offset.
+    fn begin(&mut self, kind: u16) -> usize {
+        let at = self.0.len();
+        self.0.extend_from_slice(&0u16.to_ne_bytes());
+        self.0
+            .extend_from_slice(&(kind | libc::NLA_F_NESTED as u16).to_ne_bytes());
+        at
+    }
+
+    fn end(&mut self, at: usize) {
+        let len = (self.0.len() - at) as u16;
+        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// Raw bytes inside a nested attribute (a family struct), padded to 4.
+    fn raw(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(4) * 4, 0);
     }
 
     fn bytes(mut self) -> Vec<u8> {
@@ -483,6 +486,99 @@ fn delete_link(name: &str) -> io::Result<()> {
     }
 }
 
+/// `VETH_INFO_PEER` (linux/veth.h) and `IFLA_BRPORT_ISOLATED` (linux/if_link.h), which libc
+/// does not name.
+const VETH_INFO_PEER: u16 = 1;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
+
+fn nul_terminated(name: &str) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn if_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: if_nametoindex(3) with a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
+/// On the host's side, over rtnetlink: the bridge (made if missing) up with the subnet's first
+/// address, and the veth `veth` up on it, isolated, its peer `eth0` in the namespace `netns`.
+fn connect_host_side(veth: &str, subnet: &Subnet, netns: RawFd) -> Result<(), NetError> {
+    let sock = netlink().map_err(|e| setup("opening rtnetlink", e))?;
+    let create = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
+    if !link_exists(BRIDGE) {
+        let mut m = NlMsg::new(libc::RTM_NEWLINK, create, &ifinfomsg(0, 0, 0))
+            .attr(libc::IFLA_IFNAME, &nul_terminated(BRIDGE));
+        let info = m.begin(libc::IFLA_LINKINFO);
+        m.push(libc::IFLA_INFO_KIND, b"bridge");
+        m.end(info);
+        match netlink_request(&sock, m) {
+            // Another monitor made it at the same moment: its existence is what counts.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(setup(format!("making the bridge {BRIDGE}"), e)),
+            Ok(()) => {}
+        }
+    }
+    // No IPv6 on the bridge: a job would otherwise reach the host by its link-local address.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6"),
+        "1",
+    );
+    let bridge = if_index(BRIDGE).map_err(|e| setup(format!("finding {BRIDGE}"), e))?;
+    let gw = subnet.gateway();
+    let mut ifaddrmsg = [0u8; 8];
+    ifaddrmsg[0] = libc::AF_INET as u8;
+    ifaddrmsg[1] = subnet.prefix();
+    ifaddrmsg[4..8].copy_from_slice(&bridge.to_ne_bytes());
+    let up = libc::IFF_UP as u32;
+    netlink_request(
+        &sock,
+        NlMsg::new(
+            libc::RTM_NEWADDR,
+            libc::NLM_F_CREATE | libc::NLM_F_REPLACE,
+            &ifaddrmsg,
+        )
+        .attr(libc::IFA_LOCAL, &gw.octets())
+        .attr(libc::IFA_ADDRESS, &gw.octets()),
+    )
+    .and_then(|()| {
+        netlink_request(
+            &sock,
+            NlMsg::new(libc::RTM_NEWLINK, 0, &ifinfomsg(bridge, up, up)),
+        )
+    })
+    .map_err(|e| setup(format!("giving the bridge {BRIDGE} its address {gw}"), e))?;
+    let mut m = NlMsg::new(libc::RTM_NEWLINK, create, &ifinfomsg(0, up, up))
+        .attr(libc::IFLA_IFNAME, &nul_terminated(veth))
+        .attr(libc::IFLA_MASTER, &bridge.to_ne_bytes());
+    let info = m.begin(libc::IFLA_LINKINFO);
+    m.push(libc::IFLA_INFO_KIND, b"veth");
+    let data = m.begin(libc::IFLA_INFO_DATA);
+    let peer = m.begin(VETH_INFO_PEER);
+    m.raw(&ifinfomsg(0, 0, 0));
+    m.push(libc::IFLA_IFNAME, &nul_terminated("eth0"));
+    m.push(libc::IFLA_NET_NS_FD, &(netns as u32).to_ne_bytes());
+    m.end(peer);
+    m.end(data);
+    m.end(info);
+    netlink_request(&sock, m).map_err(|e| setup(format!("making the job's veth {veth}"), e))?;
+    let index = if_index(veth).map_err(|e| setup(format!("finding {veth}"), e))?;
+    let mut m = NlMsg::new(libc::RTM_NEWLINK, 0, &ifinfomsg(index, 0, 0));
+    let info = m.begin(libc::IFLA_LINKINFO);
+    m.push(libc::IFLA_INFO_SLAVE_KIND, b"bridge");
+    let data = m.begin(libc::IFLA_INFO_SLAVE_DATA);
+    m.push(IFLA_BRPORT_ISOLATED, &[1]);
+    m.end(data);
+    m.end(info);
+    netlink_request(&sock, m)
+        .map_err(|e| setup(format!("isolating {veth} from the other jobs' ports"), e))
+}
+
 /// In the job's namespace (the calling thread's): `eth0` up with `addr`, a default route
 /// through `gateway`. Three rtnetlink requests, no process to start.
 fn configure_inside(addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> io::Result<()> {
@@ -550,7 +646,7 @@ impl JobNet {
         let subnet = Subnet::parse(&plan.subnet)?;
         let (index, lock) = claim(&subnet, start_hint)?;
         let addr = subnet.host(index);
-        ensure_bridge()?;
+        enable_forwarding()?;
         // One transaction: the shared table repaired, a leftover of this index (the lock is
         // ours, so it is a killed monitor's) replaced by the job's own DNAT table.
         let rules = shared_rules(&subnet) + &job_rules(index, addr, &plan.ports);
@@ -625,11 +721,11 @@ fn claim(subnet: &Subnet, hint: u32) -> Result<(u32, File), NetError> {
     Err(NetError::Exhausted(subnet.to_string()))
 }
 
-/// A thread makes the namespace (a network namespace is per thread until a process enters it),
-/// the host end is made with its peer moved into that thread's namespace, and the thread
-/// configures the inside over an rtnetlink socket it opens there.
+/// A thread makes the namespace (a network namespace is per thread until a process enters it)
+/// and hands over a descriptor of it; the veth is made with its peer in that namespace (by the
+/// descriptor), and the thread configures the inside over an rtnetlink socket it opens there.
 fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, NetError> {
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<io::Result<(i32, OwnedFd)>>();
+    let (fd_tx, fd_rx) = std::sync::mpsc::channel::<io::Result<OwnedFd>>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
     let (prefix, gateway) = (subnet.prefix(), subnet.gateway());
     let worker = std::thread::Builder::new()
@@ -639,8 +735,6 @@ fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, Ne
             let made = (|| {
                 // A namespace for this thread alone, with `lo` up.
                 super::netns::enter_isolated_network()?;
-                // SAFETY: gettid(2) cannot fail.
-                let tid = unsafe { libc::gettid() };
                 let path = c"/proc/thread-self/ns/net";
                 // SAFETY: open(2) of a constant path; the result is checked.
                 let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -648,10 +742,10 @@ fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, Ne
                     return Err(io::Error::last_os_error());
                 }
                 // SAFETY: `fd` was just opened and is owned by nothing else.
-                Ok((tid, unsafe { OwnedFd::from_raw_fd(fd) }))
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })();
             let ok = made.is_ok();
-            let _ = tid_tx.send(made);
+            let _ = fd_tx.send(made);
             if !ok || !go_rx.recv().unwrap_or(false) {
                 return Ok(());
             }
@@ -663,7 +757,7 @@ fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, Ne
             .join()
             .unwrap_or_else(|_| Err("the thread panicked".into()))
     };
-    let (tid, fd) = match tid_rx.recv() {
+    let fd = match fd_rx.recv() {
         Ok(Ok(made)) => made,
         Ok(Err(e)) => {
             let _ = joined(worker);
@@ -675,20 +769,10 @@ fn make_netns(index: u32, addr: Ipv4Addr, subnet: &Subnet) -> Result<OwnedFd, Ne
         }
     };
     let veth = format!("{VETH_PREFIX}{index}");
-    let host_side = format!(
-        "addr replace {}/{} dev {BRIDGE}\n\
-         link set {BRIDGE} up\n\
-         link add {veth} type veth peer name eth0 netns {tid}\n\
-         link set {veth} master {BRIDGE}\n\
-         link set dev {veth} type bridge_slave isolated on\n\
-         link set {veth} up\n",
-        subnet.gateway(),
-        subnet.prefix()
-    );
-    if let Err(e) = run("ip", &["-batch", "-"], &host_side) {
+    if let Err(e) = connect_host_side(&veth, subnet, fd.as_raw_fd()) {
         let _ = go_tx.send(false);
         let _ = joined(worker);
-        return Err(setup(format!("making the job's veth {veth}"), e));
+        return Err(e);
     }
     let _ = go_tx.send(true);
     joined(worker).map_err(|e| setup(format!("configuring the job's eth0 ({addr})"), e))?;
@@ -804,7 +888,7 @@ mod tests {
     fn the_probe_checks_the_rules_with_the_kernel_and_applies_nothing() {
         assert!(probe(Some("8.8.0.0/16")).is_some());
         if unavailable().is_some() {
-            eprintln!("skipped: needs root, ip and nft");
+            eprintln!("skipped: needs root and nft");
             return;
         }
         let before = output("nft", &["list", "ruleset"]).unwrap();

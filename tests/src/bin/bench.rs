@@ -705,7 +705,7 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
 
 /// What each network type adds to a start: `/bin/true` with `Host`, `None` (a namespace with
 /// `lo`) and `Bridge` (a namespace, a veth on the bridge, the shared nftables table reloaded),
-/// interleaved. Bridge only where the plugin is root with `ip` and `nft`.
+/// interleaved. Bridge only where the plugin is root with `nft`.
 async fn network_latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
     use executor_schema::{Network, NetworkConfig};
     rep.section("start-to-result latency of /bin/true by network type (ms)");
