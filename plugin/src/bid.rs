@@ -57,18 +57,36 @@ pub fn semantic(
         return decline;
     }
     // A task without a network asks for `Default`, which is never the host's network: it is
-    // Bridge where Bridge works (not yet here), else None.
+    // Bridge where Bridge works, else None.
     let network = task
         .network
         .as_ref()
         .map_or(Network::Default, |n| n.network_type);
-    if matches!(network, Network::Http | Network::Bridge) {
+    if network == Network::Bridge && !caps.networks.contains(&Network::Bridge) {
         return BidStrategyResponse::new(
             false,
-            format!("support {network} networking for native jobs"),
+            "give native jobs Bridge networks (it needs a root plugin, `nft` (nftables) installed \
+             and a kernel with nf_tables)",
         );
     }
-    if matches!(network, Network::None | Network::Default) && !caps.network_isolation {
+    let ports = task.network.iter().flat_map(|n| &n.ports);
+    if let Some((i, p)) = ports
+        .enumerate()
+        .find(|(_, p)| p.host_network.parse::<std::net::Ipv6Addr>().is_ok())
+        .filter(|_| network == Network::Bridge)
+    {
+        return BidStrategyResponse::new(
+            false,
+            format!(
+                "publish Bridge ports on IPv6 addresses (Network.Ports[{i}].HostNetwork {}: \
+                 IPv4 only; leave it empty for every address)",
+                p.host_network
+            ),
+        );
+    }
+    if matches!(network, Network::None | Network::Default | Network::Http)
+        && !caps.network_isolation
+    {
         return BidStrategyResponse::new(
             false,
             format!(
@@ -417,5 +435,42 @@ mod tests {
         let r = semantic(&request(none.clone(), none), &open, &[]);
         assert!(!r.should_bid, "{r:?}");
         assert!(r.reason.contains("ask for Host"), "{}", r.reason);
+    }
+
+    #[test]
+    fn bridge_and_http_are_bid_where_this_host_has_them() {
+        let with_network = |net: serde_json::Value| -> BidStrategyRequest {
+            let mut r = serde_json::to_value(request(serde_json::json!([]), serde_json::json!([])))
+                .unwrap();
+            r["Job"]["Tasks"][0]["Network"] = net;
+            serde_json::from_value(r).unwrap()
+        };
+        let namespaces = Capabilities {
+            network_isolation: true,
+            networks: vec![
+                Network::Host,
+                Network::None,
+                Network::Http,
+                Network::Default,
+            ],
+            ..Capabilities::default()
+        };
+        let bridge = Capabilities {
+            networks: vec![Network::Bridge],
+            ..namespaces.clone()
+        };
+        let bridge_task = with_network(serde_json::json!({"Type": "Bridge"}));
+        let r = semantic(&bridge_task, &namespaces, &[]);
+        assert!(!r.should_bid && r.reason.contains("nft"), "{r:?}");
+        assert!(semantic(&bridge_task, &bridge, &[]).should_bid);
+        let v6 = with_network(serde_json::json!({"Type": "Bridge", "Ports": [
+            {"Name": "p", "Static": 2000, "HostNetwork": "::1"}
+        ]}));
+        let r = semantic(&v6, &bridge, &[]);
+        assert!(!r.should_bid && r.reason.contains("IPv6"), "{r:?}");
+        let http = with_network(serde_json::json!({"Type": "HTTP", "Domains": ["a.com"]}));
+        assert!(semantic(&http, &namespaces, &[]).should_bid);
+        let r = semantic(&http, &Capabilities::default(), &[]);
+        assert!(!r.should_bid && r.reason.contains("HTTP"), "{r:?}");
     }
 }

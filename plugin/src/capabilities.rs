@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use executor_schema::{
-    Capabilities, CgroupMode, EnforcedLimits, Gpu, GpuDeviceControl, PluginConfig,
+    Capabilities, CgroupMode, EnforcedLimits, Gpu, GpuDeviceControl, Network, PluginConfig,
 };
 
 use crate::monitor::spawn::DEFAULT_PATH;
@@ -77,7 +77,37 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
     match network_isolation_works() {
         Ok(()) => caps.network_isolation = true,
         Err(why) => caps.notes.push(format!(
-            "no network isolation ({why}): jobs with network type None are refused"
+            "no network isolation ({why}): jobs with network type None, HTTP or Default are \
+             refused"
+        )),
+    }
+
+    // Host always; None and HTTP with a namespace; Bridge where its tools and root are;
+    // Default where it means Bridge or None.
+    caps.networks = vec![Network::Host, Network::Full];
+    if caps.network_isolation {
+        caps.networks.extend([Network::None, Network::Http]);
+    }
+    let bridge = if caps.network_isolation {
+        crate::sandbox::bridge::probe(config.bridge_subnet.as_deref())
+    } else {
+        Some("network namespaces need a root plugin".into())
+    };
+    if bridge.is_none() {
+        caps.networks.push(Network::Bridge);
+    }
+    if caps.network_isolation {
+        caps.networks.push(Network::Default);
+    }
+    match bridge {
+        None => caps.notes.push(
+            "Bridge jobs turn on IPv4 forwarding (net.ipv4.ip_forward, for their NAT) and it \
+             stays on; the host's own forward rules apply to other traffic as before"
+                .into(),
+        ),
+        Some(why) => caps.notes.push(format!(
+            "no Bridge networks ({why}): jobs with network type Bridge are refused, and Default \
+             means None"
         )),
     }
 

@@ -20,8 +20,10 @@ use tokio::sync::watch;
 use crate::monitor::launcher::{self, LaunchError};
 use crate::monitor::{pidfd, MonitorReport, MONITOR_ARG};
 use crate::sandbox::allowlist::AllowList;
+use crate::sandbox::bridge::BridgePlan;
 use crate::sandbox::cgroup::{CgroupRecord, JobCgroup, DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
+use crate::sandbox::http_proxy::{self, HttpPlan};
 use crate::sandbox::mounts::{self, Bind};
 use crate::sandbox::uids::{self, UidLease, UidPool, UidRange};
 use crate::sandbox::user::{self, UserPlan};
@@ -614,6 +616,16 @@ pub struct SpecInput {
     pub resources: Resources,
     /// The request's `Network.Type` (`Default` when the request has no `Network`).
     pub network: Network,
+    /// The request's `Network.Ports` with a host port, for Bridge.
+    pub ports: Vec<crate::sandbox::bridge::Publish>,
+    /// `PluginConfig.bridgeSubnet`; `None`: [`crate::sandbox::bridge::DEFAULT_SUBNET`].
+    pub bridge_subnet: Option<String>,
+    /// Bridge works on this host (capabilities' `networks`): `Default` means Bridge, else None.
+    pub default_bridge: bool,
+    /// The request's `Network.Domains`, for HTTP.
+    pub domains: Vec<String>,
+    /// `PluginConfig.httpHostsFile`.
+    pub http_hosts_file: Option<PathBuf>,
     /// `PluginConfig.cgroupBase`.
     pub cgroup_base: Option<PathBuf>,
     /// `PluginConfig.defaultPidsMax`; `None`: [`DEFAULT_PIDS_MAX`], `Some(0)`: no cap.
@@ -703,6 +715,10 @@ pub fn build_spec(state_root: &Path, input: SpecInput) -> Result<MonitorSpec, Ex
     for kv in &input.engine_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         env.push((k.to_string(), v.to_string()));
+    }
+    if sandbox.http.is_some() {
+        // Last, so the job's own values cannot point its clients elsewhere.
+        env.extend(http_proxy::proxy_env());
     }
     env.push(("BACALHAU_EXECUTION_ID".into(), input.execution_id.clone()));
     env.push(("BACALHAU_JOB_ID".into(), input.job_id.clone()));
@@ -980,17 +996,30 @@ fn tmpfs_size(input: &SpecInput) -> Option<u64> {
 }
 
 fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
+    let (mut bridge, mut http) = (None, None);
     let isolate_network = match input.network {
         // `Default` (also a request without a `Network`) is Bridge where Bridge works, else
         // None: never the host's network, which a job must ask for by name.
-        Network::None | Network::Default => true,
+        Network::None => true,
+        Network::Default if !input.default_bridge => true,
         Network::Host | Network::Full => false,
-        Network::Http | Network::Bridge => {
-            return Err(ExecutorError::unsupported(format!(
-                "network type {} is not supported by the native executor (supported: None, Host)",
-                input.network.as_str()
-            ))
-            .with_execution(input.execution_id.clone()))
+        Network::Bridge | Network::Default => {
+            bridge = Some(BridgePlan {
+                subnet: input
+                    .bridge_subnet
+                    .clone()
+                    .unwrap_or_else(|| crate::sandbox::bridge::DEFAULT_SUBNET.into()),
+                ports: input.ports.clone(),
+            });
+            false
+        }
+        Network::Http => {
+            http = Some(HttpPlan {
+                domains: input.domains.clone(),
+                hosts_file: input.http_hosts_file.clone(),
+                bridge_subnet: input.bridge_subnet.clone(),
+            });
+            false
         }
     };
     let cpu = input.resources.cpu;
@@ -1020,6 +1049,8 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         pids_max: Some(input.default_pids_max.unwrap_or(DEFAULT_PIDS_MAX)).filter(|n| *n > 0),
         nofile: input.nofile,
         isolate_network,
+        bridge,
+        http,
         filesystem: None,
         run_as: None,
     })
@@ -1838,18 +1869,50 @@ mod tests {
         );
         assert!(!s.isolate_network);
 
-        for net in [Network::Http, Network::Bridge] {
-            let err = build_spec(
+        let s = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                network: Network::Bridge,
+                bridge_subnet: Some("10.99.0.0/16".into()),
+                ..input.clone()
+            },
+        )
+        .unwrap()
+        .sandbox;
+        assert!(!s.isolate_network);
+        assert_eq!(s.bridge.map(|b| b.subnet).as_deref(), Some("10.99.0.0/16"));
+        // Default is Bridge where Bridge works, else None.
+        for (works, bridged) in [(true, true), (false, false)] {
+            let s = build_spec(
                 Path::new("/s"),
                 SpecInput {
-                    network: net,
+                    network: Network::Default,
+                    default_bridge: works,
                     ..input.clone()
                 },
             )
-            .unwrap_err();
-            assert_eq!(err.code, executor_schema::ErrorCode::Unsupported);
-            assert!(err.message.contains(net.as_str()), "{}", err.message);
+            .unwrap()
+            .sandbox;
+            assert_eq!(s.bridge.is_some(), bridged);
+            assert_eq!(s.isolate_network, !bridged);
         }
+
+        let spec = build_spec(
+            Path::new("/s"),
+            SpecInput {
+                network: Network::Http,
+                domains: vec![".example.com".into()],
+                request_env: vec![("HTTP_PROXY".into(), "http://elsewhere:1".into())],
+                ..input.clone()
+            },
+        )
+        .unwrap();
+        assert!(!spec.sandbox.isolate_network);
+        let http = spec.sandbox.http.expect("an HTTP plan");
+        assert_eq!(http.domains, vec![".example.com".to_string()]);
+        // The proxy's variables come after the request's: they win.
+        let last = spec.env.iter().rev().find(|(k, _)| k == "HTTP_PROXY");
+        assert_eq!(last.map(|(_, v)| v.as_str()), Some(http_proxy::PROXY_URL));
         let err = build_spec(
             Path::new("/s"),
             SpecInput {

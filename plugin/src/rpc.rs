@@ -121,6 +121,20 @@ fn registry_config(
         rc.max_retained = max;
     }
     rc.job_uids = crate::registry::job_uid_range(config)?;
+    if let Some(subnet) = &config.bridge_subnet {
+        crate::sandbox::bridge::Subnet::parse(subnet).map_err(|e| {
+            ExecutorError::invalid_params(vec![FieldProblem {
+                field: "config.bridgeSubnet".into(),
+                message: e.to_string(),
+            }])
+        })?;
+    }
+    if let Some(path) = config.http_hosts_file.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(ExecutorError::invalid_params(vec![FieldProblem {
+            field: "config.httpHostsFile".into(),
+            message: format!("must be an absolute path, got {}", path.display()),
+        }]));
+    }
     let bad = allowlist::AllowList::problems(&config.allow_listed_local_paths);
     if !bad.is_empty() {
         return Err(ExecutorError::invalid_params(vec![FieldProblem {
@@ -149,7 +163,10 @@ fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
         env.entry("NVIDIA_VISIBLE_DEVICES".into()).or_insert(list);
     }
     if let Some(net) = &req.network {
-        if matches!(net.network_type, Network::Host | Network::Full) {
+        if matches!(
+            net.network_type,
+            Network::Host | Network::Full | Network::Bridge
+        ) {
             for port in net.ports.iter().filter(|p| p.static_port > 0) {
                 let target = if port.target > 0 {
                     port.target
@@ -164,6 +181,65 @@ fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
         }
     }
     env.into_iter().collect()
+}
+
+/// Remove the veths and published ports of Bridge jobs whose monitors were killed (see
+/// [`crate::sandbox::bridge::sweep`]); their namespaces went with their last process.
+fn sweep_bridge() {
+    if crate::sandbox::bridge::unavailable().is_some() {
+        return;
+    }
+    let (removed, problems) = crate::sandbox::bridge::sweep();
+    for r in removed {
+        tracing::info!("removed the leftover network of a killed monitor: {r}");
+    }
+    for p in problems {
+        tracing::warn!("removing leftovers of killed monitors' networks: {p}");
+    }
+}
+
+/// Bacalhau's port mappings for Bridge: `Static` on the host (on `HostNetwork` alone when it
+/// is an IPv4 address) to `Target` in the job (`Static` when no `Target`). Ports without a
+/// host port are not published (Bacalhau's compute node allocates them before the executor).
+fn bridge_ports(
+    req: &RunCommandRequest,
+) -> Result<Vec<crate::sandbox::bridge::Publish>, ExecutorError> {
+    let Some(net) = req
+        .network
+        .as_ref()
+        .filter(|n| n.network_type == Network::Bridge)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, p) in net.ports.iter().enumerate() {
+        let Some(port) = u16::try_from(p.static_port).ok().filter(|p| *p > 0) else {
+            continue;
+        };
+        let target = u16::try_from(p.target)
+            .ok()
+            .filter(|t| *t > 0)
+            .unwrap_or(port);
+        let host_ip = match p.host_network.parse::<std::net::IpAddr>() {
+            _ if p.host_network.is_empty() => None,
+            Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
+            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => {
+                return Err(ExecutorError::unsupported(format!(
+                    "Network.Ports[{i}].HostNetwork {:?}: Bridge ports are published on IPv4 \
+                     addresses only; leave it empty for every address",
+                    p.host_network
+                ))
+                .with_execution(req.execution_id.clone()))
+            }
+        };
+        out.push(crate::sandbox::bridge::Publish {
+            host_ip,
+            port,
+            target,
+        });
+    }
+    Ok(out)
 }
 
 /// The plain values the monitor needs, from a validated request. Whether its inputs and
@@ -229,6 +305,13 @@ fn spec_input(
             .as_ref()
             .map(|n| n.network_type)
             .unwrap_or_default(),
+        bridge_subnet: config.bridge_subnet.clone(),
+        domains: req
+            .network
+            .as_ref()
+            .map(|n| n.domains.clone())
+            .unwrap_or_default(),
+        http_hosts_file: config.http_hosts_file.clone(),
         cgroup_base: config.cgroup_base.clone(),
         default_pids_max: config.default_pids_max,
         default_memory: config.default_memory.map(|b| b.bytes()),
@@ -399,6 +482,7 @@ impl ExecutorApiServer for NativePlugin {
                 })?;
                 let detect_config = config.clone();
                 let (capabilities, gpus) = tokio::task::spawn_blocking(move || {
+                    sweep_bridge();
                     crate::capabilities::detect_with_gpus(&detect_config)
                 })
                 .await
@@ -646,6 +730,8 @@ impl NativePlugin {
             session.capabilities.filesystem_isolation,
             &session.gpus,
         );
+        input.ports = bridge_ports(&request)?;
+        input.default_bridge = session.capabilities.networks.contains(&Network::Bridge);
         input.job_user = uid_lease
             .as_ref()
             .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));

@@ -233,6 +233,14 @@ pub struct SandboxSpec {
     /// A network namespace of its own with only `lo` (`Network: None`).
     #[serde(default)]
     pub isolate_network: bool,
+    /// `Network: Bridge`: a namespace of its own on the plugin's bridge (instead of
+    /// `isolate_network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<crate::sandbox::bridge::BridgePlan>,
+    /// `Network: HTTP`: a namespace with only `lo` and the monitor's proxy in it (instead of
+    /// `isolate_network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::sandbox::http_proxy::HttpPlan>,
     /// A private root with the inputs and outputs mounted; absent: the host's filesystem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FsSandbox>,

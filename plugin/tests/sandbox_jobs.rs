@@ -428,12 +428,12 @@ async fn the_job_is_in_its_cgroup_with_rlimits_and_no_new_privs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_unsupported_and_leave_nothing() {
     let e = env().await;
+    // HTTP and Bridge are planned (a host that cannot make them is refused by the monitor).
     for net in [Network::Http, Network::Bridge] {
         let mut i = input(&e, "http", "true");
         i.network = net;
-        let err = build_spec(&e.root, i).unwrap_err();
-        assert_eq!(err.code, ErrorCode::Unsupported);
-        assert!(err.message.contains(net.as_str()), "{}", err.message);
+        let s = build_spec(&e.root, i).unwrap().sandbox;
+        assert!(s.http.is_some() || s.bridge.is_some(), "{net}: {s:?}");
     }
 
     if !nix::unistd::geteuid().is_root() {

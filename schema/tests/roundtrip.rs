@@ -447,6 +447,7 @@ fn handshake_types_are_camel_case() {
                 disk: false,
             },
             network_isolation: false,
+            networks: vec![],
             filesystem_isolation: false,
             run_as_user: None,
             gpus: vec![],

@@ -174,9 +174,16 @@ async fn every_error_code_reaches_the_caller_distinguishable() {
         other => panic!("{other}"),
     }
 
+    // A Bridge port on an IPv6 host address cannot be published (IPv4 DNAT only).
     let mut bridge = env.req("bridge", "true");
     bridge.network = Some(NetworkConfig {
         network_type: Network::Bridge,
+        ports: vec![executor_schema::Port {
+            name: "p".into(),
+            static_port: 20081,
+            host_network: "::1".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     });
     let err = env.exec.start(bridge, None).await.unwrap_err();

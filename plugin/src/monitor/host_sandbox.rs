@@ -18,9 +18,9 @@ use crate::sandbox::cgroup::{
 };
 use crate::sandbox::gpu;
 use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
-use crate::sandbox::netns;
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
+use crate::sandbox::{bridge, http_proxy, netns};
 use crate::state::{FsSandbox, MonitorSpec};
 
 use std::io;
@@ -45,6 +45,10 @@ pub struct HostSandbox {
     /// The template the job's root was built on: its namespace lives until cleanup, so its
     /// teardown comes after the report, not in the job's exit.
     template: Option<RootTemplate>,
+    /// A Bridge job's network: removed at cleanup.
+    net: Option<bridge::JobNet>,
+    /// An HTTP job's namespace and the proxy serving it: stopped at cleanup.
+    http: Option<(std::os::fd::OwnedFd, http_proxy::Proxy)>,
 }
 
 /// The job root a spare monitor can make before its request: the root directory and system
@@ -489,6 +493,14 @@ impl JobSandbox for HostSandbox {
                 netns::enter_isolated_network,
             ));
         }
+        if let Some(plan) = &s.bridge {
+            self.steps
+                .push(bridge_step(self.net.insert(bridge_net(plan)?)));
+        }
+        if let Some(plan) = &s.http {
+            self.steps
+                .push(http_step(self.http.insert(http_net(plan)?)));
+        }
         // A jailed job (root plugin) gets an IPC namespace of its own: in the host's, SysV
         // segments, queues and semaphores and POSIX message queues a job makes outlive it
         // (memory no cgroup holds any more), stay readable by the next job given the same uid,
@@ -671,6 +683,10 @@ impl JobSandbox for HostSandbox {
         }
         // Only now may the uid go to another job.
         self.own_uid = None;
+        // The job is gone: its veth and published ports go, then its address is free. After
+        // the uid: it is not the job's any more, and a next job of that uid need not wait.
+        self.net = None;
+        self.http = None;
         // Every process of the job is gone: the last hold on its mount namespace.
         self.template = None;
         self.ahead = Ahead::default();
@@ -708,6 +724,54 @@ impl JobSandbox for HostSandbox {
             );
         }
     }
+}
+
+/// Connect a Bridge job's namespace (see [`bridge`]).
+fn bridge_net(plan: &bridge::BridgePlan) -> Result<bridge::JobNet, SandboxError> {
+    if let Some(why) = bridge::unavailable() {
+        return Err(SandboxError::Unsupported(format!(
+            "network type Bridge is not supported on this host: {why}"
+        )));
+    }
+    let net = bridge::JobNet::setup(plan, std::process::id()).map_err(|e| match e {
+        bridge::NetError::Unsupported(why) => SandboxError::Unsupported(why),
+        e => SandboxError::Setup(format!("the job's bridge network: {e}")),
+    })?;
+    crate::timing::mark("m.bridge");
+    Ok(net)
+}
+
+/// An HTTP job's namespace with the proxy in it (see [`http_proxy`]).
+fn http_net(
+    plan: &http_proxy::HttpPlan,
+) -> Result<(std::os::fd::OwnedFd, http_proxy::Proxy), SandboxError> {
+    if !netns::supported() {
+        return Err(SandboxError::Unsupported(
+            "network type HTTP is not supported on this host: creating a network namespace \
+             needs root"
+                .into(),
+        ));
+    }
+    http_proxy::start(plan).map_err(|e| {
+        SandboxError::Setup(format!(
+            "starting the job's HTTP proxy in its namespace: {e}"
+        ))
+    })
+}
+
+fn http_step(net: &(std::os::fd::OwnedFd, http_proxy::Proxy)) -> PreExecStep {
+    use std::os::fd::AsRawFd;
+    let fd = net.0.as_raw_fd();
+    PreExecStep::new("entering the job's HTTP network namespace", move || {
+        bridge::enter(fd)
+    })
+}
+
+fn bridge_step(net: &bridge::JobNet) -> PreExecStep {
+    let fd = net.netns_fd();
+    PreExecStep::new("entering the job's bridge network namespace", move || {
+        bridge::enter(fd)
+    })
 }
 
 #[cfg(test)]

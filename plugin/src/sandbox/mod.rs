@@ -3,8 +3,10 @@
 //! `pre_exec` steps only make raw system calls (no allocation, no locks).
 
 pub mod allowlist;
+pub mod bridge;
 pub mod cgroup;
 pub mod gpu;
+pub mod http_proxy;
 pub mod mounts;
 pub mod netns;
 pub mod rlimit;

@@ -77,6 +77,14 @@ pub struct PluginConfig {
     /// Where the NVIDIA device nodes are (`nvidiactl`, `nvidia<minor>`, ...; default `/dev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_device_dir: Option<PathBuf>,
+    /// The private IPv4 range `Network: Bridge` jobs get their addresses from (the bridge
+    /// has the first; default `10.213.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_subnet: Option<String>,
+    /// A hosts(5) file the HTTP network's proxy looks names up in before the system resolver
+    /// (private names; tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_hosts_file: Option<PathBuf>,
     /// Keys for other engines, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -147,6 +155,10 @@ pub struct Capabilities {
     pub limits: EnforcedLimits,
     /// `Network: None` gets its own network namespace.
     pub network_isolation: bool,
+    /// The `Network.Type`s this host runs jobs with (`Default` included when it maps to one
+    /// of them); the others are declined and refused. Empty from a plugin that predates it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<super::bacalhau::Network>,
     /// Inputs and outputs are mounted at their paths in a private mount namespace.
     pub filesystem_isolation: bool,
     /// User jobs run as, when not the plugin's own.

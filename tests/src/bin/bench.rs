@@ -703,6 +703,45 @@ async fn latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// What each network type adds to a start: `/bin/true` with `Host`, `None` (a namespace with
+/// `lo`) and `Bridge` (a namespace, a veth on the bridge, the shared nftables table reloaded),
+/// interleaved. Bridge only where the plugin is root with `nft`.
+async fn network_latency(h: &HostHarness, n: usize, rep: &mut Report) -> Res<()> {
+    use executor_schema::{Network, NetworkConfig};
+    rep.section("start-to-result latency of /bin/true by network type (ms)");
+    let mut kinds = vec![Network::Host, Network::None];
+    match executor_plugin::sandbox::bridge::unavailable() {
+        None => kinds.push(Network::Bridge),
+        Some(why) => rep.note("bridge_latency", json!(format!("not measured: {why}"))),
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(n); kinds.len()];
+    for i in 0..n {
+        for (k, kind) in kinds.iter().enumerate() {
+            let mut req = h.request(&format!("net-{kind}-{i}"), &["/bin/true"])?;
+            req.network = Some(NetworkConfig {
+                network_type: *kind,
+                ..NetworkConfig::default()
+            });
+            let t = Instant::now();
+            let r = h.exec.run(req, None).await?;
+            times[k].push(t.elapsed().as_secs_f64() * 1e3);
+            check_ok("network latency run", &r)?;
+        }
+    }
+    let host = percentile(&sorted(times[0].clone()), 0.5);
+    for (kind, t) in kinds.iter().zip(times).skip(1) {
+        rep.add(
+            format!("Executor::run /bin/true, Network {kind}, p50"),
+            percentile(&sorted(t), 0.5),
+            "ms",
+            "Network Host p50",
+            host,
+            None,
+        );
+    }
+    Ok(())
+}
+
 async fn throughput(h: &HostHarness, jobs: usize, rep: &mut Report) -> Res<()> {
     rep.section("throughput of trivial jobs (jobs/s)");
     for conc in [1usize, 8, 64] {
@@ -1339,6 +1378,8 @@ async fn bench(opts: &Options, rep: &mut Report) -> Res<()> {
         let out = async {
             if opts.wants("latency") {
                 within("latency", 300, latency(&h, sz.latency_runs, rep)).await?;
+                let runs = (sz.latency_runs / 4).max(20);
+                within("network latency", 300, network_latency(&h, runs, rep)).await?;
             }
             if opts.wants("throughput") {
                 within("throughput", 300, throughput(&h, sz.throughput_jobs, rep)).await?;
