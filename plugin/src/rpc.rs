@@ -185,9 +185,13 @@ fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
 
 /// Remove the veths and published ports of Bridge jobs whose monitors were killed (see
 /// [`crate::sandbox::bridge::sweep`]); their namespaces went with their last process.
-fn sweep_bridge() {
+fn sweep_bridge(subnet: Option<&str>) {
     if crate::sandbox::bridge::unavailable().is_some() {
         return;
+    }
+    // This version's rules in force: a job's start only makes the table when it is missing.
+    if let Err(e) = crate::sandbox::bridge::load_shared(subnet) {
+        tracing::warn!("loading the bridge network's firewall table: {e}");
     }
     let (removed, problems) = crate::sandbox::bridge::sweep();
     for r in removed {
@@ -482,7 +486,7 @@ impl ExecutorApiServer for NativePlugin {
                 })?;
                 let detect_config = config.clone();
                 let (capabilities, gpus) = tokio::task::spawn_blocking(move || {
-                    sweep_bridge();
+                    sweep_bridge(detect_config.bridge_subnet.as_deref());
                     crate::capabilities::detect_with_gpus(&detect_config)
                 })
                 .await

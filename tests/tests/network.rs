@@ -212,20 +212,31 @@ fn a_bridge_job_reaches_a_remote_server_and_nothing_of_the_host() {
     ];
     let script = probe_script(&targets);
     let req = json!({"Network": {"Type": "Bridge"}});
-    let r = env.run("net-bridge-reach", &python(&script), req);
-    assert_eq!(r["ErrorMsg"], "", "{r}");
-    if let Some(monitor) = env.monitor_pid("net-bridge-reach") {
-        assert!(harness::survivors(&[monitor], Duration::from_secs(20)).is_empty());
-    }
-    let out = String::from_utf8_lossy(&env.file("net-bridge-reach", "stdout")).into_owned();
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out} / {r}");
-    assert_eq!(lines[0], format!("{} remote", remote.ip), "{out}");
-    for (line, t) in lines[1..].iter().zip(&targets[1..]) {
-        assert!(
-            line.starts_with(&format!("{} unreachable", t.ip())),
-            "the job reached {t}: {out}"
-        );
+    // The second time after the firewall table is gone (as a firewall reload leaves it): a
+    // start makes it again before the job runs, so nothing of the host opens up.
+    for exec in ["net-bridge-reach", "net-bridge-reach-2"] {
+        if exec.ends_with("-2") {
+            let nft = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", "executor_plugins"])
+                .status()
+                .expect("nft");
+            assert!(nft.success(), "deleting the shared table");
+        }
+        let r = env.run(exec, &python(&script), req.clone());
+        assert_eq!(r["ErrorMsg"], "", "{r}");
+        if let Some(monitor) = env.monitor_pid(exec) {
+            assert!(harness::survivors(&[monitor], Duration::from_secs(20)).is_empty());
+        }
+        let out = String::from_utf8_lossy(&env.file(exec, "stdout")).into_owned();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{exec}: {out} / {r}");
+        assert_eq!(lines[0], format!("{} remote", remote.ip), "{exec}: {out}");
+        for (line, t) in lines[1..].iter().zip(&targets[1..]) {
+            assert!(
+                line.starts_with(&format!("{} unreachable", t.ip())),
+                "{exec}: the job reached {t}: {out}"
+            );
+        }
     }
     assert_eq!(leftovers(), Vec::<String>::new(), "after the job");
 }

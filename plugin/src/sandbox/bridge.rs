@@ -15,8 +15,9 @@
 //! namespace behind, and the veth pair goes with it.
 //!
 //! The shared parts (the bridge, the `inet executor_plugins` table) are ensured at every start
-//! and never removed: other jobs may use them. The table is replaced atomically, so a start
-//! repairs it whatever happened to it. Its rules:
+//! and never removed: other jobs may use them. A plugin replaces the table atomically when it
+//! starts; a job's start makes it again when it is gone (a firewall reload flushes the whole
+//! ruleset). Its rules:
 //! - input: from the bridge only replies to what the host opened (`ct state
 //!   established,related`); the bridge address and every other host address (the host's
 //!   services, its loopback through them) are refused (`reject`: a job fails fast);
@@ -26,8 +27,10 @@
 //!
 //! Bridge ports are isolated (`bridge_slave isolated on`): jobs do not reach each other.
 //!
-//! `nft` (nftables) is run as a program, once per start (both tables in one transaction): the
-//! rules read as written in the nft language. Links, addresses and routes (the bridge, the veth
+//! `nft` (nftables) is run as a program, only when a start has something to load (the shared
+//! table is gone, the job publishes ports, or a killed monitor left its table): the rules read
+//! as written in the nft language. Whether a table exists is asked over nfnetlink, which costs
+//! a round trip where starting `nft` costs milliseconds. Links, addresses and routes (the bridge, the veth
 //! pair, the inside of the job's namespace, the veth's removal at the end) are rtnetlink
 //! requests the monitor sends itself, a few dozen lines instead of a crate or a process.
 
@@ -233,6 +236,80 @@ fn link_exists(name: &str) -> bool {
 fn enable_forwarding() -> Result<(), NetError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| setup("turning on IPv4 forwarding (needed for NAT)", e))
+}
+
+/// Replace the shared table whole: when a plugin starts, so that the rules of this version are
+/// the ones in force (a start only makes the table when it is missing).
+pub fn load_shared(subnet: Option<&str>) -> Result<(), NetError> {
+    let subnet = Subnet::parse(subnet.unwrap_or(DEFAULT_SUBNET))?;
+    run("nft", &["-f", "-"], &shared_rules(&subnet))
+        .map_err(|e| setup(format!("loading the nftables table inet {TABLE}"), e))
+}
+
+/// `nfgenmsg` families (`NFPROTO_*`).
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+
+/// Whether the nftables table `name` of `family` exists: one `NFT_MSG_GETTABLE` over
+/// nfnetlink, answered by the table (`NFT_MSG_NEWTABLE`) or by `ENOENT`.
+fn table_exists(family: u8, name: &str) -> io::Result<bool> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_NEWTABLE: u16 = 0;
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NFTA_TABLE_NAME: u16 = 1;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nfgenmsg: family, version NFNETLINK_V0, resource id 0.
+    let msg = NlMsg::new(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        0,
+        &[family, 0, 0, 0],
+    )
+    .attr(NFTA_TABLE_NAME, &nul_terminated(name))
+    .bytes();
+    // SAFETY: send(2) of a buffer that lives across the call, on an open socket.
+    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 1024];
+    let n = loop {
+        // SAFETY: recv(2) into a buffer of the given length, on an open socket. A longer
+        // message is cut short (only its header is read).
+        let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if n < 16 {
+        return Err(io::Error::other("a short nfnetlink reply"));
+    }
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+        return Ok(true);
+    }
+    if kind != libc::NLMSG_ERROR as u16 || n < 20 {
+        return Err(io::Error::other("an unexpected nfnetlink reply"));
+    }
+    match -i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+        libc::ENOENT => Ok(false),
+        0 => Err(io::Error::other("an acknowledgement without the table")),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// The shared table, replaced whole in one transaction (`add` first, so `delete` never fails).
@@ -647,17 +724,28 @@ impl JobNet {
         let (index, lock) = claim(&subnet, start_hint)?;
         let addr = subnet.host(index);
         enable_forwarding()?;
-        // One transaction: the shared table repaired, a leftover of this index (the lock is
-        // ours, so it is a killed monitor's) replaced by the job's own DNAT table.
-        let rules = shared_rules(&subnet) + &job_rules(index, addr, &plan.ports);
-        run("nft", &["-f", "-"], &rules).map_err(|e| {
-            setup(
-                format!(
-                    "loading the nftables tables inet {TABLE} and ip {JOB_TABLE_PREFIX}{index}"
-                ),
-                e,
-            )
-        })?;
+        // One transaction: the shared table made again when it is gone (a firewall reload
+        // flushes the ruleset), a leftover of this index (the lock is ours, so it is a killed
+        // monitor's) replaced by the job's own DNAT table. Starting `nft` costs far more than
+        // the rest of a Bridge start, so it runs only when there is something to load: asking
+        // the kernel whether a table exists is one nfnetlink round trip. The plugin reloads
+        // the shared table whole when it starts ([`load_shared`]).
+        let job_table = format!("{JOB_TABLE_PREFIX}{index}");
+        let mut rules = String::new();
+        if !table_exists(NFPROTO_INET, TABLE).unwrap_or(false) {
+            rules += &shared_rules(&subnet);
+        }
+        if !plan.ports.is_empty() || table_exists(NFPROTO_IPV4, &job_table).unwrap_or(true) {
+            rules += &job_rules(index, addr, &plan.ports);
+        }
+        if !rules.is_empty() {
+            run("nft", &["-f", "-"], &rules).map_err(|e| {
+                setup(
+                    format!("loading the nftables tables inet {TABLE} and ip {job_table}"),
+                    e,
+                )
+            })?;
+        }
         let veth = format!("{VETH_PREFIX}{index}");
         if let Err(e) = delete_link(&veth) {
             eprintln!("monitor: removing the leftover {veth}: {e}");
@@ -882,6 +970,22 @@ mod tests {
         assert!(!link_exists(&name) && !link_exists(&format!("{name}p")));
         delete_link(&name).expect("a missing link is no error");
         assert!(delete_link("").is_err());
+    }
+
+    #[test]
+    fn whether_a_table_exists_is_asked_over_nfnetlink() {
+        if unavailable().is_some() {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let name = format!("extest_{}", std::process::id());
+        assert!(!table_exists(NFPROTO_IPV4, &name).unwrap());
+        run("nft", &["-f", "-"], &format!("table ip {name} {{}}\n")).unwrap();
+        assert!(table_exists(NFPROTO_IPV4, &name).unwrap());
+        // Another family's table of the same name is another table.
+        assert!(!table_exists(NFPROTO_INET, &name).unwrap());
+        run("nft", &["-f", "-"], &format!("delete table ip {name}\n")).unwrap();
+        assert!(!table_exists(NFPROTO_IPV4, &name).unwrap());
     }
 
     #[test]
