@@ -826,3 +826,34 @@ fn the_default_config_file_is_read_for_a_user() {
     );
     assert!(printed.contains("cli-default-location"), "{printed}");
 }
+
+/// The CLI's default network is None, as `bacalhau docker run`'s: it asks for it by name, so a
+/// plugin whose `Default` is Bridge (a way out) does not give a job a network nobody asked for.
+/// `--network bridge` asks for one.
+#[test]
+fn the_cli_default_network_is_none_and_bridge_is_asked_for() {
+    if !needs_root("the_cli_default_network_is_none_and_bridge_is_asked_for") {
+        return;
+    }
+    let env = Env::new();
+    let out = env.output(&["run", "cat", "/proc/net/dev"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    let interfaces: Vec<String> = text(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{e}");
+    assert!(e.contains("(network none)"), "{e}");
+    let plugins = env.output(&["plugins", "--json"]);
+    if !text(&plugins.stdout).contains("\"Bridge\"") {
+        eprintln!("skipped the bridge half: this host has no Bridge");
+        return;
+    }
+    let out = env.output(&["run", "--network", "bridge", "cat", "/proc/net/dev"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(text(&out.stdout).contains("eth0"), "{e}");
+    assert!(e.contains("(network bridge)"), "{e}");
+}

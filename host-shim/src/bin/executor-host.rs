@@ -143,9 +143,10 @@ struct RunArgs {
     /// Time limit: 30s, 2m, 1h30m, ...; 0 for none. Default: none.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// `none` (a network namespace of the job's own with only loopback) or `host` (the host's
-    /// network). Default: none.
-    #[arg(long, value_name = "none|host", value_parser = parse_network)]
+    /// `none` (a network namespace of the job's own with only loopback), `bridge` (its own
+    /// namespace on the plugin's bridge, NAT to the outside, nothing of the host reachable) or
+    /// `host` (the host's network). Default: none, as `bacalhau docker run`'s.
+    #[arg(long, value_name = "none|bridge|host", value_parser = parse_network)]
     network: Option<Network>,
     /// Host path SRC (a file or directory) at DST in the job, read-only; `:rw` at the end to
     /// let the job write to it. Naming it here allows it. Repeatable.
@@ -188,9 +189,10 @@ struct RunArgs {
 fn parse_network(s: &str) -> Result<Network, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "none" => Ok(Network::None),
+        "bridge" => Ok(Network::Bridge),
         "host" => Ok(Network::Host),
         _ => Err(format!(
-            "unknown network {s:?}: use none (no network) or host"
+            "unknown network {s:?}: use none (no network), bridge (out through NAT) or host"
         )),
     }
 }
@@ -764,7 +766,13 @@ fn build_request(args: &RunArgs, inputs: Vec<InputSpec>) -> Result<RunCommandReq
             r.memory = memory;
         }
     }
-    if let Some(network) = args.network {
+    // The CLI asks for None unless told otherwise: a request without a Network means Default,
+    // which a plugin may make Bridge (a way out); a person who wants one says so. A request
+    // file keeps its own Network unless the flag is given.
+    if let Some(network) = args
+        .network
+        .or(args.file.is_none().then_some(Network::None))
+    {
         req.network = Some(NetworkConfig {
             network_type: network,
             ..Default::default()
@@ -1126,8 +1134,8 @@ async fn run(ctx: &Context<'_>, args: &RunArgs, inputs: Vec<InputSpec>) -> Resul
 
 fn network_name(network: Option<&NetworkConfig>) -> String {
     match network.map(|n| n.network_type) {
-        // What the plugin makes of a request that names none.
-        None | Some(Network::Default) => "none".into(),
+        // What a request file may leave to the plugin: Bridge where it works, else None.
+        None | Some(Network::Default) => "default".into(),
         Some(n) => serde_json::to_value(n)
             .ok()
             .and_then(|v| v.as_str().map(str::to_lowercase))
