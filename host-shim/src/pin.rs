@@ -166,6 +166,21 @@ fn trusted_owner(uid: u32) -> bool {
 
 const GROUP_OTHER_WRITE: u32 = 0o022;
 
+/// Why a file or directory another user could change is not trusted: owned by someone other
+/// than root or us, or writable by group or others.
+fn owner_and_mode(meta: &std::fs::Metadata) -> Result<(), String> {
+    if !trusted_owner(meta.uid()) {
+        return Err(format!("it is owned by uid {}", meta.uid()));
+    }
+    if meta.mode() & GROUP_OTHER_WRITE != 0 {
+        return Err(format!(
+            "it is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Open `path` read-only and check what was opened: a regular file owned by root or the host's
 /// user, writable by nobody else, in directories that pass the same rule.
 pub fn open_trusted(path: &Path) -> Result<File, PinError> {
@@ -184,15 +199,7 @@ pub fn open_trusted(path: &Path) -> Result<File, PinError> {
     if !meta.is_file() {
         return Err(untrusted("it is not a regular file".into()));
     }
-    if !trusted_owner(meta.uid()) {
-        return Err(untrusted(format!("it is owned by uid {}", meta.uid())));
-    }
-    if meta.mode() & GROUP_OTHER_WRITE != 0 {
-        return Err(untrusted(format!(
-            "it is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        )));
-    }
+    owner_and_mode(&meta).map_err(untrusted)?;
     // The directories of the file actually opened, whatever links led there.
     let real =
         std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|source| {
@@ -256,15 +263,7 @@ pub fn check_trusted_dir(dir: &Path) -> Result<(), PinError> {
         path: dir.to_path_buf(),
         why,
     };
-    if !trusted_owner(meta.uid()) {
-        return Err(untrusted(format!("it is owned by uid {}", meta.uid())));
-    }
-    if meta.mode() & GROUP_OTHER_WRITE != 0 {
-        return Err(untrusted(format!(
-            "it is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        )));
-    }
+    owner_and_mode(&meta).map_err(untrusted)?;
     check_ancestors(dir, &real, meta.uid())
 }
 

@@ -1,9 +1,39 @@
-//! Descriptor plumbing shared by the plugin and the processes it forks: pipes, and closing what
-//! a process inherited. Only system calls, so both may run in a child forked from a
-//! multi-threaded process.
+//! Descriptor plumbing shared by the plugin and the processes it forks: pipes, closing what
+//! a process inherited, and lock files. The first two are only system calls, so they may run in
+//! a child forked from a multi-threaded process.
 
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Open (making it, 0600) a lock file: the `flock` on it, not its contents, is what counts, so
+/// it is never truncated or removed (removing a lock file races with its next user).
+pub fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+/// `flock(2)` with `op`, retried when a signal interrupts it. With `LOCK_NB`, a lock somebody
+/// else holds is an error of kind `WouldBlock`.
+pub fn flock(fd: impl AsFd, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor the caller keeps open across the call.
+        if unsafe { libc::flock(fd.as_fd().as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
 
 /// A pipe with `flags` (`pipe2(2)`): (read end, write end).
 pub fn pipe2(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {

@@ -267,12 +267,10 @@ impl CheckedDir {
     /// Hold this directory for one execution: an exclusive `flock` on it, kept until this
     /// descriptor (the process) goes. A second execution on the same directory is refused.
     pub fn lock(&self) -> Result<(), DirError> {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        let Err(e) = crate::fds::flock(&self.fd, libc::LOCK_EX | libc::LOCK_NB) else {
             return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        };
+        Err(if e.kind() == io::ErrorKind::WouldBlock {
             DirError::InUse {
                 path: self.path.clone(),
             }

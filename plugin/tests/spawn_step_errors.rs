@@ -29,7 +29,8 @@ fn spawn_error(input: SpecInput, state: &Path, between: impl FnOnce(&HostSandbox
     // The monitor runs in the execution's state directory, which the plugin made.
     std::fs::create_dir_all(ExecDir::new(state, &spec.execution_id).dir).unwrap();
     let mut sandbox = HostSandbox::new();
-    sandbox.prepare(&spec).unwrap();
+    let results = executor_plugin::monitor::open_results(&spec).unwrap();
+    sandbox.prepare(&spec, &results).unwrap();
     between(&sandbox);
     let err = spawn_job(&spec, &mut sandbox).expect_err("the job must not start");
     sandbox.cleanup();

@@ -309,23 +309,6 @@ fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
     "Inputs".into()
 }
 
-/// `results/` and `results/<Name>` for every output, before the job's root is planned (the
-/// outputs are bind sources) and before they are given to the job's user. The directory comes
-/// back open and checked (see [`CheckedDir`]); the monitor holds its own, locked, copy.
-fn create_outputs(spec: &MonitorSpec) -> Result<CheckedDir, SandboxError> {
-    let results =
-        CheckedDir::create(&spec.results_dir).map_err(|e| SandboxError::Setup(e.to_string()))?;
-    for name in &spec.output_names {
-        results.make_subdir(name).map_err(|e| {
-            SandboxError::Setup(format!(
-                "creating {}: {e}",
-                spec.results_dir.join(name).display()
-            ))
-        })?;
-    }
-    Ok(results)
-}
-
 /// What a per-execution uid's outputs need to be handed back: where they are, and whose.
 #[derive(Debug)]
 struct HandBack {
@@ -398,7 +381,7 @@ fn strip_writable_inputs(back: &mut HandBack) {
 }
 
 impl JobSandbox for HostSandbox {
-    fn prepare(&mut self, spec: &MonitorSpec) -> Result<(), SandboxError> {
+    fn prepare(&mut self, spec: &MonitorSpec, results: &CheckedDir) -> Result<(), SandboxError> {
         let s = &spec.sandbox;
         if s.isolate_network && !netns::supported() {
             return Err(SandboxError::Unsupported(
@@ -515,11 +498,7 @@ impl JobSandbox for HostSandbox {
         // The job writes its outputs as its own user. The results directory itself stays the
         // monitor's: a job that owned it could swap its outputs for symlinks between the
         // hand-back walks (the files in it are made by descriptor, so they are safe anyway).
-        let results = if s.filesystem.is_some() || s.run_as.is_some() {
-            Some(create_outputs(spec)?)
-        } else {
-            None
-        };
+        let results = (s.filesystem.is_some() || s.run_as.is_some()).then_some(results);
         if let Some(user) = s.run_as.as_ref().filter(|_| results.is_some()) {
             if let Some(path) = &user.uid_lock {
                 let lease = UidLease::hold(user.uid, path).map_err(|e| {

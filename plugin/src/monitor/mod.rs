@@ -436,7 +436,7 @@ pub fn run(
         Err(e) => Err(e),
         Ok(r) => {
             let r = &*held.insert(r);
-            match sandbox.prepare(&spec) {
+            match sandbox.prepare(&spec, r) {
                 Err(e) => Err(MonitorError::from(e)),
                 Ok(()) => {
                     mon.cgroup = sandbox.cgroup_record();
@@ -511,8 +511,9 @@ fn open_log(spec: &MonitorSpec) -> Result<RawLog, MonitorError> {
 }
 
 /// The results directory, created unless it exists, checked ([`results::CheckedDir`]) and
-/// locked for this execution, with `results/<Name>` for every output.
-fn open_results(spec: &MonitorSpec) -> Result<results::CheckedDir, MonitorError> {
+/// locked for this execution, with `results/<Name>` for every output: what
+/// [`JobSandbox::prepare`] is given.
+pub fn open_results(spec: &MonitorSpec) -> Result<results::CheckedDir, MonitorError> {
     let results = results::CheckedDir::create(&spec.results_dir)?;
     results.lock()?;
     for name in &spec.output_names {

@@ -113,9 +113,14 @@ pub trait JobSandbox {
     fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
         Vec::new()
     }
-    /// Everything that can fail, done before the fork (e.g. create the cgroup). After an error
-    /// the monitor still calls [`cleanup`](Self::cleanup).
-    fn prepare(&mut self, _spec: &MonitorSpec) -> Result<(), SandboxError> {
+    /// Everything that can fail, done before the fork (e.g. create the cgroup). `results` is the
+    /// results directory the monitor opened, checked and locked, with `results/<Name>` made for
+    /// every output. After an error the monitor still calls [`cleanup`](Self::cleanup).
+    fn prepare(
+        &mut self,
+        _spec: &MonitorSpec,
+        _results: &crate::results::CheckedDir,
+    ) -> Result<(), SandboxError> {
         Ok(())
     }
     /// The job's cgroup, to record in `monitor.json` once prepared.

@@ -34,11 +34,11 @@
 //! pair, the inside of the job's namespace, the veth's removal at the end) are rtnetlink
 //! requests the monitor sends itself, a few dozen lines instead of a crate or a process.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -257,55 +257,23 @@ fn table_exists(family: u8, name: &str) -> io::Result<bool> {
     const NFT_MSG_NEWTABLE: u16 = 0;
     const NFT_MSG_GETTABLE: u16 = 1;
     const NFTA_TABLE_NAME: u16 = 1;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = netlink(libc::NETLINK_NETFILTER)?;
     // nfgenmsg: family, version NFNETLINK_V0, resource id 0.
     let msg = NlMsg::new(
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
         0,
         &[family, 0, 0, 0],
     )
-    .attr(NFTA_TABLE_NAME, &nul_terminated(name))
-    .bytes();
-    // SAFETY: send(2) of a buffer that lives across the call, on an open socket.
-    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    .attr(NFTA_TABLE_NAME, &nul_terminated(name));
     let mut reply = [0u8; 1024];
-    let n = loop {
-        // SAFETY: recv(2) into a buffer of the given length, on an open socket. A longer
-        // message is cut short (only its header is read).
-        let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    if n < 16 {
-        return Err(io::Error::other("a short nfnetlink reply"));
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+    let n = exchange(&sock, msg, &mut reply)?;
+    if n >= 16
+        && u16::from_ne_bytes([reply[4], reply[5]])
+            == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+    {
         return Ok(true);
     }
-    if kind != libc::NLMSG_ERROR as u16 || n < 20 {
-        return Err(io::Error::other("an unexpected nfnetlink reply"));
-    }
-    match -i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+    match ack_errno(&reply[..n])? {
         libc::ENOENT => Ok(false),
         0 => Err(io::Error::other("an acknowledgement without the table")),
         errno => Err(io::Error::from_raw_os_error(errno)),
@@ -381,30 +349,15 @@ fn open_lock(index: u32) -> Result<File, NetError> {
         .create(dir)
         .map_err(|e| lock_err(dir, e))?;
     let path = dir.join(index.to_string());
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| lock_err(&path, e))
+    crate::fds::open_lock(&path).map_err(|e| lock_err(&path, e))
 }
 
 /// Take the lock without waiting: `Ok(false)` when somebody holds it.
 fn try_lock(file: &File) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a descriptor the File owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(e),
-        }
+    match crate::fds::flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -488,14 +441,15 @@ impl NlMsg {
     }
 }
 
-/// An rtnetlink socket in the calling thread's network namespace.
-fn netlink() -> io::Result<OwnedFd> {
+/// A netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`) in the calling
+/// thread's network namespace.
+fn netlink(protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     };
     if fd < 0 {
@@ -505,32 +459,44 @@ fn netlink() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Send one request and read its acknowledgement: `Err` with the kernel's errno.
-fn netlink_request(sock: &OwnedFd, msg: NlMsg) -> io::Result<()> {
+/// Send one request and read the first reply into `reply`: its length. A longer message is
+/// cut short (callers read only its header).
+fn exchange(sock: &OwnedFd, msg: NlMsg, reply: &mut [u8]) -> io::Result<usize> {
     let msg = msg.bytes();
     // SAFETY: send(2) of a buffer that lives across the call, on an open socket (an unbound
     // netlink socket sends to the kernel).
-    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if sent < 0 {
+    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut reply = [0u8; 512];
-    let n = loop {
+    loop {
         // SAFETY: recv(2) into a buffer of the given length, on an open socket.
         let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
         if n >= 0 {
-            break n as usize;
+            return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    };
-    // The acknowledgement: nlmsghdr with type NLMSG_ERROR, then the (negative) errno.
-    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::other("an unexpected rtnetlink reply"));
     }
-    match -i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+}
+
+/// The errno of an acknowledgement (nlmsghdr with type `NLMSG_ERROR`, then the negative
+/// errno; 0 for success); any other reply is an error.
+fn ack_errno(reply: &[u8]) -> io::Result<i32> {
+    if reply.len() < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
+        return Err(io::Error::other("an unexpected netlink reply"));
+    }
+    Ok(-i32::from_ne_bytes([
+        reply[16], reply[17], reply[18], reply[19],
+    ]))
+}
+
+/// Send one request and read its acknowledgement: `Err` with the kernel's errno.
+fn netlink_request(sock: &OwnedFd, msg: NlMsg) -> io::Result<()> {
+    let mut reply = [0u8; 512];
+    let n = exchange(sock, msg, &mut reply)?;
+    match ack_errno(&reply[..n])? {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
@@ -557,7 +523,7 @@ fn delete_link(name: &str) -> io::Result<()> {
     ifname.push(0);
     let msg =
         NlMsg::new(libc::RTM_DELLINK, 0, &ifinfomsg(0, 0, 0)).attr(libc::IFLA_IFNAME, &ifname);
-    match netlink_request(&netlink()?, msg) {
+    match netlink_request(&netlink(libc::NETLINK_ROUTE)?, msg) {
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
         done => done,
     }
@@ -586,7 +552,7 @@ fn if_index(name: &str) -> io::Result<u32> {
 /// On the host's side, over rtnetlink: the bridge (made if missing) up with the subnet's first
 /// address, and the veth `veth` up on it, isolated, its peer `eth0` in the namespace `netns`.
 fn connect_host_side(veth: &str, subnet: &Subnet, netns: RawFd) -> Result<(), NetError> {
-    let sock = netlink().map_err(|e| setup("opening rtnetlink", e))?;
+    let sock = netlink(libc::NETLINK_ROUTE).map_err(|e| setup("opening rtnetlink", e))?;
     let create = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
     if !link_exists(BRIDGE) {
         let mut m = NlMsg::new(libc::RTM_NEWLINK, create, &ifinfomsg(0, 0, 0))
@@ -664,7 +630,7 @@ fn configure_inside(addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> io::Result
     if index == 0 {
         return Err(io::Error::last_os_error());
     }
-    let sock = netlink()?;
+    let sock = netlink(libc::NETLINK_ROUTE)?;
     let mut ifaddrmsg = [0u8; 8];
     ifaddrmsg[0] = libc::AF_INET as u8;
     ifaddrmsg[1] = prefix;

@@ -12,10 +12,9 @@
 //! removing a lock file races with its next user.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -148,36 +147,13 @@ impl UidLease {
             path: path.to_owned(),
             source,
         };
-        let file = open_lock(path).map_err(lock_err)?;
-        flock(&file, libc::LOCK_SH).map_err(lock_err)?;
+        let file = crate::fds::open_lock(path).map_err(lock_err)?;
+        crate::fds::flock(&file, libc::LOCK_SH).map_err(lock_err)?;
         Ok(UidLease {
             uid,
             path: path.to_owned(),
             _file: file,
         })
-    }
-}
-
-fn open_lock(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a descriptor the File owns.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }
 
@@ -348,9 +324,9 @@ fn try_take(dir: &Path, uid: u32) -> Result<Option<UidLease>, UidError> {
         path: path.clone(),
         source,
     };
-    let file = open_lock(&path).map_err(lock_err)?;
+    let file = crate::fds::open_lock(&path).map_err(lock_err)?;
     for op in [libc::LOCK_EX, libc::LOCK_SH] {
-        match flock(&file, op | libc::LOCK_NB) {
+        match crate::fds::flock(&file, op | libc::LOCK_NB) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(lock_err(e)),

@@ -459,7 +459,11 @@ fn sandboxed_true(spec: &MonitorSpec, i: usize) -> Res<f64> {
     let mut sandbox = HostSandbox::with_ahead(Ahead::prepare());
     let t = Instant::now();
     let run = (|| -> Res<i32> {
-        sandbox.prepare(&spec).map_err(|e| e.to_string())?;
+        // As the monitor does before it prepares the sandbox.
+        let results = executor_plugin::monitor::open_results(&spec).map_err(|e| e.to_string())?;
+        sandbox
+            .prepare(&spec, &results)
+            .map_err(|e| e.to_string())?;
         let job = spawn_job(&spec, &mut sandbox).map_err(|e| e.to_string())?;
         drop((job.stdout, job.stderr));
         let mut status = 0;
