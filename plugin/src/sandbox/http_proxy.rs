@@ -327,15 +327,33 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, rules: Arc<Rules>) {
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
-        let (rules, done) = (rules.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .stack_size(STACK)
-            .spawn(move || {
-                let _ = serve(stream, &rules);
-                done.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
+        // A thread that cannot be made now (the job's own threads at its pids limit, say) may
+        // be makeable a moment later; a connection is never dropped without an answer.
+        let mut stream = Some(stream);
+        for attempt in 0..3 {
+            let (rules, done) = (rules.clone(), active.clone());
+            let Some(s) = stream.take() else { break };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .stack_size(STACK)
+                .spawn(move || {
+                    let Ok(s) = rx.recv() else { return };
+                    let _ = serve(s, &rules);
+                    done.fetch_sub(1, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(_) => {
+                    let _ = tx.send(s);
+                }
+                Err(_) => {
+                    stream = Some(s);
+                    std::thread::sleep(Duration::from_millis(10 << attempt));
+                }
+            }
+        }
+        if let Some(s) = stream {
             active.fetch_sub(1, Ordering::SeqCst);
+            let _ = refuse(&s, 503, "the proxy cannot serve another connection now");
         }
     }
 }
