@@ -1327,8 +1327,10 @@ async fn watch_monitor(
             }
             None => publish(&exec, None).await,
         }
-        lock(&exec.uid_lease).take();
+        // The uid is the monitor's until it exits: released here only then, so a bid that
+        // counts held uids never promises one a start would not get.
         exited.await;
+        lock(&exec.uid_lease).take();
         // A monitor killed between its report and its cleanup leaves the (empty) cgroup.
         let dir = exec.dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
