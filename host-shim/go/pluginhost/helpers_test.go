@@ -43,10 +43,21 @@ func fakePlugin() int {
 		var result interface{}
 		switch req.Method {
 		case "initialize":
+			// Lines a host must skip, not fail on; and a stderr line far over the bound.
+			fmt.Println("not json at all")
+			fmt.Println(`{"foo":1}`)
+			fmt.Println(`[{"jsonrpc":"2.0","id":1,"result":true}]`)
+			fmt.Println(`{"jsonrpc":"2.0","id":77,"method":"host_doSomething","params":[]}`)
+			fmt.Println(`{"jsonrpc":"2.0","id":9999,"result":true}`)
+			fmt.Println(`{"jsonrpc":"2.0","id":1,"result":"` + strings.Repeat("y", maxMessage) + `"}`)
+			fmt.Fprintln(os.Stderr, strings.Repeat("x", 100<<10))
 			result = map[string]interface{}{"protocolVersion": "1", "engine": "second",
 				"plugin": map[string]string{"name": "executor-second", "version": "0"}, "capabilities": map[string]interface{}{}}
 		case "executor_isInstalled":
 			result = true
+		case "executor_cancel":
+			// Never answered: the host's call timeout must fire.
+			continue
 		case "shutdown":
 			fmt.Printf(`{"jsonrpc":"2.0","id":%s,"result":null}`+"\n", req.ID)
 			return 0
@@ -62,6 +73,32 @@ func fakePlugin() int {
 
 // nativeBinary is the executor-native cargo built: $EXECUTOR_NATIVE, else target/debug of the
 // workspace this module sits in.
+// secondPlugin copies the test binary into dir as executor-second.
+func secondPlugin(t *testing.T, dir string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "executor-second")
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
 func nativeBinary(t *testing.T) string {
 	t.Helper()
 	path := os.Getenv("EXECUTOR_NATIVE")
