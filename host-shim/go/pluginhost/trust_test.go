@@ -166,7 +166,7 @@ func TestASilentPluginIsStoppedAfterTheCallTimeout(t *testing.T) {
 	dir := t.TempDir()
 	secondPlugin(t, dir)
 	ctx := context.Background()
-	prov, err := Discover(ctx, Options{Dirs: []string{dir}, CallTimeout: 300 * time.Millisecond, Logger: quietLogger(t)})
+	prov, err := Discover(ctx, Options{Dirs: []string{dir}, CallTimeout: 1500 * time.Millisecond, Logger: quietLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
