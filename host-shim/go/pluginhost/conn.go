@@ -29,6 +29,8 @@ const (
 	// subscriptionBudget is how many bytes of log events a subscription holds for a slow
 	// reader; past it the subscription is dropped and resumed from the last position read.
 	subscriptionBudget = 8 << 20
+	// maxAbandoned bounds the ids of calls given up on that are remembered.
+	maxAbandoned = 1 << 16
 )
 
 // pluginEnvPassed: what a plugin's environment takes from the host's, when set. Nothing else
@@ -75,8 +77,10 @@ type conn struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]*pendingCall
-	subs    map[uint64]*logSub
-	lostErr error
+	// abandoned: calls given up on (a cancelled ctx); their late answers are dropped quietly.
+	abandoned map[uint64]struct{}
+	subs      map[uint64]*logSub
+	lostErr   error
 
 	done       chan struct{} // the protocol output closed; every call failed
 	exited     chan struct{} // the process was reaped
@@ -125,7 +129,7 @@ func spawn(name, program string, logf func(string, ...interface{})) (*conn, erro
 	}
 	c := &conn{
 		name: name, cmd: cmd, pid: cmd.Process.Pid, logf: logf, stdin: inW,
-		pending: map[uint64]*pendingCall{}, subs: map[uint64]*logSub{},
+		pending: map[uint64]*pendingCall{}, abandoned: map[uint64]struct{}{}, subs: map[uint64]*logSub{},
 		done: make(chan struct{}), exited: make(chan struct{}), stderr: &stderrTail{},
 	}
 	go func() {
@@ -203,7 +207,13 @@ func (c *conn) call(ctx context.Context, method string, params interface{}, limi
 	c.mu.Unlock()
 	forget := func() {
 		c.mu.Lock()
-		delete(c.pending, id)
+		if _, ok := c.pending[id]; ok {
+			delete(c.pending, id)
+			if len(c.abandoned) >= maxAbandoned {
+				c.abandoned = map[uint64]struct{}{}
+			}
+			c.abandoned[id] = struct{}{}
+		}
 		c.mu.Unlock()
 	}
 	var timedOut chan struct{}
@@ -372,7 +382,12 @@ func (c *conn) handle(line []byte) {
 		if ok && err == nil {
 			delete(c.pending, id)
 		}
+		_, late := c.abandoned[id]
+		delete(c.abandoned, id)
 		c.mu.Unlock()
+		if late && err == nil {
+			return
+		}
 		if err != nil || !ok {
 			c.skip(line, "a response to an id that was never asked or is answered")
 			return

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"executorplugins.example/hostshim/bidstrategy"
 	"executorplugins.example/hostshim/executor"
+	"executorplugins.example/hostshim/models"
 )
 
 func TestRunGivesExitCodeAndBothStreams(t *testing.T) {
@@ -209,5 +211,35 @@ func TestRefusedRequestsMatchTheSentinels(t *testing.T) {
 	}
 	if err := e.exec.Start(ctx, nil); err == nil {
 		t.Fatal("a nil request was accepted")
+	}
+}
+
+func TestBidsComeFromThePlugin(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	job := func(engine string) bidstrategy.BidStrategyRequest {
+		return bidstrategy.BidStrategyRequest{Job: models.Job{ID: "j", Type: "batch", Count: 1, Tasks: []*models.Task{{
+			Name:   "main",
+			Engine: &models.SpecConfig{Type: engine, Params: map[string]interface{}{"Entrypoint": []string{"/bin/true"}}},
+		}}}}
+	}
+	yes, err := e.exec.ShouldBid(ctx, job("native"))
+	if err != nil || !yes.ShouldBid || !strings.HasPrefix(yes.Reason, "this node does ") {
+		t.Fatalf("ShouldBid native: %+v, %v", yes, err)
+	}
+	no, err := e.exec.ShouldBid(ctx, job("docker"))
+	if err != nil || no.ShouldBid || !strings.Contains(no.Reason, `"docker"`) {
+		t.Fatalf("ShouldBid docker: %+v, %v", no, err)
+	}
+	fits, err := e.exec.ShouldBidBasedOnUsage(ctx, job("native"), models.Resources{CPU: 0.1, Memory: 1 << 20})
+	if err != nil || !fits.ShouldBid {
+		t.Fatalf("ShouldBidBasedOnUsage small: %+v, %v", fits, err)
+	}
+	huge, err := e.exec.ShouldBidBasedOnUsage(ctx, job("native"), models.Resources{CPU: 100000})
+	if err != nil || huge.ShouldBid || !strings.Contains(huge.Reason, "not have enough CPU") {
+		t.Fatalf("ShouldBidBasedOnUsage huge: %+v, %v", huge, err)
+	}
+	if ok, err := e.exec.IsInstalled(ctx); !ok || err != nil {
+		t.Fatalf("IsInstalled: %v %v", ok, err)
 	}
 }
