@@ -15,7 +15,8 @@ import (
 	"executorplugins.example/hostshim/models"
 )
 
-// The plugin killed with SIGKILL while three jobs run, their waits pend and a log is followed:
+// The plugin killed with SIGKILL while three jobs run, their waits pend, a fourth job runs
+// through Run and a log is followed:
 // the supervisor starts a new plugin, which re-attaches to the jobs' monitors; the waits are
 // re-issued and the follow resumes from the last position read. Every result and every byte
 // arrives, nothing twice.
@@ -46,6 +47,17 @@ func TestPluginKilledWhileJobsRunAndALogIsFollowed(t *testing.T) {
 		r, errs := e.exec.Wait(ctx, id)
 		waits[id] = waited{r, errs}
 	}
+	// A fourth job through Run: its single round trip is interrupted, and the wait it falls
+	// back to is re-issued on the new plugin.
+	type ran struct {
+		res *models.RunCommandResult
+		err error
+	}
+	runDone := make(chan ran, 1)
+	go func() {
+		res, err := e.exec.Run(ctx, e.request("kill-d", script("kill-d", 13)))
+		runDone <- ran{res, err}
+	}()
 	stream, err := e.exec.GetLogStream(ctx, executor.LogStreamRequest{ExecutionID: "kill-b", Follow: true})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +96,14 @@ func TestPluginKilledWhileJobsRunAndALogIsFollowed(t *testing.T) {
 		case <-time.After(60 * time.Second):
 			t.Fatalf("%s: no result", id)
 		}
+	}
+	select {
+	case r := <-runDone:
+		if r.err != nil || r.res.ExitCode != 13 || r.res.STDOUT != want("kill-d", "out") {
+			t.Errorf("Run across the kill: %+v, %v", r.res, r.err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run gave no result")
 	}
 	all := <-logBytes
 	if int64(len(all)) <= before {

@@ -120,4 +120,6 @@ func TestLogFollowIsByteExactAndCloseUnsubscribes(t *testing.T) {
 	if err := e.exec.Cancel(ctx, "follow-2"); err != nil {
 		t.Fatal(err)
 	}
+	// Ended before the test's directories go.
+	e.wait("follow-2", 20*time.Second)
 }
