@@ -491,6 +491,7 @@ type logSub struct {
 	mu     sync.Mutex
 	events []logEvent
 	bytes  int
+	peak   int // the most bytes queued at once
 	state  subState
 	detail string
 	notify chan struct{}
@@ -517,6 +518,9 @@ func (s *logSub) push(ev logEvent) subState {
 	} else {
 		s.events = append(s.events, ev)
 		s.bytes += size
+		if s.bytes > s.peak {
+			s.peak = s.bytes
+		}
 	}
 	s.wake()
 	return s.state

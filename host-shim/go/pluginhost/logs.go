@@ -33,6 +33,8 @@ type logStream struct {
 
 	buf        []byte
 	err        error
+	resumes    int // subscriptions made after the first (lag, restart, refusal)
+	peak       int // the most bytes any of its subscriptions queued
 	fruitless  int
 	progressed bool
 
@@ -82,6 +84,7 @@ func (s *logStream) subscribe() error {
 func (s *logStream) drop() {
 	s.mu.Lock()
 	c, id := s.conn, s.subID
+	s.notePeak(s.sub)
 	s.conn, s.subID, s.sub = nil, 0, nil
 	s.mu.Unlock()
 	if c != nil {
@@ -119,6 +122,7 @@ func (s *logStream) fill() error {
 			if err := s.subscribe(); err != nil {
 				return err
 			}
+			s.resumes++
 			continue
 		}
 		ev, ok, state, detail := sub.take()
@@ -153,6 +157,7 @@ func (s *logStream) fill() error {
 			}
 		case subEnded:
 			s.mu.Lock()
+			s.notePeak(s.sub)
 			s.conn, s.subID, s.sub = nil, 0, nil
 			s.mu.Unlock()
 			return io.EOF
@@ -176,6 +181,18 @@ func (s *logStream) fill() error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+}
+
+// notePeak keeps the backlog high-water mark of sub; s.mu is held.
+func (s *logStream) notePeak(sub *logSub) {
+	if sub == nil {
+		return
+	}
+	sub.mu.Lock()
+	if sub.peak > s.peak {
+		s.peak = sub.peak
+	}
+	sub.mu.Unlock()
 }
 
 // Close ends the stream and unsubscribes.

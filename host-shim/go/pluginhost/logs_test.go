@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +123,53 @@ func TestLogFollowIsByteExactAndCloseUnsubscribes(t *testing.T) {
 	}
 	// Ended before the test's directories go.
 	e.wait("follow-2", 20*time.Second)
+}
+
+// A reader that falls behind by more than a subscription's budget costs the host no more than
+// the budget: the subscription is dropped and resumed at the last position read, and the
+// stream stays byte-exact.
+func TestASlowReaderResumesWithoutLoss(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	const size = 3 * subscriptionBudget
+	if err := e.exec.Start(ctx, e.request("slow-1", "sleep 0.3; yes 0123456789abcdef | head -c "+strconv.Itoa(size))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.exec.GetLogStream(ctx, executor.LogStreamRequest{ExecutionID: "slow-1", Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Not read until the subscription has given up on this reader.
+	e.wait("slow-1", 60*time.Second)
+	ls := r.(*logStream)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ls.mu.Lock()
+		sub := ls.sub
+		ls.mu.Unlock()
+		sub.mu.Lock()
+		state := sub.state
+		sub.mu.Unlock()
+		if state == subLagged {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the subscription never lagged (state %v)", state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, errs := demux(t, readAll(t, r, 60*time.Second))
+	want := strings.Repeat("0123456789abcdef\n", size/17+1)[:size]
+	if len(out) != size || out != want || errs != "" {
+		t.Fatalf("got %d stdout bytes (want %d), equal %v, stderr %q", len(out), size, out == want, errs)
+	}
+	if ls.resumes < 1 {
+		t.Fatalf("the reader never fell behind (resumes %d): the test proves nothing", ls.resumes)
+	}
+	// At most the budget, and never more than one event over it (the first one always goes).
+	if ls.peak > subscriptionBudget {
+		t.Fatalf("a subscription held %d bytes, over the budget of %d", ls.peak, subscriptionBudget)
+	}
+	t.Logf("%d bytes followed byte-exact through %d resumes; backlog peak %d bytes", size, ls.resumes, ls.peak)
 }

@@ -201,3 +201,45 @@ func TestASilentPluginIsStoppedAfterTheCallTimeout(t *testing.T) {
 		t.Fatal("the silent plugin was not replaced")
 	}
 }
+
+// The pin is checked on the bytes of each launch, not once at discovery: a file rewritten in
+// place after Discover is refused when its plugin is first started.
+func TestAPinnedFileRewrittenAfterDiscoveryIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	native := filepath.Join(dir, "executor-native")
+	src, err := os.ReadFile(nativeBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(native, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pin := sha256File(t, native)
+	prov, err := Discover(context.Background(), Options{Dirs: []string{dir}, StateRoot: t.TempDir(),
+		Pins: map[string]string{native: pin}, Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prov.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(native, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(other); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = prov.Get(context.Background(), "native")
+	var te *TrustError
+	if !errors.As(err, &te) || !strings.Contains(err.Error(), "but the configuration pins "+pin) {
+		t.Fatalf("Get after the rewrite: %v", err)
+	}
+}
