@@ -307,9 +307,8 @@ func (p *plugin) shutdown() {
 	if c == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.sup.grace)
-	_, _ = c.call(ctx, "shutdown", map[string]bool{"cancelRunning": false}, 0, nil)
-	cancel()
+	// Bounded, the write included: a plugin that stops reading is killed.
+	_, _ = c.call(context.Background(), "shutdown", map[string]bool{"cancelRunning": false}, p.sup.grace, nil)
 	if c.waitExit(p.sup.grace) == "" {
 		p.logf("plugin for engine %s did not exit after shutdown; killing it", p.name())
 		c.kill()
