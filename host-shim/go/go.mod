@@ -1,0 +1,3 @@
+module executorplugins.example/hostshim
+
+go 1.19
