@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use executor_plugin::outlet;
-use executor_plugin::rpc::{self, NativePlugin};
+use executor_plugin::rpc::NativePlugin;
 use executor_plugin::server::{self, Exit, ServerConfig};
 use executor_plugin::stdio;
 use executor_schema::api::ExecutorApiServer;
@@ -23,10 +23,14 @@ fn main() -> ExitCode {
     let program = args
         .next()
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| rpc::PLUGIN_NAME.to_string());
+        .unwrap_or_else(|| executor_plugin::PLUGIN_NAME.to_string());
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("--version") | Some("-V") => {
-            println!("{} {}", rpc::PLUGIN_NAME, env!("CARGO_PKG_VERSION"));
+            println!(
+                "{} {}",
+                executor_plugin::PLUGIN_NAME,
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         _ => {}
