@@ -182,18 +182,21 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
             target: "/inputs/data".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: single.clone(),
             target: "/inputs/single.txt".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: l.results().join("out"),
             target: "/outputs".into(),
             read_only: false,
             untrusted_below: None,
+            ..Bind::default()
         },
         // Inside the job's /tmp: the mount point is made by the child in its tmpfs.
         Bind {
@@ -201,6 +204,7 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
             target: "/tmp/deep/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     spec.working_dir = Some("/outputs".into());
@@ -300,6 +304,7 @@ fn plan_validation_rejects_bad_specs() {
         target: target.into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     };
 
     assert!(matches!(
@@ -324,6 +329,7 @@ fn plan_validation_rejects_bad_specs() {
         target: "/in".into(),
         read_only: true,
         untrusted_below: Some(input.path().to_owned()),
+        ..Bind::default()
     };
     assert!(with(vec![below(real.clone())]).is_ok());
     assert!(matches!(
@@ -431,12 +437,14 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
             target: "/in/sub".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: outer.path().to_owned(),
             target: "/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     spec.working_dir = Some("/work/dir".into());
@@ -468,6 +476,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         target: "/job/work/in".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(
@@ -490,6 +499,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         target: "/data".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     assert!(matches!(
         FsPlan::new(&spec),
@@ -612,6 +622,7 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
         target: "/outputs".into(),
         read_only: false,
         untrusted_below: None,
+        ..Bind::default()
     }];
     let script = &format!(
         "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u; \
@@ -760,12 +771,14 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
             target: "/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: inner.path().to_owned(),
             target: "/in/sub".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     let below = shared.path().join("sub").display().to_string();
@@ -798,6 +811,7 @@ fn a_bind_gets_the_same_flags_either_way() {
         target: "/in".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(

@@ -23,7 +23,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use executor_schema::RunCommandResult;
+use executor_schema::{ErrorCode, ExecutorError, FieldProblem, RunCommandResult};
 use serde::{Deserialize, Serialize};
 
 use crate::results::{self, OutputSink, StreamSummary};
@@ -65,16 +65,40 @@ pub enum MonitorReport {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         record: Option<Box<ResultRecord>>,
     },
-    /// Setup failed: a start error, no result will follow.
+    /// Setup failed: a start error, no result will follow. [`MonitorReport::start_error`] is
+    /// the error the plugin answers with.
     Failed {
         error: String,
-        /// The `ErrorCode` name when it is not an internal error (e.g. `Unsupported`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        code: Option<String>,
+        #[serde(default = "internal_code", skip_serializing_if = "is_internal")]
+        code: ErrorCode,
         /// The request field at fault, with code `InvalidParams`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         field: Option<String>,
     },
+}
+
+fn internal_code() -> ErrorCode {
+    ErrorCode::Internal
+}
+
+fn is_internal(code: &ErrorCode) -> bool {
+    *code == ErrorCode::Internal
+}
+
+impl MonitorReport {
+    /// The start error a [`MonitorReport::Failed`] stands for; `None` for any other report.
+    pub fn start_error(self) -> Option<ExecutorError> {
+        let MonitorReport::Failed { error, code, field } = self else {
+            return None;
+        };
+        Some(match code {
+            ErrorCode::InvalidParams => ExecutorError::invalid_params(vec![FieldProblem {
+                field: field.unwrap_or_default(),
+                message: error,
+            }]),
+            code => ExecutorError::new(code, error),
+        })
+    }
 }
 
 /// Where the job's output goes besides the results files.
@@ -258,17 +282,22 @@ impl MonitorError {
         match self {
             MonitorError::InvalidParams { field, message } => MonitorReport::Failed {
                 error: message.clone(),
-                code: Some("InvalidParams".into()),
+                code: ErrorCode::InvalidParams,
                 field: Some(field.clone()),
             },
             MonitorError::Dir(e) if e.is_callers() => MonitorReport::Failed {
                 error: e.to_string(),
-                code: Some("InvalidParams".into()),
+                code: ErrorCode::InvalidParams,
                 field: Some("ResultsDir".into()),
+            },
+            MonitorError::Unsupported(_) => MonitorReport::Failed {
+                error: self.to_string(),
+                code: ErrorCode::Unsupported,
+                field: None,
             },
             _ => MonitorReport::Failed {
                 error: self.to_string(),
-                code: matches!(self, MonitorError::Unsupported(_)).then(|| "Unsupported".into()),
+                code: ErrorCode::Internal,
                 field: None,
             },
         }

@@ -124,21 +124,12 @@ async fn start_report(
             None => None,
         }
     };
-    match serde_json::from_slice::<MonitorReport>(line.trim_ascii()) {
-        Ok(MonitorReport::Failed { error, code, field }) => {
+    match serde_json::from_slice::<MonitorReport>(line.trim_ascii()).map(|r| r.start_error()) {
+        Ok(Some(error)) => {
             reap(launched.child).await;
-            Err(match code.as_deref() {
-                Some("Unsupported") => ExecutorError::unsupported(error),
-                Some("InvalidParams") => {
-                    ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
-                        field: field.unwrap_or_default(),
-                        message: error,
-                    }])
-                }
-                _ => ExecutorError::internal(error),
-            })
+            Err(error)
         }
-        Ok(_) => Ok(launched),
+        Ok(None) => Ok(launched),
         Err(_) => {
             let status = reap(launched.child)
                 .await

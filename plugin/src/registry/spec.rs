@@ -19,9 +19,9 @@ use crate::sandbox::bridge::{BridgePlan, Publish};
 use crate::sandbox::cgroup::{DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
 use crate::sandbox::gpu::{self, HostGpu};
 use crate::sandbox::http_proxy::{self, HttpPlan};
-use crate::sandbox::mounts::{self, Bind};
+use crate::sandbox::mounts::{self, Bind, BindFields};
 use crate::sandbox::user::{self, UserPlan};
-use crate::state::{self, ExecDir, FsSandbox, Limits, MonitorSpec, SandboxSpec};
+use crate::state::{self, ExecDir, FsSandbox, Limits, MonitorSpec, SandboxSpec, WORKING_DIR_FIELD};
 
 use super::DEFAULT_KILL_GRACE;
 
@@ -162,10 +162,9 @@ fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
         .map(|g| g.index.to_string())
         .collect();
     if !gpus.is_empty() {
-        let list = gpus.join(",");
-        env.entry("CUDA_VISIBLE_DEVICES".into())
-            .or_insert_with(|| list.clone());
-        env.entry("NVIDIA_VISIBLE_DEVICES".into()).or_insert(list);
+        for (k, v) in gpu::visible_devices_env(&gpus) {
+            env.entry(k).or_insert(v);
+        }
     }
     if let Some(net) = &req.network {
         if matches!(
@@ -397,11 +396,7 @@ fn count_only_gpu_env(input: &SpecInput) -> Vec<(String, String)> {
         return Vec::new();
     };
     let list: Vec<String> = gpus.iter().map(|g| g.gpu.index.to_string()).collect();
-    let list = list.join(",");
-    vec![
-        ("CUDA_VISIBLE_DEVICES".into(), list.clone()),
-        ("NVIDIA_VISIBLE_DEVICES".into(), list),
-    ]
+    gpu::visible_devices_env(&list).into()
 }
 
 /// Under the state root: the mount point of every job's root. Each job mounts a tmpfs of its
@@ -447,13 +442,13 @@ fn check_layout(input: &SpecInput) -> Result<(), ExecutorError> {
         .inputs
         .iter()
         .enumerate()
-        .map(|(i, v)| (format!("Inputs[{i}].Volume.target"), &v.target))
+        .map(|(i, v)| (input_field(i, "target"), &v.target))
         .chain(
             input
                 .outputs
                 .iter()
                 .enumerate()
-                .map(|(i, o)| (format!("Outputs[{i}].Path"), &o.path)),
+                .map(|(i, o)| (output_field(i, "Path"), &o.path)),
         );
     for (field, path) in targets {
         if let Some(message) = mounts::layout_problem(path, true) {
@@ -472,7 +467,7 @@ fn check_layout(input: &SpecInput) -> Result<(), ExecutorError> {
     if let Some(w) = &input.working_dir {
         if let Some(message) = mounts::layout_problem(w, false) {
             problems.push(FieldProblem {
-                field: "EngineParams.Params.WorkingDirectory".into(),
+                field: WORKING_DIR_FIELD.into(),
                 message,
             });
         }
@@ -502,7 +497,7 @@ fn check_allow_list(input: &SpecInput) -> Result<Vec<Option<PathBuf>>, ExecutorE
             Ok(path) => allowed.push(Some(path)),
             Err(e) => {
                 problems.push(FieldProblem {
-                    field: format!("Inputs[{n}].Volume.source"),
+                    field: input_field(n, "source"),
                     message: e.to_string(),
                 });
                 allowed.push(None);
@@ -551,9 +546,13 @@ fn binds(
             target: v.target.clone(),
             read_only: v.read_only,
             untrusted_below,
+            fields: BindFields {
+                source: input_field(i, "source"),
+                target: input_field(i, "target"),
+            },
         });
     }
-    for o in &input.outputs {
+    for (i, o) in input.outputs.iter().enumerate() {
         let at = results_dir.join(&o.name);
         if !input.isolate_filesystem && o.path != at {
             return Err(ExecutorError::unsupported(format!(
@@ -570,9 +569,23 @@ fn binds(
             target: o.path.clone(),
             read_only: false,
             untrusted_below: Some(results_dir.to_owned()),
+            fields: BindFields {
+                source: output_field(i, "Name"),
+                target: output_field(i, "Path"),
+            },
         });
     }
     Ok(binds)
+}
+
+/// The request field `part` of input `i`'s volume (`Inputs[0].Volume.source`).
+fn input_field(i: usize, part: &str) -> String {
+    format!("Inputs[{i}].Volume.{part}")
+}
+
+/// The request field `part` of output `i` (`Outputs[1].Path`).
+fn output_field(i: usize, part: &str) -> String {
+    format!("Outputs[{i}].{part}")
 }
 
 /// Without a configured `tmpfsSize`, each of the job's private tmpfs mounts is as large as

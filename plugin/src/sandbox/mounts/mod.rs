@@ -69,6 +69,18 @@ pub struct Bind {
     /// a descriptor, and the mount is made from that descriptor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untrusted_below: Option<PathBuf>,
+    /// The request fields this bind came from, named in an error about its source or target.
+    #[serde(default)]
+    pub fields: BindFields,
+}
+
+/// The request fields a [`Bind`]'s source and target came from (`Inputs[0].Volume.source`,
+/// `Outputs[1].Path`); empty for a bind that no request field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindFields {
+    pub source: String,
+    pub target: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
