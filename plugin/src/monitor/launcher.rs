@@ -425,8 +425,8 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
         0 => {
             drop(gate_w);
             let mut go = [0u8; 1];
-            // SAFETY: reading one byte into a local buffer.
             let n = loop {
+                // SAFETY: reading one byte into a local buffer.
                 let n = unsafe { libc::read(gate_r.as_raw_fd(), go.as_mut_ptr().cast(), 1) };
                 if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                     break n;

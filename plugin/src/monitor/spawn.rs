@@ -573,7 +573,10 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
     }
     let _unmap = Unmap(stack);
     // SAFETY: the lowest page of our own mapping becomes the guard.
-    unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) };
+    if unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) } != 0 {
+        // Without the guard an overflow of the child's stack would write below the mapping.
+        return Err(io::Error::last_os_error());
+    }
     let mut args = ChildArgs {
         exec,
         runs,

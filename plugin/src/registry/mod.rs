@@ -273,7 +273,7 @@ impl Registry {
     }
 
     /// Look the next candidate ids up in the user and group databases off the start path (a
-    /// lookup is ~0.2 ms of NSS work, and may block on a directory service). One at a time.
+    /// lookup is NSS work, and may block on a directory service). One at a time.
     fn look_up_uids_ahead(&self, pool: &Arc<Mutex<UidPool>>) {
         const AHEAD: usize = 16;
         if self.uid_lookahead.swap(true, Ordering::AcqRel) {

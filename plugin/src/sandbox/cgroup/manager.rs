@@ -378,7 +378,7 @@ impl CgroupManager {
     }
 
     /// Make, before any job asks, the directories every job gets in the v1 hierarchies
-    /// (renaming one is a fifth of making it: a v1 memory cgroup costs ~0.05 ms to make). v2
+    /// (renaming one costs far less than making it; see docs/PERFORMANCE.md). v2
     /// directories cannot be renamed: none are made ahead there. `owner` names them
     /// ([`ahead_name`]); what is not taken is removed when the [`AheadDirs`] is dropped.
     pub fn make_ahead(&self, owner: i32) -> AheadDirs {
