@@ -1,3 +1,32 @@
+//! The `executor-native` plugin: the JSON-RPC server a host talks to, the executions it runs,
+//! the monitor process that supervises each job, the sandbox the job runs in, and its log.
+//!
+//! The modules by layer, top to bottom; a request walks down them in this order
+//! (docs/ARCHITECTURE.md follows one `executor_start` file by file):
+//!
+//! ```text
+//! protocol    stdio      the private protocol descriptors, the cookie, diagnostics on stderr
+//!             server     the JSON-RPC connection loop: framing, one task per request, one writer
+//!             outlet     the byte-bounded lane for log notifications
+//!             rpc        the methods: initialize, bids, start/run/wait/cancel, logs, list, stats
+//!             bid        the bid strategies; capabilities: what this host can honour
+//! executions  registry   the state machine; registry::spec turns a request into a MonitorSpec,
+//!                        registry::launch starts and watches monitors, registry::recover rescans
+//!             state      the state directory: records, ExecDir, MonitorSpec, process identity
+//!             results    the results files (Bacalhau's truncation), the checked results dir
+//!             outputs    handing outputs to the job's uid and back, by descriptor walks
+//! monitor     monitor    one process per execution: launcher (fork server and spares),
+//!                        host_sandbox (what the monitor prepares), spawn (the job's clone),
+//!                        supervise (the poll loop to the end)
+//! sandbox     sandbox    cgroup, mounts, user/uids, rlimit, seccomp, netns/bridge/http_proxy,
+//!                        gpu, allowlist
+//! logstore    logstore   the raw_container_logs writer, reader and follower
+//! support     fds, memo, timing
+//! ```
+//!
+//! Everything is `pub` so that the crate's tests and the workspace's bench reach what they
+//! exercise; the binary's own surface is [`rpc::NativePlugin`] over [`server`].
+
 pub mod bid;
 pub mod capabilities;
 pub mod fds;

@@ -2,8 +2,8 @@
 //! cancelling, retention, and the uids jobs run as.
 //!
 //! A start reads top-down through the files of this folder: [`spec`] turns the request into the
-//! monitor's [`MonitorSpec`], [`Registry::start_spec_as`] records it and [`launch`] starts its
-//! monitor and watches it to the end; [`recover`] rebuilds the map from the state directories
+//! monitor's [`MonitorSpec`], [`Registry::start_spec_as`] records it and `launch` starts its
+//! monitor and watches it to the end; `recover` rebuilds the map from the state directories
 //! after a restart and buries executions whose monitor died.
 //!
 //! Everything durable lives in the execution's state directory (see [`crate::state`]); the
@@ -40,7 +40,7 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct RegistryConfig {
     pub state_root: PathBuf,
     /// The `executor-native` binary, re-executed as `<exe> __monitor <dir>` when there is no
-    /// fork server ([`launcher`]) to fork monitors from.
+    /// fork server ([`crate::monitor::launcher`]) to fork monitors from.
     pub monitor_exe: PathBuf,
     /// How long a finished execution stays queryable.
     pub retention: Duration,
@@ -48,7 +48,7 @@ pub struct RegistryConfig {
     pub max_retained: usize,
     /// Between the graceful SIGTERM and the kill of the whole tree on cancel or deadline.
     pub kill_grace: Duration,
-    /// Where running executions get a uid of their own from (see [`job_uid_range`]); `None`:
+    /// Where running executions get a uid of their own from (see [`crate::sandbox::user::job_uid_range`]); `None`:
     /// jobs run as the user `build_spec` resolves.
     pub job_uids: Option<UidRange>,
     /// The host-wide locks that mark job uids taken ([`uids::DEFAULT_LOCK_DIR`]).

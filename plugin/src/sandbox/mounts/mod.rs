@@ -128,7 +128,7 @@ fn tmpfs_options(size: Option<u64>) -> CString {
 }
 
 /// [`DEFAULT_SYSTEM_DIRS`] that exist on this host (as a directory or a symlink to one).
-/// Looked up once per process (see [`resolve_system_dirs`]).
+/// Looked up once per process.
 pub fn default_system_dirs() -> Vec<PathBuf> {
     static DIRS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
     DIRS.get_or_init(|| {
