@@ -382,7 +382,7 @@ pub fn spawn_job(
     .map_err(SpawnError::Setup)?;
     let report = StepReport::new().map_err(SpawnError::Setup)?;
     match vfork_exec(&exec, &mut runs, &report).map_err(SpawnError::Setup)? {
-        Launched::Running {
+        CloneOutcome::Running {
             pid,
             stdout,
             stderr,
@@ -391,7 +391,7 @@ pub fn spawn_job(
             stdout: ChildStdout::from(stdout),
             stderr: ChildStderr::from(stderr),
         }),
-        Launched::Failed { errno } => Err(match report.received() {
+        CloneOutcome::Failed { errno } => Err(match report.received() {
             Some((index, failure)) => match names.get(index as usize) {
                 Some(step) => SpawnError::Step(step.describe(failure)),
                 None => SpawnError::Setup(io::Error::from_raw_os_error(errno)),
@@ -464,7 +464,7 @@ impl ExecPlan {
 /// (it would otherwise read as the program missing, ENOENT).
 const ERRNO_CHDIR_MARK: i32 = -2;
 
-enum Launched {
+enum CloneOutcome {
     Running {
         pid: i32,
         stdout: OwnedFd,
@@ -544,7 +544,11 @@ const CHILD_STACK: usize = 256 * 1024;
 /// own, instead of std's `fork` (the steps between fork and exec rule out `posix_spawn`
 /// itself). No page tables are copied, and neither side takes copy-on-write faults while the
 /// child sets up: on this host that halved a fork/exec/wait from a process the monitor's size.
-fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::Result<Launched> {
+fn vfork_exec(
+    exec: &ExecPlan,
+    runs: &mut [StepFn],
+    report: &StepReport,
+) -> io::Result<CloneOutcome> {
     let pipe = || pipe2(libc::O_CLOEXEC);
     let null = std::fs::File::open("/dev/null")?;
     let (out_r, out_w) = pipe()?;
@@ -609,7 +613,7 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
         }
     };
     if n == 0 {
-        return Ok(Launched::Running {
+        return Ok(CloneOutcome::Running {
             pid,
             stdout: out_r,
             stderr: err_r,
@@ -619,7 +623,7 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
     let mut status = 0;
     // SAFETY: our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    Ok(Launched::Failed {
+    Ok(CloneOutcome::Failed {
         errno: if n == 4 {
             i32::from_ne_bytes(buf)
         } else {
