@@ -44,6 +44,8 @@ pub use plan::FsPlan;
 pub use source::{open_source, HeldSource, SourceError};
 pub use template::{warm, RootTemplate};
 
+use super::{unclean, Unclean};
+
 /// The host directories a job sees read-only when the spec does not name others.
 pub const DEFAULT_SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
@@ -254,14 +256,17 @@ pub fn supported() -> bool {
 /// not absolute, `..` in it, or on a directory the sandbox sets up itself (a mount `target` may
 /// not be `/` either; a working directory may).
 pub fn layout_problem(path: &Path, is_target: bool) -> Option<String> {
-    if !path.is_absolute() {
-        return Some(format!("{} must be an absolute path", path.display()));
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Some(format!(
-            "{} contains `..`, which could escape where it is meant to be",
-            path.display()
-        ));
+    match unclean(path) {
+        Some(Unclean::NotAbsolute) => {
+            return Some(format!("{} must be an absolute path", path.display()));
+        }
+        Some(Unclean::ParentComponent) => {
+            return Some(format!(
+                "{} contains `..`, which could escape where it is meant to be",
+                path.display()
+            ));
+        }
+        None => {}
     }
     if (is_target && path.components().count() == 1) || RESERVED.iter().any(|r| path.starts_with(r))
     {
@@ -281,19 +286,18 @@ fn cstring(what: &'static str, path: &Path) -> Result<CString, FsError> {
 }
 
 fn check_clean(what: &'static str, path: &Path) -> Result<(), FsError> {
-    if !path.is_absolute() {
-        return Err(FsError::NotAbsolute {
+    let path_buf = || path.to_owned();
+    match unclean(path) {
+        Some(Unclean::NotAbsolute) => Err(FsError::NotAbsolute {
             what,
-            path: path.to_owned(),
-        });
-    }
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(FsError::ParentComponent {
+            path: path_buf(),
+        }),
+        Some(Unclean::ParentComponent) => Err(FsError::ParentComponent {
             what,
-            path: path.to_owned(),
-        });
+            path: path_buf(),
+        }),
+        None => cstring(what, path).map(drop),
     }
-    cstring(what, path).map(drop)
 }
 
 /// `path` below `/`, as components joinable onto another directory.
