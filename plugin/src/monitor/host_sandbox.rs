@@ -9,6 +9,10 @@
 //!
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
+//!
+//! Longer than most files here because it is the one place the monitor sequences every part of
+//! the sandbox (what is made ahead, prepare, the child's steps, cleanup in reverse); each part
+//! itself lives in `sandbox/`.
 
 use crate::outputs::{self, Direction};
 use crate::results::CheckedDir;
