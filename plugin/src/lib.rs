@@ -24,14 +24,15 @@
 //! support     fds, memo, timing
 //! ```
 //!
-//! Everything is `pub` so that the crate's tests and the workspace's bench reach what they
-//! exercise; the binary's own surface is [`rpc::NativePlugin`] over [`server`].
+//! The support modules are crate-private; the rest is `pub` because the crate's tests and the
+//! workspace's bench reach into it; the binary's own surface is [`rpc::NativePlugin`] over
+//! [`server`].
 
-pub mod bid;
+pub(crate) mod bid;
 pub mod capabilities;
-pub mod fds;
+pub(crate) mod fds;
 pub mod logstore;
-pub mod memo;
+pub(crate) mod memo;
 pub mod monitor;
 pub mod outlet;
 pub mod outputs;
