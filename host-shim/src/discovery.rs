@@ -21,8 +21,8 @@ use std::time::Duration;
 use executor_schema::{InitializeResult, PluginConfig};
 
 use crate::executor::Executor;
+use crate::plugin_executor::{PluginExecutor, PluginSpec, Supervision};
 use crate::provider::{sanitize_key, ExecutorProvider};
-use crate::supervisor::{PluginExecutor, PluginSpec, Supervision};
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {

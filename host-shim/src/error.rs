@@ -3,7 +3,7 @@
 use executor_schema::{ErrorCode, ExecutorError};
 use jsonrpsee::core::client::Error as ClientError;
 
-use crate::process::SpawnError;
+use crate::process::PluginSpawnError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -64,7 +64,7 @@ pub enum HostError {
     #[error("context deadline exceeded")]
     DeadlineExceeded,
     #[error(transparent)]
-    Spawn(#[from] SpawnError),
+    Spawn(#[from] PluginSpawnError),
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
     #[error("the host shim is shutting down")]

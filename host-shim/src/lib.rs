@@ -9,9 +9,9 @@ pub mod human;
 pub mod log_routes;
 pub mod logs;
 pub mod pin;
+pub mod plugin_executor;
 pub mod process;
 pub mod provider;
-pub mod supervisor;
 pub mod transport;
 
 pub use config_file::{ConfigFile, ConfigFileError};
@@ -21,5 +21,5 @@ pub use executor::Executor;
 /// For implementing [`Executor`] outside this crate.
 pub use jsonrpsee::core::async_trait;
 pub use logs::{demux_stdcopy, LogStream, StdcopyReader};
+pub use plugin_executor::{PluginExecutor, PluginSpec, Supervision};
 pub use provider::{ExecutorProvider, ProviderError};
-pub use supervisor::{PluginExecutor, PluginSpec, Supervision};

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 /// How every `executor_logs` notification line starts: jsonrpsee's field order, as the plugin
 /// assembles it (`plugin/src/logstore/notification.rs` holds it byte-identical to jsonrpsee).
+/// A byte literal cannot be built from `NOTIFICATION_LOGS`; a test holds the two in step.
 pub(crate) const LOG_NOTIFICATION_PREFIX: &[u8] =
     br#"{"jsonrpc":"2.0","method":"executor_logs","params":{"subscription":"#;
 
@@ -202,6 +203,15 @@ fn memchr_quote(body: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_names_the_schema_notification() {
+        let expected = format!(
+            r#"{{"jsonrpc":"2.0","method":"{}","params":{{"subscription":"#,
+            executor_schema::api::NOTIFICATION_LOGS
+        );
+        assert_eq!(LOG_NOTIFICATION_PREFIX, expected.as_bytes());
+    }
 
     #[test]
     fn a_notification_splits_into_id_and_event() {

@@ -70,7 +70,7 @@ impl SpawnOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
+pub enum PluginSpawnError {
     #[error("cannot start plugin {program}: {source}")]
     Spawn {
         program: String,
@@ -92,7 +92,7 @@ pub struct PluginProcess {
 }
 
 impl PluginProcess {
-    pub async fn spawn(opts: SpawnOptions) -> Result<PluginProcess, SpawnError> {
+    pub async fn spawn(opts: SpawnOptions) -> Result<PluginProcess, PluginSpawnError> {
         let name = opts.program.display().to_string();
         let mut cmd = match &opts.binary {
             Some(b) => {
@@ -115,11 +115,11 @@ impl PluginProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| PluginSpawnError::Spawn {
             program: name.clone(),
             source,
         })?;
-        let missing = |what| SpawnError::MissingPipe {
+        let missing = |what| PluginSpawnError::MissingPipe {
             program: name.clone(),
             what,
         };

@@ -9,8 +9,8 @@ use executor_schema::{
 };
 
 use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
-use crate::rpc::PLUGIN_NAME;
 use crate::sandbox::allowlist::{is_local_type, AllowList};
+use crate::PLUGIN_NAME;
 
 /// Semantic bid: the engine spec decodes and validates, the program is installed, and the
 /// network, inputs, outputs and limits can be honoured on this host. `allow_listed` is

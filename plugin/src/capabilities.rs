@@ -128,11 +128,11 @@ pub fn detect_with_gpus(config: &PluginConfig) -> (Capabilities, Vec<HostGpu>) {
         );
     }
     if user::running_as_root() {
-        match crate::registry::job_uid_range(config) {
+        match user::job_uid_range(config) {
             Ok(Some(range)) => {
                 caps.run_as_user = Some(format!("a uid of its own per execution ({range})"))
             }
-            Ok(None) => match crate::registry::job_user(config.run_as_user.as_deref()) {
+            Ok(None) => match user::job_user(config.run_as_user.as_deref()) {
                 Ok(u) => {
                     caps.notes.push(format!(
                         "every job runs as the one configured user {}: running jobs can see, \

@@ -1,8 +1,38 @@
-pub mod bid;
+//! The `executor-native` plugin: the JSON-RPC server a host talks to, the executions it runs,
+//! the monitor process that supervises each job, the sandbox the job runs in, and its log.
+//!
+//! The modules by layer, top to bottom; a request walks down them in this order
+//! (docs/ARCHITECTURE.md follows one `executor_start` file by file):
+//!
+//! ```text
+//! protocol    stdio      the private protocol descriptors, the cookie, diagnostics on stderr
+//!             server     the JSON-RPC connection loop: framing, one task per request, one writer
+//!             outlet     the byte-bounded lane for log notifications
+//!             rpc        the methods: initialize, bids, start/run/wait/cancel, logs, list, stats
+//!             bid        the bid strategies; capabilities: what this host can honour
+//! executions  registry   the state machine; registry::spec turns a request into a MonitorSpec,
+//!                        registry::launch starts and watches monitors, registry::recover rescans
+//!             state      the state directory: records, ExecDir, MonitorSpec, process identity
+//!             results    the results files (Bacalhau's truncation), the checked results dir
+//!             outputs    handing outputs to the job's uid and back, by descriptor walks
+//! monitor     monitor    one process per execution: launcher (fork server and spares),
+//!                        host_sandbox (what the monitor prepares), spawn (the job's clone),
+//!                        supervise (the poll loop to the end)
+//! sandbox     sandbox    cgroup, mounts, user/uids, rlimit, seccomp, netns/bridge/http_proxy,
+//!                        gpu, allowlist
+//! logstore    logstore   the raw_container_logs writer, reader and follower
+//! support     fds, memo, timing
+//! ```
+//!
+//! The support modules are crate-private; the rest is `pub` because the crate's tests and the
+//! workspace's bench reach into it; the binary's own surface is [`rpc::NativePlugin`] over
+//! [`server`].
+
+pub(crate) mod bid;
 pub mod capabilities;
-pub mod fds;
+pub(crate) mod fds;
 pub mod logstore;
-pub mod memo;
+pub(crate) mod memo;
 pub mod monitor;
 pub mod outlet;
 pub mod outputs;
@@ -14,3 +44,8 @@ pub mod server;
 pub mod state;
 pub mod stdio;
 pub mod timing;
+
+/// The engine type this plugin serves (`EngineSpec.Type`).
+pub const ENGINE: &str = "native";
+/// The plugin's name in `initialize` and in its messages.
+pub const PLUGIN_NAME: &str = "executor-native";

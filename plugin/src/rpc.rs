@@ -8,13 +8,12 @@ use std::time::Duration;
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
 use executor_schema::framing::MAX_MESSAGE_SIZE;
-use executor_schema::native::NativeEngineSpec;
 use executor_schema::validate::validate_run_request;
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
     ExecutionSummary, FieldProblem, HostInfo, InitializeResult, LogEvent, LogStream,
-    LogStreamRequest, Network, PluginConfig, PluginInfo, Resources, RunCommandRequest,
-    RunCommandResult, SUPPORTED_PROTOCOL_VERSIONS,
+    LogStreamRequest, PluginConfig, PluginInfo, Resources, RunCommandRequest, RunCommandResult,
+    SUPPORTED_PROTOCOL_VERSIONS,
 };
 use futures::StreamExt;
 use jsonrpsee::core::{async_trait, SubscriptionResult};
@@ -25,15 +24,13 @@ use tokio::sync::OnceCell;
 use crate::logstore::{self, FollowOptions, LogItem};
 use crate::monitor::CANCELLED_MSG;
 use crate::outlet::Outlet;
-use crate::registry::{
-    build_spec, InputSpec, OutputSpec, Phase, Registry, RegistryConfig, SpecInput,
-};
+use crate::registry::spec;
+use crate::registry::{ExecInfo, LogSource, Phase, Registry, RegistryConfig};
 use crate::sandbox::allowlist;
 use crate::sandbox::user::UserPlan;
-use crate::state::{Limits, ResultRecord};
+use crate::state::ResultRecord;
 
-pub const ENGINE: &str = "native";
-pub const PLUGIN_NAME: &str = "executor-native";
+use crate::{ENGINE, PLUGIN_NAME};
 
 type RpcResult<T> = Result<T, ErrorObjectOwned>;
 
@@ -46,6 +43,17 @@ struct Session {
     /// The GPUs in `capabilities`, with the device minors jobs' nodes are found by.
     gpus: Vec<crate::sandbox::gpu::HostGpu>,
     registry: Arc<Registry>,
+}
+
+impl Session {
+    fn host(&self) -> spec::Host<'_> {
+        spec::Host {
+            state_dir: &self.state_dir,
+            config: &self.config,
+            capabilities: &self.capabilities,
+            gpus: &self.gpus,
+        }
+    }
 }
 
 pub struct NativePlugin {
@@ -120,7 +128,7 @@ fn registry_config(
     if let Some(max) = config.max_retained {
         rc.max_retained = max;
     }
-    rc.job_uids = crate::registry::job_uid_range(config)?;
+    rc.job_uids = crate::sandbox::user::job_uid_range(config)?;
     if let Some(subnet) = &config.bridge_subnet {
         crate::sandbox::bridge::Subnet::parse(subnet).map_err(|e| {
             ExecutorError::invalid_params(vec![FieldProblem {
@@ -145,44 +153,6 @@ fn registry_config(
     Ok(rc)
 }
 
-/// The request's `Env`, plus what Bacalhau's compute node would have put there for the
-/// allocated GPUs and host ports, unless the host already did.
-fn request_env(req: &RunCommandRequest) -> Vec<(String, String)> {
-    let mut env = req.env.clone();
-    let gpus: Vec<String> = req
-        .resources
-        .iter()
-        .flat_map(|r| &r.gpus)
-        .filter(|g| g.vendor.eq_ignore_ascii_case("NVIDIA"))
-        .map(|g| g.index.to_string())
-        .collect();
-    if !gpus.is_empty() {
-        let list = gpus.join(",");
-        env.entry("CUDA_VISIBLE_DEVICES".into())
-            .or_insert_with(|| list.clone());
-        env.entry("NVIDIA_VISIBLE_DEVICES".into()).or_insert(list);
-    }
-    if let Some(net) = &req.network {
-        if matches!(
-            net.network_type,
-            Network::Host | Network::Full | Network::Bridge
-        ) {
-            for port in net.ports.iter().filter(|p| p.static_port > 0) {
-                let target = if port.target > 0 {
-                    port.target
-                } else {
-                    port.static_port
-                };
-                env.entry(format!("BACALHAU_HOST_PORT_{}", port.name))
-                    .or_insert_with(|| port.static_port.to_string());
-                env.entry(format!("BACALHAU_PORT_{}", port.name))
-                    .or_insert_with(|| target.to_string());
-            }
-        }
-    }
-    env.into_iter().collect()
-}
-
 /// Remove the veths and published ports of Bridge jobs whose monitors were killed (see
 /// [`crate::sandbox::bridge::sweep`]); their namespaces went with their last process.
 fn sweep_bridge(subnet: Option<&str>) {
@@ -202,134 +172,6 @@ fn sweep_bridge(subnet: Option<&str>) {
     }
 }
 
-/// Bacalhau's port mappings for Bridge: `Static` on the host (on `HostNetwork` alone when it
-/// is an IPv4 address) to `Target` in the job (`Static` when no `Target`). Ports without a
-/// host port are not published (Bacalhau's compute node allocates them before the executor).
-fn bridge_ports(
-    req: &RunCommandRequest,
-) -> Result<Vec<crate::sandbox::bridge::Publish>, ExecutorError> {
-    let Some(net) = req
-        .network
-        .as_ref()
-        .filter(|n| n.network_type == Network::Bridge)
-    else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for (i, p) in net.ports.iter().enumerate() {
-        let Some(port) = u16::try_from(p.static_port).ok().filter(|p| *p > 0) else {
-            continue;
-        };
-        let target = u16::try_from(p.target)
-            .ok()
-            .filter(|t| *t > 0)
-            .unwrap_or(port);
-        let host_ip = match p.host_network.parse::<std::net::IpAddr>() {
-            _ if p.host_network.is_empty() => None,
-            Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
-            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => {
-                return Err(ExecutorError::unsupported(format!(
-                    "Network.Ports[{i}].HostNetwork {:?}: Bridge ports are published on IPv4 \
-                     addresses only; leave it empty for every address",
-                    p.host_network
-                ))
-                .with_execution(req.execution_id.clone()))
-            }
-        };
-        out.push(crate::sandbox::bridge::Publish {
-            host_ip,
-            port,
-            target,
-        });
-    }
-    Ok(out)
-}
-
-/// The plain values the monitor needs, from a validated request. Whether its inputs and
-/// outputs can be mounted (and the allow-list) is decided by `build_spec`.
-fn spec_input(
-    req: &RunCommandRequest,
-    spec: NativeEngineSpec,
-    config: &PluginConfig,
-    filesystem_isolation: bool,
-    host_gpus: &[crate::sandbox::gpu::HostGpu],
-) -> SpecInput {
-    let limits = &req.output_limits;
-    SpecInput {
-        execution_id: req.execution_id.clone(),
-        job_id: req.job_id.clone(),
-        entrypoint: spec.entrypoint,
-        parameters: spec.parameters,
-        request_env: request_env(req),
-        engine_env: spec.environment_variables,
-        working_dir: (!spec.working_directory.is_empty())
-            .then(|| PathBuf::from(spec.working_directory)),
-        results_dir: Some(req.results_path()),
-        execution_dir: (!req.execution_dir.is_empty()).then(|| PathBuf::from(&req.execution_dir)),
-        outputs: req
-            .outputs
-            .iter()
-            .map(|o| OutputSpec {
-                name: o.name.trim().to_string(),
-                path: PathBuf::from(o.path.trim()),
-            })
-            .collect(),
-        inputs: req
-            .inputs
-            .iter()
-            .map(|i| InputSpec {
-                source: PathBuf::from(&i.volume.source),
-                target: PathBuf::from(&i.volume.target),
-                read_only: i.volume.read_only,
-                local: i
-                    .input_source
-                    .source
-                    .as_ref()
-                    .is_some_and(|s| allowlist::is_local_type(&s.spec_type)),
-            })
-            .collect(),
-        limits: Limits {
-            stdout_file: limits.max_stdout_file_length.bytes(),
-            stdout_return: limits.max_stdout_return_length.bytes(),
-            stderr_file: limits.max_stderr_file_length.bytes(),
-            stderr_return: limits.max_stderr_return_length.bytes(),
-            log: Limits::log_limit(
-                limits.max_stdout_file_length.bytes(),
-                limits.max_stderr_file_length.bytes(),
-                config
-                    .max_log_length
-                    .unwrap_or(crate::state::DEFAULT_LOG_LIMIT),
-            ),
-        },
-        timeout_secs: req.execution_timeout.filter(|t| *t > 0.0),
-        resources: req.resources.clone().unwrap_or_default(),
-        network: req
-            .network
-            .as_ref()
-            .map(|n| n.network_type)
-            .unwrap_or_default(),
-        bridge_subnet: config.bridge_subnet.clone(),
-        domains: req
-            .network
-            .as_ref()
-            .map(|n| n.domains.clone())
-            .unwrap_or_default(),
-        http_hosts_file: config.http_hosts_file.clone(),
-        cgroup_base: config.cgroup_base.clone(),
-        default_pids_max: config.default_pids_max,
-        default_memory: config.default_memory.map(|b| b.bytes()),
-        nofile: config.nofile_limit,
-        isolate_filesystem: filesystem_isolation,
-        run_as_user: config.run_as_user.clone(),
-        allow_listed_local_paths: config.allow_listed_local_paths.clone(),
-        tmpfs_size: config.tmpfs_size,
-        host_gpus: host_gpus.to_vec(),
-        gpu_device_dir: config.gpu_device_dir.clone(),
-        ..SpecInput::default()
-    }
-}
-
 fn rfc3339_ms(ms: u64) -> String {
     let mut buf = [0u8; logstore::timestamp::TIMESTAMP_LEN];
     logstore::timestamp::format_unix(
@@ -340,7 +182,7 @@ fn rfc3339_ms(ms: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn summary(info: crate::registry::ExecInfo) -> ExecutionSummary {
+fn summary(info: ExecInfo) -> ExecutionSummary {
     let (state, finished): (ExecutionState, Option<&ResultRecord>) = match &info.phase {
         Phase::Starting => (ExecutionState::Starting, None),
         Phase::Running => (ExecutionState::Running, None),
@@ -387,7 +229,7 @@ const LOG_SOURCE_PATIENCE: Duration = Duration::from_secs(5);
 async fn log_source_soon(
     registry: &Registry,
     execution_id: &str,
-) -> Result<crate::registry::LogSource, ExecutorError> {
+) -> Result<LogSource, ExecutorError> {
     let deadline = tokio::time::Instant::now() + LOG_SOURCE_PATIENCE;
     loop {
         match registry.log_source(execution_id) {
@@ -693,7 +535,7 @@ fn item_offset(item: &LogItem) -> u64 {
 }
 
 /// What running executions were allocated, from their stored requests.
-fn held_resources(state_dir: &std::path::Path, infos: &[crate::registry::ExecInfo]) -> Resources {
+fn held_resources(state_dir: &std::path::Path, infos: &[ExecInfo]) -> Resources {
     let mut held = Resources::default();
     for info in infos {
         if matches!(info.phase, Phase::Finished(_)) {
@@ -720,26 +562,17 @@ impl NativePlugin {
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
         crate::timing::mark("p.start_request");
         let session = self.session()?;
-        let spec = validate_run_request(&request).map_err(|p| {
+        let engine = validate_run_request(&request).map_err(|p| {
             ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
         })?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
         let uid_lease = session.registry.lease_job_uid().await?;
         crate::timing::mark("p.uid_leased");
-        let mut input = spec_input(
-            &request,
-            spec,
-            &session.config,
-            session.capabilities.filesystem_isolation,
-            &session.gpus,
-        );
-        input.ports = bridge_ports(&request)?;
-        input.default_bridge = session.capabilities.networks.contains(&Network::Bridge);
-        input.job_user = uid_lease
+        let job_user = uid_lease
             .as_ref()
             .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));
-        let monitor_spec = build_spec(&session.state_dir, input)?;
+        let monitor_spec = spec::from_request(session.host(), &request, engine, job_user)?;
         session
             .registry
             .start_spec_as(wire, monitor_spec, uid_lease)

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use executor_schema::api::{METHOD_INITIALIZE, METHOD_SHUTDOWN};
 use executor_schema::framing::{Frame, NdjsonCodec, MAX_MESSAGE_SIZE};
 use futures::{SinkExt, StreamExt};
 use jsonrpsee::core::id_providers::RandomIntegerIdProvider;
@@ -27,9 +28,6 @@ use crate::outlet::{BulkLine, OutletQueue};
 /// dozen typical events, enough to keep the pipe full.
 pub const BULK_BUDGET: usize = 2 << 20;
 
-/// Method whose successful answer ends the connection once that answer is written.
-pub const SHUTDOWN_METHOD: &str = "shutdown";
-
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_message_size: usize,
@@ -48,7 +46,7 @@ impl Default for ServerConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             max_subscriptions: 1024,
             message_buffer: 32,
-            barrier_methods: vec!["initialize"],
+            barrier_methods: vec![METHOD_INITIALIZE],
         }
     }
 }
@@ -436,7 +434,8 @@ impl Connection {
         if response.is_method_call() {
             let success = response.is_success();
             let _ = self.sink.send(response.into_json()).await;
-            if success && method == SHUTDOWN_METHOD {
+            // A successful shutdown ends the connection once its answer is written.
+            if success && method == METHOD_SHUTDOWN {
                 self.stop.stop();
             }
         } else if !response.is_subscription() {

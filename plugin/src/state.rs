@@ -182,6 +182,9 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// The request field [`MonitorSpec::working_dir`] comes from, named in errors about it.
+pub const WORKING_DIR_FIELD: &str = "EngineParams.Params.WorkingDirectory";
+
 /// Everything the monitor needs, resolved by the plugin so the monitor never interprets the wire
 /// request (and needs no validation code).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +196,7 @@ pub struct MonitorSpec {
     pub argv: Vec<String>,
     /// The job's whole environment, in order; later entries win.
     pub env: Vec<(String, String)>,
+    /// Where the job starts (the request field [`WORKING_DIR_FIELD`]).
     pub working_dir: Option<PathBuf>,
     pub results_dir: PathBuf,
     /// Names of the outputs: `results/<Name>` is created for each.
@@ -510,9 +514,9 @@ mod tests {
             ..me
         };
         assert!(!other.is_alive());
-        assert_eq!(proc_ppid(std::process::id() as i32).unwrap(), unsafe {
-            libc::getppid()
-        });
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() };
+        assert_eq!(proc_ppid(std::process::id() as i32).unwrap(), ppid);
     }
 
     #[test]

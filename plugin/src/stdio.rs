@@ -31,6 +31,8 @@ pub fn cookie_present() -> bool {
 /// Move the protocol off fd 1: returns a private close-on-exec copy of the original stdout and
 /// points fd 1 at stderr, so a stray print (ours, a library's) can never corrupt the stream.
 pub fn take_protocol_stdout() -> io::Result<OwnedFd> {
+    // SAFETY: fd 1 is open for the whole life of the process (the host gave it); it is only
+    // borrowed here to be duplicated.
     let stdout = unsafe { BorrowedFd::borrow_raw(libc::STDOUT_FILENO) };
     let private = stdout.try_clone_to_owned()?; // F_DUPFD_CLOEXEC
                                                 // SAFETY: dup2 on two descriptors this process owns for its whole life.
@@ -42,6 +44,8 @@ pub fn take_protocol_stdout() -> io::Result<OwnedFd> {
 
 /// Take fd 0 for the protocol: children never inherit it (they get /dev/null).
 pub fn take_protocol_stdin() -> io::Result<OwnedFd> {
+    // SAFETY: fd 0 is open for the whole life of the process (the host gave it); it is only
+    // borrowed here to be duplicated.
     let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
     let private = stdin.try_clone_to_owned()?;
     let devnull = std::fs::File::open("/dev/null")?;

@@ -4,7 +4,7 @@
 //! it); then every [`mark`] appends `<pid> <step> <CLOCK_MONOTONIC ns>` to that file, one line
 //! per `write(2)` on an `O_APPEND` descriptor, so plugin and monitor lines never interleave.
 //! `bench --only latency --breakdown` sets it and prints the median time of each step. Each mark
-//! costs an open, a write and a close (~10 µs); the disabled check is one atomic load.
+//! costs an open, a write and a close; the disabled check is one atomic load.
 
 use std::io::Write;
 use std::path::PathBuf;

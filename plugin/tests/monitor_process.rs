@@ -40,7 +40,9 @@ fn the_monitor_closes_descriptors_it_inherits() {
     // A pipe whose write end the monitor inherits without close-on-exec, as a careless parent
     // (or the plugin's protocol descriptor) would leave it.
     let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into an array of two.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: two fresh descriptors owned by nothing else.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let raw_write = write_end.as_raw_fd();
@@ -49,6 +51,8 @@ fn the_monitor_closes_descriptors_it_inherits() {
         .arg(&dir.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    // SAFETY: the hook makes one async-signal-safe system call on a descriptor the child
+    // inherits.
     unsafe {
         cmd.pre_exec(move || {
             libc::fcntl(raw_write, libc::F_SETFD, 0);

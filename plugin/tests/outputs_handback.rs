@@ -3,6 +3,8 @@
 //! device nodes are dropped, setuid/setgid bits cleared, symlinks and hard links left alone;
 //! nesting past PATH_MAX is walked to the bottom.
 
+mod common;
+
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -12,14 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use executor_plugin::outputs::{hand_over, strip, Direction};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("skipped: chown needs root");
-    false
-}
 
 /// A scratch directory on tmpfs (`/tmp` can be a slow journal-less ext4 here).
 fn scratch() -> tempfile::TempDir {
@@ -53,7 +47,7 @@ fn exchange(dir: &fs::File, a: &str, b: &str) {
 
 #[test]
 fn a_directory_swapped_for_a_symlink_during_the_walk_leads_nowhere() {
-    if !root() {
+    if common::skip_unless_root("outputs_handback") {
         return;
     }
     const JOB: u32 = 4245;
@@ -118,7 +112,7 @@ fn a_directory_swapped_for_a_symlink_during_the_walk_leads_nowhere() {
 
 #[test]
 fn fifos_sockets_and_devices_are_dropped_and_special_bits_cleared() {
-    if !root() {
+    if common::skip_unless_root("outputs_handback") {
         return;
     }
     const JOB: u32 = 4246;
@@ -278,7 +272,7 @@ fn owners(out: &Path, name: &CString, depth: usize) -> Vec<u32> {
 
 #[test]
 fn nesting_past_path_max_is_walked_to_the_bottom_both_ways() {
-    if !root() {
+    if common::skip_unless_root("outputs_handback") {
         return;
     }
     const JOB: u32 = 4247;
@@ -354,7 +348,7 @@ fn nesting_past_path_max_is_walked_to_the_bottom_both_ways() {
 /// never touches anything outside the outputs.
 #[test]
 fn a_deep_tree_moved_during_the_walk_ends_the_walk_without_escaping() {
-    if !root() {
+    if common::skip_unless_root("outputs_handback") {
         return;
     }
     const JOB: u32 = 4248;
@@ -434,7 +428,7 @@ fn a_deep_tree_moved_during_the_walk_ends_the_walk_without_escaping() {
 #[test]
 fn strip_clears_only_the_job_uids_setid_bits_in_a_writable_input() {
     use std::os::unix::fs::FileTypeExt;
-    if !root() {
+    if common::skip_unless_root("outputs_handback") {
         return;
     }
     const JOB: u32 = 4249;

@@ -373,6 +373,7 @@ async fn a_monitor_killed_outright_gives_a_failed_result_and_ends_the_log() {
     reg.start_spec(serde_json::Value::Null, s).await.unwrap();
     let job = recorded_pids(&e.work.join("dead.pids"), 1);
     let mon: MonitorRecord = state::read_json(&ExecDir::new(&e.root, "dead").monitor()).unwrap();
+    // SAFETY: a plain system call on the monitor this test started.
     unsafe { libc::kill(mon.monitor.pid, libc::SIGKILL) };
     let r = reg.wait_record("dead").await.unwrap();
     assert_eq!(r.result.exit_code, -1);

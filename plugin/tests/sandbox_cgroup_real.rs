@@ -2,6 +2,8 @@
 //! cgroup, limits hold, `kill_all` leaves nothing, `remove` leaves no directory. Each test skips
 //! with a printed reason when not root or when the host has no usable cgroups.
 
+mod common;
+
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -12,22 +14,6 @@ use std::time::{Duration, Instant};
 use executor_plugin::sandbox::cgroup::{
     CgroupConfig, CgroupLimits, CgroupManager, HostView, JobCgroup, Mode,
 };
-
-fn manager(test: &str) -> Option<CgroupManager> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
-        return None;
-    }
-    let m = CgroupManager::detect(&CgroupConfig::default()).unwrap();
-    if m.mode() == Mode::None {
-        eprintln!(
-            "skipping {test}: no usable cgroups ({})",
-            m.unavailable_reason().unwrap_or("?")
-        );
-        return None;
-    }
-    Some(m)
-}
 
 /// A cgroup name unique to this test run.
 fn name(test: &str) -> String {
@@ -124,7 +110,9 @@ fn gone(pid: i32) -> bool {
 
 #[test]
 fn job_joins_every_hierarchy_before_exec() {
-    let Some(m) = manager("join") else { return };
+    let Some(m) = common::cgroups_or_skip("join") else {
+        return;
+    };
     let job = create(&m, "join", CgroupLimits::default());
     let child = spawn(&job, "ls -l /proc/self/fd; exec sleep 60");
     let pid = child.id() as i32;
@@ -161,7 +149,9 @@ fn job_joins_every_hierarchy_before_exec() {
 
 #[test]
 fn join_descriptors_do_not_leak_into_the_job() {
-    let Some(m) = manager("noleak") else { return };
+    let Some(m) = common::cgroups_or_skip("noleak") else {
+        return;
+    };
     let job = create(&m, "noleak", CgroupLimits::default());
     let child = spawn(&job, "ls -l /proc/self/fd");
     let out = child.wait_with_output().unwrap();
@@ -173,7 +163,9 @@ fn join_descriptors_do_not_leak_into_the_job() {
 
 #[test]
 fn memory_limit_oom_kills_and_is_reported() {
-    let Some(m) = manager("oom") else { return };
+    let Some(m) = common::cgroups_or_skip("oom") else {
+        return;
+    };
     let limits = CgroupLimits {
         memory: Some(64 << 20),
         ..Default::default()
@@ -193,7 +185,9 @@ fn memory_limit_oom_kills_and_is_reported() {
 
 #[test]
 fn fork_bomb_is_contained_by_pids_max_and_killed_completely() {
-    let Some(m) = manager("bomb") else { return };
+    let Some(m) = common::cgroups_or_skip("bomb") else {
+        return;
+    };
     if Command::new("python3").arg("-V").output().is_err() {
         eprintln!("skipping fork bomb: no python3");
         return;
@@ -229,7 +223,9 @@ fn fork_bomb_is_contained_by_pids_max_and_killed_completely() {
 
 #[test]
 fn cpu_half_core_is_throttled() {
-    let Some(m) = manager("cpu") else { return };
+    let Some(m) = common::cgroups_or_skip("cpu") else {
+        return;
+    };
     let limits = CgroupLimits {
         cpu: Some(0.5),
         ..Default::default()
@@ -260,7 +256,9 @@ fn cpu_half_core_is_throttled() {
 
 #[test]
 fn kill_all_reaches_a_setsid_grandchild() {
-    let Some(m) = manager("setsid") else { return };
+    let Some(m) = common::cgroups_or_skip("setsid") else {
+        return;
+    };
     let job = create(&m, "setsid", CgroupLimits::default());
     let child = spawn(
         &job,
@@ -293,7 +291,9 @@ fn kill_all_reaches_a_setsid_grandchild() {
 
 #[test]
 fn exit_status_of_a_killed_job_is_sigkill() {
-    let Some(m) = manager("status") else { return };
+    let Some(m) = common::cgroups_or_skip("status") else {
+        return;
+    };
     let job = create(&m, "status", CgroupLimits::default());
     let (mut child, _) = sleeper(&job);
     job.kill_all().unwrap();
@@ -304,7 +304,9 @@ fn exit_status_of_a_killed_job_is_sigkill() {
 
 #[test]
 fn remove_refuses_while_processes_live() {
-    let Some(m) = manager("busy") else { return };
+    let Some(m) = common::cgroups_or_skip("busy") else {
+        return;
+    };
     let job = create(&m, "busy", CgroupLimits::default());
     let dirs: Vec<_> = job.dirs().iter().map(|p| p.to_path_buf()).collect();
     let (mut child, _) = sleeper(&job);
@@ -327,7 +329,7 @@ fn remove_refuses_while_processes_live() {
 /// without the `0::` line), so `kill_all` must freeze, kill and thaw.
 #[test]
 fn v1_freeze_kill_thaw_without_the_unified_tree() {
-    let Some(real) = manager("v1kill") else {
+    let Some(real) = common::cgroups_or_skip("v1kill") else {
         return;
     };
     if real.mode() == Mode::V2 {
@@ -366,7 +368,9 @@ fn v1_freeze_kill_thaw_without_the_unified_tree() {
 /// A job cgroup left behind by a process that died is found again, killed and removed.
 #[test]
 fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
-    let Some(m) = manager("reopen") else { return };
+    let Some(m) = common::cgroups_or_skip("reopen") else {
+        return;
+    };
     let job = create(&m, "reopen", CgroupLimits::default());
     let (mut child, pid) = sleeper(&job);
     let dirs: Vec<_> = job.dirs().iter().map(|p| p.to_path_buf()).collect();
@@ -390,7 +394,9 @@ fn a_leftover_job_cgroup_is_reopened_and_cleaned() {
 /// execution whose monitor died) kills that process first and starts from fresh directories.
 #[test]
 fn creating_over_a_leftover_kills_what_it_holds() {
-    let Some(m) = manager("replace") else { return };
+    let Some(m) = common::cgroups_or_skip("replace") else {
+        return;
+    };
     let job = create(&m, "replace", CgroupLimits::default());
     let (mut child, _) = sleeper(&job);
     std::mem::forget(job.take());
@@ -412,7 +418,9 @@ fn creating_over_a_leftover_kills_what_it_holds() {
 /// removed on drop, by its owner's pid, or by a sweep.
 #[test]
 fn directories_made_ahead_become_the_jobs() {
-    let Some(m) = manager("ahead") else { return };
+    let Some(m) = common::cgroups_or_skip("ahead") else {
+        return;
+    };
     // An owner no process of this test is: the directories are only named for it.
     let owner = 4_000_000 + (std::process::id() % 100_000) as i32;
     let made = |owner: i32| -> Vec<std::path::PathBuf> {
@@ -488,7 +496,9 @@ fn directories_made_ahead_become_the_jobs() {
 /// of the execution whose removal was cut short (its other directories gone) is replaced.
 #[test]
 fn devices_cgroup_allows_only_its_devices_and_replaces_a_leftover() {
-    let Some(m) = manager("devices") else { return };
+    let Some(m) = common::cgroups_or_skip("devices") else {
+        return;
+    };
     if !m.has_devices() {
         eprintln!("skipping devices cgroup: no writable v1 devices hierarchy");
         return;

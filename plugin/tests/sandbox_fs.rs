@@ -1,5 +1,7 @@
 //! The job's private filesystem and user switch, applied in `pre_exec` of real processes.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -7,23 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use executor_plugin::outputs::{hand_over, Direction};
-use executor_plugin::sandbox::mounts::{
-    self, Bind, FsError, FsPlan, FsSpec, RootTemplate, SourceError,
-};
+use executor_plugin::sandbox::mounts::{Bind, FsError, FsPlan, FsSpec, RootTemplate, SourceError};
 use executor_plugin::sandbox::rlimit::{RlimitConfig, RlimitPlan};
 use executor_plugin::sandbox::user::{UserError, UserPlan};
-
-fn skip_unless_supported(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
-        return true;
-    }
-    if !mounts::supported() {
-        eprintln!("skipping {test}: mount namespaces are not available here");
-        return true;
-    }
-    false
-}
 
 /// A state root like the plugin's: `<state>/executions/x/{root,results}` plus a marker the job
 /// must not see.
@@ -117,7 +105,7 @@ fn mountinfo() -> Vec<String> {
 
 #[test]
 fn job_sees_system_dirs_but_not_the_state_root() {
-    if skip_unless_supported("job_sees_system_dirs_but_not_the_state_root") {
+    if common::skip_unless_mounts("job_sees_system_dirs_but_not_the_state_root") {
         return;
     }
     let l = Layout::new();
@@ -167,7 +155,7 @@ fn job_sees_system_dirs_but_not_the_state_root() {
 
 #[test]
 fn inputs_are_read_only_and_outputs_land_in_results() {
-    if skip_unless_supported("inputs_are_read_only_and_outputs_land_in_results") {
+    if common::skip_unless_mounts("inputs_are_read_only_and_outputs_land_in_results") {
         return;
     }
     let l = Layout::new();
@@ -182,18 +170,21 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
             target: "/inputs/data".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: single.clone(),
             target: "/inputs/single.txt".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: l.results().join("out"),
             target: "/outputs".into(),
             read_only: false,
             untrusted_below: None,
+            ..Bind::default()
         },
         // Inside the job's /tmp: the mount point is made by the child in its tmpfs.
         Bind {
@@ -201,6 +192,7 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
             target: "/tmp/deep/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     spec.working_dir = Some("/outputs".into());
@@ -242,7 +234,7 @@ fn inputs_are_read_only_and_outputs_land_in_results() {
 
 #[test]
 fn tmp_is_private_and_the_host_mount_table_is_unchanged() {
-    if skip_unless_supported("tmp_is_private_and_the_host_mount_table_is_unchanged") {
+    if common::skip_unless_mounts("tmp_is_private_and_the_host_mount_table_is_unchanged") {
         return;
     }
     let l = Layout::new();
@@ -300,6 +292,7 @@ fn plan_validation_rejects_bad_specs() {
         target: target.into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     };
 
     assert!(matches!(
@@ -324,6 +317,7 @@ fn plan_validation_rejects_bad_specs() {
         target: "/in".into(),
         read_only: true,
         untrusted_below: Some(input.path().to_owned()),
+        ..Bind::default()
     };
     assert!(with(vec![below(real.clone())]).is_ok());
     assert!(matches!(
@@ -415,7 +409,7 @@ fn plan_validation_rejects_bad_specs() {
 
 #[test]
 fn nested_bind_is_mounted_after_its_outer_bind() {
-    if skip_unless_supported("nested_bind_is_mounted_after_its_outer_bind") {
+    if common::skip_unless_mounts("nested_bind_is_mounted_after_its_outer_bind") {
         return;
     }
     let l = Layout::new();
@@ -431,12 +425,14 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
             target: "/in/sub".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: outer.path().to_owned(),
             target: "/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     spec.working_dir = Some("/work/dir".into());
@@ -453,7 +449,7 @@ fn nested_bind_is_mounted_after_its_outer_bind() {
 
 #[test]
 fn working_dir_is_a_writable_scratch_with_binds_inside() {
-    if skip_unless_supported("working_dir_is_a_writable_scratch_with_binds_inside") {
+    if common::skip_unless_mounts("working_dir_is_a_writable_scratch_with_binds_inside") {
         return;
     }
     let l = Layout::new();
@@ -468,6 +464,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         target: "/job/work/in".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(
@@ -490,6 +487,7 @@ fn working_dir_is_a_writable_scratch_with_binds_inside() {
         target: "/data".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     assert!(matches!(
         FsPlan::new(&spec),
@@ -527,8 +525,7 @@ fn user_resolution() {
 
 #[test]
 fn job_runs_as_the_user_and_cannot_write_root_dirs() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping job_runs_as_the_user_and_cannot_write_root_dirs: needs root");
+    if common::skip_unless_root("job_runs_as_the_user_and_cannot_write_root_dirs") {
         return;
     }
     let user = UserPlan::default_unprivileged().unwrap();
@@ -562,8 +559,7 @@ fn job_runs_as_the_user_and_cannot_write_root_dirs() {
 
 #[test]
 fn setuid_binaries_do_not_regain_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping setuid_binaries_do_not_regain_root: needs root");
+    if common::skip_unless_root("setuid_binaries_do_not_regain_root") {
         return;
     }
     let user = UserPlan::default_unprivileged().unwrap();
@@ -600,7 +596,7 @@ fn setuid_binaries_do_not_regain_root() {
 
 #[test]
 fn chowned_results_dir_is_writable_by_the_jailed_user() {
-    if skip_unless_supported("chowned_results_dir_is_writable_by_the_jailed_user") {
+    if common::skip_unless_mounts("chowned_results_dir_is_writable_by_the_jailed_user") {
         return;
     }
     let l = Layout::new();
@@ -612,6 +608,7 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
         target: "/outputs".into(),
         read_only: false,
         untrusted_below: None,
+        ..Bind::default()
     }];
     let script = &format!(
         "echo a > /outputs/a && echo b > /outputs/nested/b && echo wrote; id -u; \
@@ -645,8 +642,7 @@ fn chowned_results_dir_is_writable_by_the_jailed_user() {
 
 #[test]
 fn chown_tree_does_not_follow_symlinks() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping chown_tree_does_not_follow_symlinks: needs root");
+    if common::skip_unless_root("chown_tree_does_not_follow_symlinks") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -694,7 +690,7 @@ impl Drop for HostMount {
 
 #[test]
 fn mounts_below_a_system_dir_are_read_only_too_and_device_nodes_work() {
-    if skip_unless_supported("mounts_below_a_system_dir_are_read_only_too") {
+    if common::skip_unless_mounts("mounts_below_a_system_dir_are_read_only_too") {
         return;
     }
     let l = Layout::new();
@@ -734,7 +730,7 @@ fn mounts_below_a_system_dir_are_read_only_too_and_device_nodes_work() {
 
 #[test]
 fn a_bind_inside_a_shared_bind_stays_in_the_job() {
-    if skip_unless_supported("a_bind_inside_a_shared_bind_stays_in_the_job") {
+    if common::skip_unless_mounts("a_bind_inside_a_shared_bind_stays_in_the_job") {
         return;
     }
     let l = Layout::new();
@@ -760,12 +756,14 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
             target: "/in".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
         Bind {
             source: inner.path().to_owned(),
             target: "/in/sub".into(),
             read_only: true,
             untrusted_below: None,
+            ..Bind::default()
         },
     ];
     let below = shared.path().join("sub").display().to_string();
@@ -781,7 +779,7 @@ fn a_bind_inside_a_shared_bind_stays_in_the_job() {
 
 #[test]
 fn a_bind_gets_the_same_flags_either_way() {
-    if skip_unless_supported("a_bind_gets_the_same_flags_either_way") {
+    if common::skip_unless_mounts("a_bind_gets_the_same_flags_either_way") {
         return;
     }
     let l = Layout::new();
@@ -798,6 +796,7 @@ fn a_bind_gets_the_same_flags_either_way() {
         target: "/in".into(),
         read_only: true,
         untrusted_below: None,
+        ..Bind::default()
     }];
     for (how, plan, _template) in both_ways(&spec) {
         let out = ok(&run(

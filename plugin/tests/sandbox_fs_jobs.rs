@@ -3,6 +3,8 @@
 //! working directory, the state root hidden, the configured user, no way back to root, the
 //! allow-list, and the refusals of a host without filesystem isolation.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,23 +14,10 @@ use std::time::Duration;
 use executor_plugin::registry::{
     build_spec, InputSpec, OutputSpec, Registry, RegistryConfig, SpecInput,
 };
-use executor_plugin::sandbox::mounts;
 use executor_plugin::state::{ExecDir, ResultRecord};
 use executor_schema::ErrorCode;
 
 const EXE: &str = env!("CARGO_BIN_EXE_executor-native");
-
-fn skip(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
-        return true;
-    }
-    if !mounts::supported() {
-        eprintln!("skipping {test}: mount namespaces are not available here");
-        return true;
-    }
-    false
-}
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -101,7 +90,7 @@ fn ok(r: &ResultRecord) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_outputs_workdir_user_and_hidden_state() {
-    if skip("inputs_outputs_workdir_user_and_hidden_state") {
+    if common::skip_unless_mounts("inputs_outputs_workdir_user_and_hidden_state") {
         return;
     }
     let e = Env::new().await;
@@ -180,7 +169,7 @@ async fn inputs_outputs_workdir_user_and_hidden_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_user_cannot_regain_root_through_a_setuid_binary() {
-    if skip("default_user_cannot_regain_root_through_a_setuid_binary") {
+    if common::skip_unless_mounts("default_user_cannot_regain_root_through_a_setuid_binary") {
         return;
     }
     let e = Env::new().await;
@@ -212,7 +201,9 @@ async fn default_user_cannot_regain_root_through_a_setuid_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_from_an_input_runs_and_one_outside_the_root_is_not_found() {
-    if skip("a_program_from_an_input_runs_and_one_outside_the_root_is_not_found") {
+    if common::skip_unless_mounts(
+        "a_program_from_an_input_runs_and_one_outside_the_root_is_not_found",
+    ) {
         return;
     }
     let e = Env::new().await;
@@ -245,7 +236,7 @@ async fn a_program_from_an_input_runs_and_one_outside_the_root_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_inputs_must_be_allow_listed() {
-    if skip("local_inputs_must_be_allow_listed") {
+    if common::skip_unless_mounts("local_inputs_must_be_allow_listed") {
         return;
     }
     let e = Env::new().await;
@@ -352,8 +343,7 @@ fn without_isolation_mounts_are_refused_and_matching_paths_accepted() {
 
 #[test]
 fn a_root_run_as_user_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping a_root_run_as_user_is_refused: needs root");
+    if common::skip_unless_root("a_root_run_as_user_is_refused") {
         return;
     }
     for user in ["root", "0", "0:0"] {

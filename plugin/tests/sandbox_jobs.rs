@@ -2,6 +2,8 @@
 //! memory and pids limits, CPU throttling seen in live stats, network isolation, whole-tree
 //! cancel with cgroups, refusals. Tests needing root or usable cgroups skip with the reason.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,23 +21,6 @@ struct Env {
     root: PathBuf,
     work: PathBuf,
     reg: Arc<Registry>,
-}
-
-/// Root and usable cgroups, or `None` with the reason printed.
-fn cgroups(test: &str) -> Option<CgroupManager> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
-        return None;
-    }
-    let m = CgroupManager::detect(&CgroupConfig::default()).unwrap();
-    if m.mode() == Mode::None {
-        eprintln!(
-            "skipping {test}: no usable cgroups ({})",
-            m.unavailable_reason().unwrap_or("?")
-        );
-        return None;
-    }
-    Some(m)
 }
 
 async fn env() -> Env {
@@ -170,7 +155,7 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_exceeded_writes_files_and_removes_the_cgroup() {
-    if cgroups("oom").is_none() {
+    if common::cgroups_or_skip("oom").is_none() {
         return;
     }
     let e = env().await;
@@ -198,7 +183,7 @@ async fn memory_limit_exceeded_writes_files_and_removes_the_cgroup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_contained_and_nothing_of_it_remains() {
-    if cgroups("forkbomb").is_none() {
+    if common::cgroups_or_skip("forkbomb").is_none() {
         return;
     }
     let e = env().await;
@@ -234,7 +219,7 @@ async fn a_fork_bomb_is_contained_and_nothing_of_it_remains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_cpu_is_throttled_and_live_stats_show_it() {
-    if cgroups("cpu").is_none() {
+    if common::cgroups_or_skip("cpu").is_none() {
         return;
     }
     let e = env().await;
@@ -288,8 +273,7 @@ fn interfaces(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_none_and_default_see_only_loopback_and_host_sees_the_host() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping network test: needs root");
+    if common::skip_unless_root("network test") {
         return;
     }
     let e = env().await;
@@ -316,7 +300,7 @@ async fn network_none_and_default_see_only_loopback_and_host_sees_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_of_a_setsid_tree_leaves_no_process() {
-    if cgroups("setsid").is_none() {
+    if common::cgroups_or_skip("setsid").is_none() {
         return;
     }
     let e = env().await;
@@ -356,7 +340,7 @@ async fn cancel_of_a_setsid_tree_leaves_no_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_monitors_cgroup_is_killed_and_removed_by_the_plugin() {
-    if cgroups("dead").is_none() {
+    if common::cgroups_or_skip("dead").is_none() {
         return;
     }
     let e = env().await;
@@ -399,7 +383,7 @@ async fn a_dead_monitors_cgroup_is_killed_and_removed_by_the_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_is_in_its_cgroup_with_rlimits_and_no_new_privs() {
-    if cgroups("rlimits").is_none() {
+    if common::cgroups_or_skip("rlimits").is_none() {
         return;
     }
     let e = env().await;
@@ -436,8 +420,7 @@ async fn refusals_are_unsupported_and_leave_nothing() {
         assert!(s.http.is_some() || s.bridge.is_some(), "{net}: {s:?}");
     }
 
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping the rest of refusals: needs root");
+    if common::skip_unless_root("the rest of refusals") {
         return;
     }
     // A base that cannot be prepared: the host is as good as one without cgroups.

@@ -1,6 +1,8 @@
 //! rlimits, `no_new_privs` and the private network namespace, applied in `pre_exec` of real
 //! processes.
 
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -81,8 +83,7 @@ fn nofile_is_capped_at_the_hard_limit_and_as_is_opt_in() {
 
 #[test]
 fn no_new_privs_stops_setuid_from_granting_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping setuid check: needs root to switch user");
+    if common::skip_unless_root("setuid check") {
         return;
     }
     // A setuid-root copy of `id`, run as nobody: with no_new_privs it reports euid 65534.

@@ -3,6 +3,8 @@
 //! be executed still is the job's outcome. (ENOEXEC cannot be shown: execvp runs such a file
 //! with /bin/sh.)
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -10,7 +12,6 @@ use executor_plugin::monitor::host_sandbox::HostSandbox;
 use executor_plugin::monitor::spawn::{spawn_job, JobSandbox, SpawnError};
 use executor_plugin::registry::{build_spec, InputSpec, SpecInput};
 use executor_plugin::sandbox::cgroup::{CgroupConfig, CgroupManager, Mode};
-use executor_plugin::sandbox::mounts;
 use executor_plugin::state::ExecDir;
 
 fn job(id: &str, tmp: &Path, program: &str) -> SpecInput {
@@ -39,8 +40,7 @@ fn spawn_error(input: SpecInput, state: &Path, between: impl FnOnce(&HostSandbox
 
 #[test]
 fn a_bind_source_gone_before_spawn_names_the_mount() {
-    if !nix::unistd::geteuid().is_root() || !mounts::supported() {
-        eprintln!("skipped: needs root and mount namespaces");
+    if common::skip_unless_mounts("a_bind_source_gone_before_spawn_names_the_mount") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -72,8 +72,7 @@ fn a_bind_source_gone_before_spawn_names_the_mount() {
 
 #[test]
 fn a_cgroup_removed_before_spawn_names_the_join() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if common::skip_unless_root("a_cgroup_removed_before_spawn_names_the_join") {
         return;
     }
     let m = CgroupManager::detect(&CgroupConfig::default()).unwrap();
@@ -96,8 +95,7 @@ fn a_cgroup_removed_before_spawn_names_the_join() {
 
 #[test]
 fn a_program_the_job_may_not_execute_stays_an_exec_error() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the job as another user");
+    if common::skip_unless_root("a_program_the_job_may_not_execute_stays_an_exec_error") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use executor_plugin::outlet;
-use executor_plugin::rpc::{self, NativePlugin};
+use executor_plugin::rpc::NativePlugin;
 use executor_plugin::server::{self, Exit, ServerConfig};
 use executor_plugin::stdio;
 use executor_schema::api::ExecutorApiServer;
@@ -23,10 +23,14 @@ fn main() -> ExitCode {
     let program = args
         .next()
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| rpc::PLUGIN_NAME.to_string());
+        .unwrap_or_else(|| executor_plugin::PLUGIN_NAME.to_string());
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("--version") | Some("-V") => {
-            println!("{} {}", rpc::PLUGIN_NAME, env!("CARGO_PKG_VERSION"));
+            println!(
+                "{} {}",
+                executor_plugin::PLUGIN_NAME,
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         _ => {}
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         }
     };
     // Jobs must not look like they were started by a host.
+    // SAFETY: no other thread exists yet (the fork server and the runtime are started below),
+    // so nothing reads the environment while it changes.
     unsafe { std::env::remove_var(stdio::COOKIE_KEY) };
     stdio::init_tracing();
     if std::env::var_os("EXECUTOR_PLUGIN_SELFTEST_STRAY_PRINT").is_some() {
@@ -63,8 +69,7 @@ fn main() -> ExitCode {
 
     // One thread: the plugin's own work is short (decode, route, hand a request to the fork
     // server); what can block runs on the blocking pool. A request then never hops between
-    // worker threads, which measured 0.1–0.3 ms faster per start here, with equal or better
-    // throughput and log-follow rates.
+    // worker threads (what that saved per start is in docs/PERFORMANCE.md).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

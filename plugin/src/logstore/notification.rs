@@ -80,6 +80,7 @@ fn push_json_str(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use crate::logstore::LogFrame;
+    use executor_schema::api::NOTIFICATION_LOGS;
     use executor_schema::{LogEvent, LogStream};
 
     /// What jsonrpsee's `SubscriptionMessage::new` puts on the wire for the same event.
@@ -104,7 +105,7 @@ mod tests {
         ];
         let datas: [&[u8]; 5] = [b"", b"a", b"ab", b"abc\n\"\\\x00\xff", &[0xfb; 70_000]];
         for id in ids {
-            let prefix = line_prefix("executor_logs", id.clone()).unwrap();
+            let prefix = line_prefix(NOTIFICATION_LOGS, id.clone()).unwrap();
             for (i, data) in datas.iter().enumerate() {
                 for stream in [Stream::Stdout, Stream::Stderr] {
                     let frame = LogFrame {
@@ -127,7 +128,7 @@ mod tests {
                     let ours = encode_line(&prefix, &LogItem::Frame(frame));
                     assert_eq!(
                         String::from_utf8(ours).unwrap(),
-                        via_serde("executor_logs", id.clone(), &event)
+                        via_serde(NOTIFICATION_LOGS, id.clone(), &event)
                     );
                 }
             }
@@ -135,7 +136,7 @@ mod tests {
                 let ours = encode_line(&prefix, &LogItem::End { offset });
                 assert_eq!(
                     String::from_utf8(ours).unwrap(),
-                    via_serde("executor_logs", id.clone(), &LogEvent::End { offset })
+                    via_serde(NOTIFICATION_LOGS, id.clone(), &LogEvent::End { offset })
                 );
             }
         }

@@ -9,6 +9,10 @@
 //!
 //! Where cgroups cannot be used, a job still runs with rlimits and the process-group kill, but
 //! only when it asked for no limit that needs them: a requested limit is never dropped.
+//!
+//! Longer than most files here because it is the one place the monitor sequences every part of
+//! the sandbox (what is made ahead, prepare, the child's steps, cleanup in reverse); each part
+//! itself lives in `sandbox/`.
 
 use crate::outputs::{self, Direction};
 use crate::results::CheckedDir;
@@ -21,7 +25,7 @@ use crate::sandbox::mounts::{self, FsError, FsPlan, FsSpec, RootTemplate};
 use crate::sandbox::rlimit::{RlimitConfig, RlimitPlan, DEFAULT_NOFILE};
 use crate::sandbox::uids::UidLease;
 use crate::sandbox::{bridge, http_proxy, netns};
-use crate::state::{FsSandbox, MonitorSpec};
+use crate::state::{FsSandbox, MonitorSpec, WORKING_DIR_FIELD};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -278,16 +282,16 @@ fn fs_error(e: FsError, spec: &MonitorSpec) -> SandboxError {
         | FsError::Symlink { target, .. } => target.clone(),
     };
     SandboxError::InvalidParams {
-        field: layout_field(spec, &path),
+        field: field_of(spec, &path),
         message: format!("cannot assemble the job's filesystem: {e}"),
     }
 }
 
-/// The request field a path of the job's layout came from: the working directory, an output
-/// (its bind source is `results/<Name>`) or an input, by their order in the request.
-fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
+/// The request field a path of the job's layout came from: the working directory, or the bind
+/// whose target (else source) it is, as the spec recorded it.
+fn field_of(spec: &MonitorSpec, path: &Path) -> String {
     if spec.working_dir.as_deref() == Some(path) {
-        return "EngineParams.Params.WorkingDirectory".into();
+        return WORKING_DIR_FIELD.into();
     }
     let binds = spec
         .sandbox
@@ -295,18 +299,18 @@ fn layout_field(spec: &MonitorSpec, path: &Path) -> String {
         .as_ref()
         .map(|f| f.binds.as_slice())
         .unwrap_or_default();
-    let is_output = |b: &&mounts::Bind| b.source.parent() == Some(spec.results_dir.as_path());
-    let (outputs, inputs): (Vec<_>, Vec<_>) = binds.iter().partition(is_output);
-    if let Some(i) = outputs.iter().position(|b| b.target == path) {
-        return format!("Outputs[{i}].Path");
+    let by_target = binds.iter().find(|b| b.target == path);
+    let field = match by_target {
+        Some(b) => &b.fields.target,
+        None => match binds.iter().find(|b| b.source == path) {
+            Some(b) => &b.fields.source,
+            None => "",
+        },
+    };
+    match field {
+        "" => "Inputs".into(),
+        f => f.to_owned(),
     }
-    if let Some(i) = inputs.iter().position(|b| b.target == path) {
-        return format!("Inputs[{i}].Volume.target");
-    }
-    if let Some(i) = inputs.iter().position(|b| b.source == path) {
-        return format!("Inputs[{i}].Volume.source");
-    }
-    "Inputs".into()
 }
 
 /// What a per-execution uid's outputs need to be handed back: where they are, and whose.

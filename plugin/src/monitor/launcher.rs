@@ -59,12 +59,12 @@ pub fn installed() -> Option<&'static Launcher> {
 /// The plugin's end of the fork server.
 pub struct Launcher {
     /// One request/answer pair at a time: the answer must match its request.
-    conn: Mutex<Conn>,
+    conn: Mutex<ServerLink>,
     pid: i32,
 }
 
 /// The server's socket, and the spare it forked for the next start.
-struct Conn {
+struct ServerLink {
     server: OwnedFd,
     spare: Option<Spare>,
     /// A spare was asked for and the server's answer is not read yet.
@@ -77,7 +77,7 @@ struct Conn {
 const ASK_MONITOR: u8 = b'M';
 const ASK_SPARE: u8 = b'S';
 
-impl Conn {
+impl ServerLink {
     /// Ask the server for the next spare; its answer is read at the next start ([`collect`]).
     fn ask_spare(&mut self, learn_from: &[u8]) {
         let msg = request(ASK_SPARE, learn_from);
@@ -111,7 +111,7 @@ impl Conn {
 }
 
 /// A monitor the server started.
-pub struct Launched {
+pub struct ForkedMonitor {
     pub pid: i32,
     /// Names the monitor for good (it is not our child, so its pid alone could be reused).
     pub pidfd: OwnedFd,
@@ -152,7 +152,7 @@ impl Launcher {
             }
             pid => {
                 drop(theirs);
-                let mut conn = Conn {
+                let mut conn = ServerLink {
                     server: ours,
                     spare: None,
                     asked: false,
@@ -173,7 +173,7 @@ impl Launcher {
         stdin: BorrowedFd<'_>,
         stdout: BorrowedFd<'_>,
         stderr: BorrowedFd<'_>,
-    ) -> Result<Launched, LaunchError> {
+    ) -> Result<ForkedMonitor, LaunchError> {
         let path = dir.as_os_str().as_bytes();
         if path.is_empty() || path.len() > MAX_PATH || path.contains(&0) {
             return Err(LaunchError::Fork(io::Error::new(
@@ -194,7 +194,7 @@ impl Launcher {
                         "answer lost (self-test)",
                     )));
                 }
-                return Ok(Launched { pid, pidfd });
+                return Ok(ForkedMonitor { pid, pidfd });
             }
             // It died idle: the server forks the monitor instead.
         }
@@ -235,7 +235,7 @@ impl Launcher {
         let pidfd = fds.next().ok_or_else(|| {
             LaunchError::Server(io::Error::other("the fork server sent no pidfd"))
         })?;
-        Ok(Launched { pid, pidfd })
+        Ok(ForkedMonitor { pid, pidfd })
     }
 }
 
@@ -425,8 +425,8 @@ fn fork_monitor(dir: &Path, stdio: [OwnedFd; 3], sock: &OwnedFd) -> (i32, i32, O
         0 => {
             drop(gate_w);
             let mut go = [0u8; 1];
-            // SAFETY: reading one byte into a local buffer.
             let n = loop {
+                // SAFETY: reading one byte into a local buffer.
                 let n = unsafe { libc::read(gate_r.as_raw_fd(), go.as_mut_ptr().cast(), 1) };
                 if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                     break n;

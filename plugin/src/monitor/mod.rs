@@ -9,7 +9,9 @@
 
 pub mod host_sandbox;
 pub mod launcher;
+mod log;
 pub mod pidfd;
+mod report;
 pub mod signals;
 pub mod spawn;
 pub mod supervise;
@@ -17,20 +19,22 @@ pub mod tree;
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use executor_schema::RunCommandResult;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::results::{self, OutputSink, StreamSummary};
-use crate::state::{self, ExecDir, MonitorRecord, MonitorSpec, ProcId, ResultRecord, StateError};
+use crate::state::{self, ExecDir, MonitorRecord, MonitorSpec, ProcId, ResultRecord};
 use host_sandbox::{Ahead, HostSandbox};
-use spawn::{JobSandbox, SandboxError, SpawnError};
+use spawn::{JobSandbox, SpawnError};
 use supervise::{Outcome, Stop, Supervisor};
+
+pub use log::{JobLog, RawLog, COALESCE};
+pub use report::{MonitorError, MonitorReport, Reporter, INLINE_RESULT_MAX};
 
 /// Set in the plugin's environment, every monitor exits right after reporting its result,
 /// before its cleanup: the self-test of the plugin removing what such a monitor leaves.
@@ -41,251 +45,6 @@ pub const MONITOR_ARG: &str = "__monitor";
 
 pub const CANCELLED_MSG: &str = "execution already cancelled";
 pub const OOM_MSG: &str = "memory limit exceeded";
-
-/// The longest `Finished` report line that carries its result record. With the start report, both
-/// lines fit a pipe's buffer many times over, so the monitor never blocks on a plugin that
-/// stopped reading.
-pub const INLINE_RESULT_MAX: usize = 16 * 1024;
-
-/// The one line the monitor writes on its stdout for the plugin's `start`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "camelCase")]
-pub enum MonitorReport {
-    /// The job is running.
-    Running {
-        #[serde(rename = "jobPid")]
-        job_pid: i32,
-    },
-    /// The job could not be executed; its (failed) result follows in `result.json`.
-    NotStarted { reason: String },
-    /// The result is in `result.json` (not yet flushed to disk: the monitor does that next,
-    /// then exits). Sent after `Running` or `NotStarted`. Carries the record itself when it is
-    /// small ([`INLINE_RESULT_MAX`]), so the plugin need not read the file back.
-    Finished {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        record: Option<Box<ResultRecord>>,
-    },
-    /// Setup failed: a start error, no result will follow.
-    Failed {
-        error: String,
-        /// The `ErrorCode` name when it is not an internal error (e.g. `Unsupported`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        code: Option<String>,
-        /// The request field at fault, with code `InvalidParams`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        field: Option<String>,
-    },
-}
-
-/// Where the job's output goes besides the results files.
-pub trait JobLog {
-    /// `stream`: 0 = stdout, 1 = stderr.
-    fn write(&mut self, stream: usize, data: &[u8]);
-    fn end(&mut self);
-    /// The first error writing the log, if any.
-    fn error(&self) -> Option<String>;
-    /// When output held back to be gathered into one frame must be written.
-    fn flush_at(&self) -> Option<Instant> {
-        None
-    }
-    /// Write what is held back if its time (`flush_at`) has come.
-    fn flush_due(&mut self, _now: Instant) {}
-    /// Why the log left output out, if it did.
-    fn dropped(&self) -> Option<String> {
-        None
-    }
-}
-
-/// How long after a frame the next one waits to gather small writes. The first write after a
-/// quiet spell goes out at once, so a job that prints now and then is followed without delay;
-/// a job writing a byte at a time makes a frame per this interval, not one per write.
-pub const COALESCE: Duration = Duration::from_millis(10);
-/// Held-back output goes out when it reaches this, whatever the time.
-const COALESCE_MAX: usize = 256 * 1024;
-
-/// Writes the log in the `raw_container_logs` format, gathering small writes into frames.
-pub struct RawLog {
-    writer: Option<crate::logstore::LogWriter>,
-    error: Option<String>,
-    /// Output held back for the next frame: all of one stream, so frames keep the order in
-    /// which the two streams were read.
-    pending: Vec<u8>,
-    pending_stream: usize,
-    /// When the first held-back byte was read (the frame's timestamp).
-    pending_ts: [u8; crate::logstore::timestamp::TIMESTAMP_LEN],
-    last_frame: Option<Instant>,
-}
-
-impl RawLog {
-    /// A new log `name` in `dir`, holding at most `limit` bytes (see [`LogWriter::create_in`]).
-    ///
-    /// [`LogWriter::create_in`]: crate::logstore::LogWriter::create_in
-    pub fn create_in(dir: &results::CheckedDir, name: &str, limit: u64) -> io::Result<Self> {
-        Ok(RawLog {
-            writer: Some(crate::logstore::LogWriter::create_in(dir, name, limit)?),
-            error: None,
-            pending: Vec::new(),
-            pending_stream: 0,
-            pending_ts: [0; crate::logstore::timestamp::TIMESTAMP_LEN],
-            last_frame: None,
-        })
-    }
-
-    fn fail(&mut self, e: io::Error) {
-        eprintln!("monitor: writing the log failed, logging stops: {e}");
-        self.error.get_or_insert_with(|| e.to_string());
-        self.writer = None;
-    }
-
-    fn frame(
-        &mut self,
-        stream: usize,
-        ts: Option<&[u8; crate::logstore::timestamp::TIMESTAMP_LEN]>,
-        data: &[u8],
-    ) {
-        let s = if stream == 0 {
-            crate::logstore::Stream::Stdout
-        } else {
-            crate::logstore::Stream::Stderr
-        };
-        self.last_frame = Some(Instant::now());
-        if let Some(w) = self.writer.as_mut() {
-            let written = match ts {
-                Some(ts) => w.write_stamped(s, ts, data),
-                None => w.write(s, data),
-            };
-            if let Err(e) = written {
-                self.fail(e);
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let data = std::mem::take(&mut self.pending);
-        let ts = self.pending_ts;
-        self.frame(self.pending_stream, Some(&ts), &data);
-        // Keep the buffer's allocation for the next batch.
-        self.pending = data;
-        self.pending.clear();
-    }
-}
-
-impl JobLog for RawLog {
-    fn write(&mut self, stream: usize, data: &[u8]) {
-        if !self.pending.is_empty() && self.pending_stream != stream {
-            self.flush();
-        }
-        let now = Instant::now();
-        if self.pending.is_empty() {
-            if self.last_frame.is_none_or(|t| now >= t + COALESCE) {
-                self.frame(stream, None, data);
-                return;
-            }
-            self.pending_stream = stream;
-            crate::logstore::timestamp::now(&mut self.pending_ts);
-        }
-        self.pending.extend_from_slice(data);
-        if self.pending.len() >= COALESCE_MAX {
-            self.flush();
-        }
-    }
-    fn end(&mut self) {
-        self.flush();
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.end() {
-                self.fail(e);
-            }
-        }
-    }
-    fn error(&self) -> Option<String> {
-        self.error.clone()
-    }
-    fn flush_at(&self) -> Option<Instant> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(self.last_frame.map_or_else(Instant::now, |t| t + COALESCE))
-    }
-    fn flush_due(&mut self, now: Instant) {
-        if self.flush_at().is_some_and(|at| now >= at) {
-            self.flush();
-        }
-    }
-    fn dropped(&self) -> Option<String> {
-        let (why, bytes) = self.writer.as_ref()?.stopped()?;
-        Some(match why {
-            crate::logstore::LogStop::Limit(n) => {
-                format!(
-                    "{bytes} bytes of output not logged: the log reached its limit of {n} bytes"
-                )
-            }
-            crate::logstore::LogStop::DiskLow => {
-                format!(
-                    "{bytes} bytes of output not logged: the disk holding the log is nearly full"
-                )
-            }
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
-    #[error("usage: executor-native {MONITOR_ARG} <execution-state-dir>")]
-    Usage,
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("{what}: {source}")]
-    Setup { what: String, source: io::Error },
-    /// The request needs something this host cannot do.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The request's `field` cannot be honoured as given (the caller's fault).
-    #[error("{field}: {message}")]
-    InvalidParams { field: String, message: String },
-    #[error("{0}")]
-    Sandbox(String),
-    /// The results directory (or the log's) cannot be written into safely.
-    #[error(transparent)]
-    Dir(#[from] results::DirError),
-}
-
-impl MonitorError {
-    /// The report for a start error.
-    pub fn report(&self) -> MonitorReport {
-        match self {
-            MonitorError::InvalidParams { field, message } => MonitorReport::Failed {
-                error: message.clone(),
-                code: Some("InvalidParams".into()),
-                field: Some(field.clone()),
-            },
-            MonitorError::Dir(e) if e.is_callers() => MonitorReport::Failed {
-                error: e.to_string(),
-                code: Some("InvalidParams".into()),
-                field: Some("ResultsDir".into()),
-            },
-            _ => MonitorReport::Failed {
-                error: self.to_string(),
-                code: matches!(self, MonitorError::Unsupported(_)).then(|| "Unsupported".into()),
-                field: None,
-            },
-        }
-    }
-}
-
-impl From<SandboxError> for MonitorError {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::Unsupported(m) => MonitorError::Unsupported(m),
-            SandboxError::InvalidParams { field, message } => {
-                MonitorError::InvalidParams { field, message }
-            }
-            SandboxError::Setup(m) => MonitorError::Sandbox(m),
-        }
-    }
-}
 
 fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> MonitorError {
     move |source| MonitorError::Setup {
@@ -335,70 +94,6 @@ pub fn main_in_dir(dir: PathBuf, ahead: Ahead, early: Early) -> i32 {
             1
         }
     }
-}
-
-/// The report channel: fd 1, a pipe the plugin reads. One line when the job started (or could
-/// not), one more when the result is written; then fd 1 is pointed at /dev/null. The lines are
-/// short and at most two, so a plugin that stopped reading can never block us.
-pub struct Reporter {
-    sent: bool,
-}
-
-impl Reporter {
-    fn stdout() -> Self {
-        Reporter { sent: false }
-    }
-
-    /// The start report; only the first one is sent.
-    pub fn send(&mut self, report: &MonitorReport) {
-        if self.sent {
-            return;
-        }
-        self.sent = true;
-        write_line(report);
-    }
-
-    /// Tell the plugin the result is written, and close the channel.
-    pub fn finished(&mut self, record: &ResultRecord) {
-        self.sent = true;
-        write_bytes(finished_line(record));
-        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-            use std::os::fd::AsRawFd;
-            // SAFETY: dup2 onto fd 1; `null` is closed when dropped.
-            unsafe { libc::dup2(null.as_raw_fd(), 1) };
-        }
-    }
-}
-
-/// The `Finished` line for `record` (without the newline): [`MonitorReport::Finished`] with the
-/// record when that stays small enough, serialized once and without copying the record.
-fn finished_line(record: &ResultRecord) -> Vec<u8> {
-    #[derive(Serialize)]
-    #[serde(tag = "status", rename = "finished")]
-    struct WithRecord<'a> {
-        record: &'a ResultRecord,
-    }
-    match serde_json::to_vec(&WithRecord { record }) {
-        Ok(line) if line.len() <= INLINE_RESULT_MAX => line,
-        _ => report_line(&MonitorReport::Finished { record: None }),
-    }
-}
-
-fn report_line(report: &MonitorReport) -> Vec<u8> {
-    serde_json::to_vec(report).unwrap_or_else(|_| b"{}".to_vec())
-}
-
-fn write_line(report: &MonitorReport) {
-    write_bytes(report_line(report));
-}
-
-fn write_bytes(mut line: Vec<u8>) {
-    line.push(b'\n');
-    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps File from
-    // closing it.
-    let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-    // The plugin may be gone (EPIPE; SIGPIPE is ignored): the job runs on regardless.
-    let _ = out.write_all(&line);
 }
 
 /// Run one execution to its end. Errors are setup errors (reported as start errors); everything
@@ -800,30 +495,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_results_travel_in_the_finished_report_and_large_ones_stay_in_the_file() {
-        let mut rec = ResultRecord {
-            result: RunCommandResult::failed("x"),
-            finished_at_ms: 1,
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            notes: Default::default(),
-            usage: None,
-        };
-        let line = String::from_utf8(finished_line(&rec)).unwrap();
-        match serde_json::from_str::<MonitorReport>(&line).unwrap() {
-            MonitorReport::Finished { record: Some(r) } => assert_eq!(*r, rec),
-            other => panic!("{other:?}"),
-        }
-        rec.result.stdout = "y".repeat(INLINE_RESULT_MAX);
-        let line = String::from_utf8(finished_line(&rec)).unwrap();
-        assert_eq!(line, r#"{"status":"finished"}"#);
-        assert!(matches!(
-            serde_json::from_str::<MonitorReport>(&line).unwrap(),
-            MonitorReport::Finished { record: None }
-        ));
-    }
-
-    #[test]
     fn outcomes_map_like_docker() {
         let exited = |code: i32| Outcome {
             main_status: Some(code << 8),
@@ -857,14 +528,5 @@ mod tests {
         );
         assert_eq!(go_duration(0.25), "250ms");
         assert_eq!(go_duration(1.5), "1.5s");
-    }
-
-    #[test]
-    fn reports_are_one_json_object() {
-        let r = MonitorReport::Running { job_pid: 7 };
-        let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"status":"running","jobPid":7}"#);
-        let back: MonitorReport = serde_json::from_str(&s).unwrap();
-        assert_eq!(back, r);
     }
 }

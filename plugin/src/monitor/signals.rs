@@ -48,9 +48,8 @@ impl SignalFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor we own.
-        Ok(SignalFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SignalFd { fd })
     }
 
     /// The next pending signal number, or None when none is queued.

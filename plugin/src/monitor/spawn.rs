@@ -382,7 +382,7 @@ pub fn spawn_job(
     .map_err(SpawnError::Setup)?;
     let report = StepReport::new().map_err(SpawnError::Setup)?;
     match vfork_exec(&exec, &mut runs, &report).map_err(SpawnError::Setup)? {
-        Launched::Running {
+        CloneOutcome::Running {
             pid,
             stdout,
             stderr,
@@ -391,7 +391,7 @@ pub fn spawn_job(
             stdout: ChildStdout::from(stdout),
             stderr: ChildStderr::from(stderr),
         }),
-        Launched::Failed { errno } => Err(match report.received() {
+        CloneOutcome::Failed { errno } => Err(match report.received() {
             Some((index, failure)) => match names.get(index as usize) {
                 Some(step) => SpawnError::Step(step.describe(failure)),
                 None => SpawnError::Setup(io::Error::from_raw_os_error(errno)),
@@ -464,7 +464,7 @@ impl ExecPlan {
 /// (it would otherwise read as the program missing, ENOENT).
 const ERRNO_CHDIR_MARK: i32 = -2;
 
-enum Launched {
+enum CloneOutcome {
     Running {
         pid: i32,
         stdout: OwnedFd,
@@ -544,7 +544,11 @@ const CHILD_STACK: usize = 256 * 1024;
 /// own, instead of std's `fork` (the steps between fork and exec rule out `posix_spawn`
 /// itself). No page tables are copied, and neither side takes copy-on-write faults while the
 /// child sets up: on this host that halved a fork/exec/wait from a process the monitor's size.
-fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::Result<Launched> {
+fn vfork_exec(
+    exec: &ExecPlan,
+    runs: &mut [StepFn],
+    report: &StepReport,
+) -> io::Result<CloneOutcome> {
     let pipe = || pipe2(libc::O_CLOEXEC);
     let null = std::fs::File::open("/dev/null")?;
     let (out_r, out_w) = pipe()?;
@@ -573,7 +577,10 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
     }
     let _unmap = Unmap(stack);
     // SAFETY: the lowest page of our own mapping becomes the guard.
-    unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) };
+    if unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) } != 0 {
+        // Without the guard an overflow of the child's stack would write below the mapping.
+        return Err(io::Error::last_os_error());
+    }
     let mut args = ChildArgs {
         exec,
         runs,
@@ -606,7 +613,7 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
         }
     };
     if n == 0 {
-        return Ok(Launched::Running {
+        return Ok(CloneOutcome::Running {
             pid,
             stdout: out_r,
             stderr: err_r,
@@ -616,7 +623,7 @@ fn vfork_exec(exec: &ExecPlan, runs: &mut [StepFn], report: &StepReport) -> io::
     let mut status = 0;
     // SAFETY: our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    Ok(Launched::Failed {
+    Ok(CloneOutcome::Failed {
         errno: if n == 4 {
             i32::from_ne_bytes(buf)
         } else {
@@ -693,59 +700,4 @@ fn classify_spawn_error(program: &str, e: io::Error) -> SpawnError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolves_like_execvp() {
-        assert_eq!(
-            resolve_program("sh", DEFAULT_PATH)
-                .unwrap()
-                .file_name()
-                .unwrap(),
-            "sh"
-        );
-        let err = resolve_program("no-such-program-xyz", DEFAULT_PATH).unwrap_err();
-        assert!(
-            err.contains("no-such-program-xyz") && err.contains("not found"),
-            "{err}"
-        );
-        let err = resolve_program("/etc/passwd", DEFAULT_PATH).unwrap_err();
-        assert!(err.contains("permission denied"), "{err}");
-        let err = resolve_program("/nonexistent/x", DEFAULT_PATH).unwrap_err();
-        assert!(err.contains("no such file"), "{err}");
-        let err = resolve_program("/tmp", DEFAULT_PATH).unwrap_err();
-        assert!(err.contains("directory"), "{err}");
-    }
-
-    #[test]
-    fn later_env_entries_win_and_path_has_a_default() {
-        let spec = MonitorSpec {
-            execution_id: "e".into(),
-            job_id: "j".into(),
-            argv: vec!["true".into()],
-            env: vec![
-                ("A".into(), "request".into()),
-                ("B".into(), "b".into()),
-                ("A".into(), "engine".into()),
-            ],
-            working_dir: None,
-            results_dir: "/nonexistent".into(),
-            output_names: vec![],
-            log_path: "/nonexistent/log".into(),
-            limits: Default::default(),
-            timeout_secs: None,
-            kill_grace_ms: 2000,
-            sandbox: Default::default(),
-        };
-        let env = job_env(&spec);
-        assert_eq!(
-            env,
-            vec![
-                ("PATH".into(), DEFAULT_PATH.into()),
-                ("A".into(), "engine".into()),
-                ("B".into(), "b".into())
-            ]
-        );
-    }
-}
+mod tests;

@@ -97,6 +97,7 @@ mod tests {
         let grandchildren: Vec<_> = descendants(child_pid);
         assert_eq!(grandchildren.len(), 1, "{found:?}");
         for p in grandchildren {
+            // SAFETY: a plain system call on a process this test started.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
         let status = child.wait().unwrap();

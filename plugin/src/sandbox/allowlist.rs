@@ -30,7 +30,7 @@
 //! where it leads when the mount is made.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::sandbox::mounts;
 
@@ -134,7 +134,7 @@ impl AllowList {
             path: source.to_owned(),
             reason,
         };
-        if !source.is_absolute() || source.components().any(|c| c == Component::ParentDir) {
+        if super::unclean(source).is_some() {
             return Err(unresolvable(
                 "it must be an absolute path without `..`".into(),
             ));

@@ -33,6 +33,11 @@
 //! a round trip where starting `nft` costs milliseconds. Links, addresses and routes (the bridge, the veth
 //! pair, the inside of the job's namespace, the veth's removal at the end) are rtnetlink
 //! requests the monitor sends itself, a few dozen lines instead of a crate or a process.
+//!
+//! Longer than most files here: the shared bridge and firewall table, one job's veth and
+//! addresses, published ports, and the sweep of what killed monitors left are one lifecycle
+//! that shares the naming and the netlink exchange; split, each part would reach into the
+//! others.
 
 use std::fs::File;
 use std::io::{self, Write};

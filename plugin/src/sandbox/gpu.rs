@@ -191,6 +191,16 @@ pub fn char_majors(proc_devices: &str) -> Vec<u32> {
     majors
 }
 
+/// The variables that tell CUDA and the NVIDIA tools which GPUs a job has, naming the GPUs at
+/// `indices` (as Bacalhau's compute node sets them for an allocation).
+pub fn visible_devices_env(indices: &[String]) -> [(String, String); 2] {
+    let list = indices.join(",");
+    [
+        ("CUDA_VISIBLE_DEVICES".into(), list.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".into(), list),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

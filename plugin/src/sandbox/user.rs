@@ -196,3 +196,53 @@ impl UserPlan {
 pub fn running_as_root() -> bool {
     Uid::effective().is_root()
 }
+
+/// The range each running execution gets a uid of its own from: when the plugin is root and no
+/// single `runAsUser` is configured (that mode, kept for hosts that need a known user, runs
+/// every job as the same uid, so jobs can see and signal each other).
+pub fn job_uid_range(
+    config: &executor_schema::PluginConfig,
+) -> Result<Option<crate::sandbox::uids::UidRange>, executor_schema::ExecutorError> {
+    let explicit = config
+        .run_as_user
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    if !running_as_root() || explicit {
+        return Ok(None);
+    }
+    match config.job_uid_range {
+        None => Ok(Some(crate::sandbox::uids::DEFAULT_RANGE)),
+        Some(r) => crate::sandbox::uids::UidRange::new(r.min, r.max)
+            .map(Some)
+            .map_err(|e| {
+                executor_schema::ExecutorError::invalid_params(vec![
+                    executor_schema::FieldProblem {
+                        field: "config.jobUidRange".into(),
+                        message: e.to_string(),
+                    },
+                ])
+            }),
+    }
+}
+
+/// The user jobs switch to when the plugin is root. Root itself is refused: without a pid or
+/// user namespace a root job could reach the host through `/proc/1/root` and undo every mount.
+pub fn job_user(configured: Option<&str>) -> Result<UserPlan, executor_schema::ExecutorError> {
+    let problem = |message: String| {
+        executor_schema::ExecutorError::invalid_params(vec![executor_schema::FieldProblem {
+            field: "config.runAsUser".into(),
+            message,
+        }])
+    };
+    let plan = match configured.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) => UserPlan::resolve(u).map_err(|e| problem(e.to_string()))?,
+        None => UserPlan::default_unprivileged().map_err(|e| problem(e.to_string()))?,
+    };
+    if plan.is_root() {
+        return Err(problem(format!(
+            "{} is root: jobs of a root plugin must run as an unprivileged user",
+            plan.describe()
+        )));
+    }
+    Ok(plan)
+}

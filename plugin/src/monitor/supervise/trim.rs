@@ -2,8 +2,8 @@
 //!
 //! A monitor is a fork of the fork server, so it maps the whole plugin binary and libc. Its
 //! start-up runs scattered code, and every fault maps up to 16 neighbouring page-cache pages
-//! (fault-around), so a monitor that then only waits on its job keeps ~2.5 MiB of file pages
-//! in its VmRSS that it will not run again. Those pages are clean copies of the file: dropping
+//! (fault-around), so a monitor that then only waits on its job keeps megabytes of file pages
+//! in its VmRSS that it will not run again (figures in docs/PERFORMANCE.md). Those pages are clean copies of the file: dropping
 //! them from our page tables (`MADV_DONTNEED`) frees nothing in the page cache, and the loop
 //! faults back in only the code it still runs.
 //!

@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use executor_schema::api::ExecutorApiClient;
+use executor_schema::api::{
+    ExecutorApiClient, METHOD_CANCEL, METHOD_IS_INSTALLED, METHOD_LIST, METHOD_RUN,
+    METHOD_SHOULD_BID, METHOD_SHOULD_BID_USAGE, METHOD_START, METHOD_STATS, METHOD_SUBSCRIBE_LOGS,
+    METHOD_WAIT, NOTIFICATION_LOGS,
+};
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, ExecutionStats, ExecutionSummary, HostInfo,
     InitializeResult, LogEvent, LogStreamRequest, PluginConfig, Resources, RunCommandRequest,
@@ -171,7 +175,7 @@ impl PluginExecutor {
     /// Every execution the plugin knows.
     pub async fn list(&self) -> Result<Vec<ExecutionSummary>, HostError> {
         self.inner
-            .call("executor_list", Retry::Limited, |c| async move {
+            .call(METHOD_LIST, Retry::Limited, |c| async move {
                 ExecutorApiClient::list(&c.process.client).await
             })
             .await
@@ -181,7 +185,7 @@ impl PluginExecutor {
     pub async fn stats(&self, execution_id: &str) -> Result<ExecutionStats, HostError> {
         let id = execution_id.to_string();
         self.inner
-            .call("executor_stats", Retry::Limited, move |c| {
+            .call(METHOD_STATS, Retry::Limited, move |c| {
                 let id = id.clone();
                 async move { ExecutorApiClient::stats(&c.process.client, id).await }
             })
@@ -218,14 +222,14 @@ impl PluginExecutor {
 fn is_prompt(method: &str) -> bool {
     matches!(
         method,
-        "executor_isInstalled"
-            | "executor_shouldBid"
-            | "executor_shouldBidBasedOnUsage"
-            | "executor_start"
-            | "executor_cancel"
-            | "executor_list"
-            | "executor_stats"
-            | "executor_subscribeLogs"
+        METHOD_IS_INSTALLED
+            | METHOD_SHOULD_BID
+            | METHOD_SHOULD_BID_USAGE
+            | METHOD_START
+            | METHOD_CANCEL
+            | METHOD_LIST
+            | METHOD_STATS
+            | METHOD_SUBSCRIBE_LOGS
     )
 }
 
@@ -545,7 +549,7 @@ impl Inner {
                         let _ = tx
                             .send(Err(HostError::Protocol {
                                 engine: self.spec.engine.clone(),
-                                method: "executor_logs",
+                                method: NOTIFICATION_LOGS,
                                 detail: format!("undecodable log event: {e}"),
                             }))
                             .await;
@@ -599,7 +603,7 @@ impl Inner {
                         let _ = tx
                             .send(Err(HostError::Protocol {
                                 engine: self.spec.engine.clone(),
-                                method: "executor_subscribeLogs",
+                                method: METHOD_SUBSCRIBE_LOGS,
                                 detail: "the plugin keeps closing the log stream before its end"
                                     .to_string(),
                             }))
@@ -626,7 +630,7 @@ impl Inner {
         let generation = std::sync::atomic::AtomicU64::new(0);
         let generation_ref = &generation;
         let sub = self
-            .call("executor_subscribeLogs", Retry::UntilUnhealthy, move |c| {
+            .call(METHOD_SUBSCRIBE_LOGS, Retry::UntilUnhealthy, move |c| {
                 let req = req.clone();
                 generation_ref.store(c.generation, Ordering::SeqCst);
                 async move {
@@ -664,7 +668,7 @@ async fn recv_route(route: &mut Option<LogRoute>) -> Option<LogEvent> {
 impl Executor for PluginExecutor {
     async fn is_installed(&self) -> Result<bool, HostError> {
         self.inner
-            .call("executor_isInstalled", Retry::Limited, |c| async move {
+            .call(METHOD_IS_INSTALLED, Retry::Limited, |c| async move {
                 ExecutorApiClient::is_installed(&c.process.client).await
             })
             .await
@@ -675,7 +679,7 @@ impl Executor for PluginExecutor {
         request: BidStrategyRequest,
     ) -> Result<BidStrategyResponse, HostError> {
         self.inner
-            .call("executor_shouldBid", Retry::Limited, move |c| {
+            .call(METHOD_SHOULD_BID, Retry::Limited, move |c| {
                 let request = request.clone();
                 async move { ExecutorApiClient::should_bid(&c.process.client, request).await }
             })
@@ -688,7 +692,7 @@ impl Executor for PluginExecutor {
         usage: Resources,
     ) -> Result<BidStrategyResponse, HostError> {
         self.inner
-            .call("executor_shouldBidBasedOnUsage", Retry::Limited, move |c| {
+            .call(METHOD_SHOULD_BID_USAGE, Retry::Limited, move |c| {
                 let (request, usage) = (request.clone(), usage.clone());
                 async move {
                     ExecutorApiClient::should_bid_based_on_usage(&c.process.client, request, usage)
@@ -705,7 +709,7 @@ impl Executor for PluginExecutor {
     ) -> Result<(), HostError> {
         apply_deadline(&mut request, deadline)?;
         self.inner
-            .call("executor_start", Retry::Never, move |c| {
+            .call(METHOD_START, Retry::Never, move |c| {
                 let request = request.clone();
                 async move { ExecutorApiClient::start(&c.process.client, request).await }
             })
@@ -725,7 +729,7 @@ impl Executor for PluginExecutor {
         // wait below is, on the plugin that replaced it, which re-attached to the execution.
         let ran = self
             .inner
-            .call("executor_run", Retry::Never, move |c| {
+            .call(METHOD_RUN, Retry::Never, move |c| {
                 let request = request.clone();
                 async move { ExecutorApiClient::run(&c.process.client, request).await }
             })
@@ -747,7 +751,7 @@ impl Executor for PluginExecutor {
     async fn wait(&self, execution_id: &str) -> Result<RunCommandResult, HostError> {
         let id = execution_id.to_string();
         self.inner
-            .call("executor_wait", Retry::UntilUnhealthy, move |c| {
+            .call(METHOD_WAIT, Retry::UntilUnhealthy, move |c| {
                 let id = id.clone();
                 async move { ExecutorApiClient::wait(&c.process.client, id).await }
             })
@@ -757,7 +761,7 @@ impl Executor for PluginExecutor {
     async fn cancel(&self, execution_id: &str) -> Result<(), HostError> {
         let id = execution_id.to_string();
         self.inner
-            .call("executor_cancel", Retry::Limited, move |c| {
+            .call(METHOD_CANCEL, Retry::Limited, move |c| {
                 let id = id.clone();
                 async move { ExecutorApiClient::cancel(&c.process.client, id).await }
             })
