@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use executor_schema::api::ExecutorApiClient;
-use executor_schema::{IdRange, RunCommandRequest};
+use executor_schema::{IdRange, Network, NetworkConfig, RunCommandRequest};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -82,9 +82,19 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
     let fds_idle = open_fds(plugin).unwrap_or(0);
     let used_before = meminfo_used();
     let ids: Vec<String> = (0..n).map(|i| format!("scale-{i}")).collect();
+    // Network None, as the CLI asks: a Bridge job takes a port of the plugin's bridge, and a
+    // Linux bridge has at most 1024 ports (the kernel answers EXFULL past them), which would
+    // bound this run at about 1000 whatever else the plugin holds.
     let reqs: Vec<RunCommandRequest> = ids
         .iter()
-        .map(|id| h.request(id, &["sleep", "3600"], None))
+        .map(|id| {
+            let mut req = h.request(id, &["sleep", "3600"], None)?;
+            req.network = Some(NetworkConfig {
+                network_type: Network::None,
+                ..Default::default()
+            });
+            Ok(req)
+        })
         .collect::<Res<_>>()?;
     let t = Instant::now();
     let started: Vec<_> = futures::stream::iter(reqs)
@@ -98,7 +108,7 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
     for (id, r) in ids.iter().zip(started) {
         match r {
             Ok(()) => running_ids.push(id.clone()),
-            Err(e) => *refused.entry(e.to_string()).or_default() += 1,
+            Err(e) => *refused.entry(error_kind(&e)).or_default() += 1,
         }
     }
     // Past each monitor's start-up trim, as the memory section samples.
@@ -143,6 +153,21 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
         .iter()
         .filter(|w| matches!(w, Ok(Ok(r)) if r.error_msg.contains("cancelled")))
         .count();
+    // What the others ended with instead.
+    let mut other_ends: BTreeMap<String, usize> = BTreeMap::new();
+    for w in &waits {
+        let kind = match w {
+            Ok(Ok(r)) if r.error_msg.contains("cancelled") => continue,
+            Ok(Ok(r)) => format!("exit {}: {}", r.exit_code, without_numbers(&r.error_msg)),
+            Ok(Err(e)) => error_kind(e),
+            Err(_) => "no result within 300 s".into(),
+        };
+        *other_ends.entry(kind).or_default() += 1;
+    }
+    let mut cancel_failures: BTreeMap<String, usize> = BTreeMap::new();
+    for e in cancels.iter().filter_map(|r| r.as_ref().err()) {
+        *cancel_failures.entry(error_kind(e)).or_default() += 1;
+    }
     let cancel_secs = t.elapsed().as_secs_f64();
     let started = running_ids.len();
     let refused_total: usize = refused.values().sum();
@@ -193,6 +218,8 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
         ),
         ("pid_max (a monitor and a job each)", pid_max / 2),
         ("jobUidRange", (uid_max_of(n) - UID_BASE + 1) as u64),
+        // The kernel's BR_MAX_PORTS: Network Bridge jobs only.
+        ("ports of the plugin's bridge (Network Bridge jobs)", 1024),
     ];
     if machine_per > 0.0 {
         bounds.push((
@@ -210,6 +237,8 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
             "refused_by_error": refused,
             "lost": lost,
             "cancel_errors": cancel_errors,
+            "cancel_errors_by_kind": cancel_failures,
+            "not_cancelled_results_by_kind": other_ends,
             "start_seconds": start_secs,
             "cancel_until_all_results_seconds": cancel_secs,
             "monitor_processes": monitors.len(),
@@ -229,4 +258,30 @@ async fn run(h: &Harness, n: usize, rep: &mut Report, nofile: (u64, u64), pid_ma
 
 fn uid_max_of(n: usize) -> u32 {
     UID_BASE + (n as u32).max(10_000) + 1000
+}
+
+/// An error's message with its numbers (ids, interface names) left out, to count errors by kind.
+fn error_kind(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    // A JSON-RPC error object prints its message between the first pair of quotes.
+    let message = text
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(m, _)| m.to_string())
+        .unwrap_or(text);
+    without_numbers(&message)
+}
+
+fn without_numbers(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
