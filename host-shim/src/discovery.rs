@@ -4,7 +4,10 @@
 //! the configured directories, or a path named explicitly. Its engine is what it declares in
 //! `initialize`: each candidate is probed once with a throw-away state directory and shut down
 //! again; the plugin that serves jobs is started on first use, with that engine's
-//! configuration.
+//! configuration. A caller about to use one engine right away (the one-shot CLI) names it in
+//! [`HostConfig::adopt_probe`]: the candidate named for it is then probed with the engine's own
+//! configuration and, when it is the one that serves the engine, keeps running as its plugin,
+//! so the plugin starts once instead of twice.
 //!
 //! What gets executed at all: a plugin directory must be one only root or the host's user can
 //! write; with any pin configured, only pinned files run (a pin naming no candidate is an
@@ -39,6 +42,11 @@ pub struct HostConfig {
     pub supervision: Supervision,
     /// When a negative `is_installed` is asked again.
     pub reprobe_after: Duration,
+    /// An engine the caller uses right away: its candidate named `executor-<engine>` is probed
+    /// with that engine's configuration (not a scratch state directory) and, when it serves the
+    /// engine, the probed process serves it. Any failure of that probe falls back to the
+    /// scratch probe, so what is found and reported is the same either way.
+    pub adopt_probe: Option<String>,
 }
 
 impl Default for HostConfig {
@@ -51,6 +59,7 @@ impl Default for HostConfig {
             engines: BTreeMap::new(),
             supervision: Supervision::default(),
             reprobe_after: Duration::from_secs(30),
+            adopt_probe: None,
         }
     }
 }
@@ -157,6 +166,71 @@ fn is_disabled(config: &HostConfig, engine: &str) -> bool {
         .any(|d| sanitize_key(d) == sanitize_key(engine))
 }
 
+/// The configuration `initialize` gets for `engine`: the engine table's, matched as the
+/// provider matches keys.
+fn engine_config(config: &HostConfig, engine: &str) -> PluginConfig {
+    let key = sanitize_key(engine);
+    config
+        .engines
+        .iter()
+        .find(|(k, _)| sanitize_key(k) == key)
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default()
+}
+
+/// A probed plugin kept running to serve its engine.
+type Adopted = Option<PluginExecutor>;
+
+/// [`probe`], but for the candidate named for [`HostConfig::adopt_probe`]'s engine: started
+/// with that engine's own configuration and kept running when it answers. Anything else (its
+/// handshake fails, it declares another engine, its configuration is refused) is left to the
+/// scratch probe, whose answer is then the one reported.
+async fn probe_or_adopt(config: &HostConfig, path: PathBuf) -> (DiscoveredPlugin, Adopted) {
+    let adopt = config
+        .adopt_probe
+        .as_deref()
+        .map(sanitize_key)
+        .filter(|e| engine_from_name(&path).as_deref() == Some(e.as_str()))
+        .filter(|e| !is_disabled(config, e))
+        .filter(|_| config.pins.is_empty() || pin_for(config, &path).is_some());
+    if let Some(engine) = adopt {
+        let mut spec = PluginSpec::new(engine.as_str(), &path);
+        spec.sha256 = pin_for(config, &path).cloned();
+        spec.config = engine_config(config, &engine);
+        spec.supervision = probe_supervision(config, config.supervision.max_crashes);
+        let plugin = PluginExecutor::new(spec);
+        match plugin.info().await {
+            Ok(info) => {
+                let found = DiscoveredPlugin {
+                    path,
+                    info: Some(info),
+                    error: None,
+                    disabled: false,
+                };
+                return (found, Some(plugin));
+            }
+            Err(e) => {
+                tracing::info!(plugin = %path.display(), error = %e, "probing with the engine's own configuration failed; probing again with a scratch state directory");
+                plugin.shutdown(false).await;
+            }
+        }
+    }
+    (probe(config, path).await, None)
+}
+
+/// Supervision for a probe: its handshake may delay a command only as long as any other
+/// prompt call.
+fn probe_supervision(config: &HostConfig, max_crashes: usize) -> Supervision {
+    Supervision {
+        max_crashes,
+        handshake_timeout: config
+            .supervision
+            .handshake_timeout
+            .min(config.supervision.call_timeout),
+        ..config.supervision.clone()
+    }
+}
+
 /// Start one candidate with a scratch state directory, ask its engine, stop it; or leave it
 /// alone when the configuration already says it must not run.
 async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
@@ -192,16 +266,8 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
     let mut spec = PluginSpec::new("", &path);
     spec.sha256 = pin_for(config, &path).cloned();
     spec.config.state_dir = Some(scratch.path().to_path_buf());
-    spec.supervision = Supervision {
-        max_crashes: 1,
-        // A probe runs for every command: a plugin that hangs in its handshake may delay one
-        // only as long as any other prompt call.
-        handshake_timeout: config
-            .supervision
-            .handshake_timeout
-            .min(config.supervision.call_timeout),
-        ..config.supervision.clone()
-    };
+    // A probe runs for every command: see [`probe_supervision`].
+    spec.supervision = probe_supervision(config, 1);
     let plugin = PluginExecutor::new(spec);
     let result = plugin.info().await;
     plugin.shutdown(false).await;
@@ -223,6 +289,21 @@ async fn probe(config: &HostConfig, path: PathBuf) -> DiscoveredPlugin {
 /// Probe every candidate. Of several that declare one engine, one serves it (see
 /// [`preference`]); the others keep their probe answer and say why they were passed over.
 pub async fn discover(config: &HostConfig) -> Result<Vec<DiscoveredPlugin>, ConfigError> {
+    let (found, adopted) = discover_adopting(config).await?;
+    shut_down(adopted.into_iter().flatten()).await;
+    Ok(found)
+}
+
+async fn shut_down(plugins: impl Iterator<Item = PluginExecutor>) {
+    let plugins: Vec<_> = plugins.collect();
+    futures::future::join_all(plugins.iter().map(|p| p.shutdown(false))).await;
+}
+
+/// [`discover`], with the plugins probed under [`HostConfig::adopt_probe`] still running, by
+/// the index of their candidate.
+async fn discover_adopting(
+    config: &HostConfig,
+) -> Result<(Vec<DiscoveredPlugin>, Vec<Adopted>), ConfigError> {
     let paths = candidates(config)?;
     for pinned in config.pins.keys() {
         let canon = std::fs::canonicalize(pinned).ok();
@@ -235,7 +316,11 @@ pub async fn discover(config: &HostConfig) -> Result<Vec<DiscoveredPlugin>, Conf
             });
         }
     }
-    let mut found = futures::future::join_all(paths.into_iter().map(|p| probe(config, p))).await;
+    let (mut found, adopted): (Vec<_>, Vec<_>) =
+        futures::future::join_all(paths.into_iter().map(|p| probe_or_adopt(config, p)))
+            .await
+            .into_iter()
+            .unzip();
     let mut by_engine: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, plugin) in found.iter().enumerate() {
         if let Some(engine) = plugin.engine() {
@@ -263,7 +348,7 @@ pub async fn discover(config: &HostConfig) -> Result<Vec<DiscoveredPlugin>, Conf
             ));
         }
     }
-    Ok(found)
+    Ok((found, adopted))
 }
 
 /// How strongly the configuration vouches for `path` serving `engine`: a pin, then root
@@ -286,11 +371,11 @@ pub struct Host {
 
 impl Host {
     pub async fn from_config(config: &HostConfig) -> Result<Host, ConfigError> {
-        let plugins = discover(config).await?;
+        let (plugins, mut adopted) = discover_adopting(config).await?;
         let provider = ExecutorProvider::new(config.reprobe_after)
             .with_disabled(config.disabled.iter().map(String::as_str));
         let mut executors = BTreeMap::new();
-        for plugin in &plugins {
+        for (i, plugin) in plugins.iter().enumerate() {
             let Some(engine) = plugin.engine() else {
                 tracing::warn!(plugin = %plugin.path.display(), error = ?plugin.error, "plugin left out");
                 continue;
@@ -299,21 +384,32 @@ impl Host {
                 continue;
             }
             let key = sanitize_key(engine);
-            let mut spec = PluginSpec::new(engine, &plugin.path);
-            spec.sha256 = pin_for(config, &plugin.path).cloned();
-            spec.config = config
-                .engines
-                .iter()
-                .find(|(k, _)| sanitize_key(k) == key)
-                .map(|(_, c)| c.clone())
-                .unwrap_or_default();
-            spec.supervision = config.supervision.clone();
-            let executor = PluginExecutor::new(spec);
+            // Probed with this engine's own configuration: it serves as it is.
+            let probed = adopted
+                .get_mut(i)
+                .and_then(Option::take)
+                .filter(|p| sanitize_key(p.engine()) == key);
+            let executor = match probed {
+                Some(p) => {
+                    tracing::info!(%engine, plugin = %plugin.path.display(), "the probed plugin serves the engine");
+                    p
+                }
+                None => {
+                    let mut spec = PluginSpec::new(engine, &plugin.path);
+                    spec.sha256 = pin_for(config, &plugin.path).cloned();
+                    spec.config = engine_config(config, &key);
+                    spec.supervision = config.supervision.clone();
+                    PluginExecutor::new(spec)
+                }
+            };
             provider
                 .add(&key, Arc::new(executor.clone()) as Arc<dyn Executor>)
                 .await;
             executors.insert(key, executor);
         }
+        // Probed with an engine's configuration but passed over (disabled, or another file
+        // serves that engine).
+        shut_down(adopted.into_iter().flatten()).await;
         Ok(Host {
             provider,
             plugins,

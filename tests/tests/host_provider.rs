@@ -182,6 +182,57 @@ async fn discovery_finds_the_plugin_and_runs_a_job_through_the_provider() {
 }
 
 #[tokio::test]
+async fn a_one_shot_host_starts_the_plugin_it_uses_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    copy_plugin(dir.path(), "executor-native");
+    // Without adopt_probe the probe is stopped and nothing serves until first use.
+    let config = config_for(&[dir.path()], state.path());
+    let host = Host::from_config(&config).await.unwrap();
+    assert_eq!(host.plugin("native").unwrap().pid().await, None);
+    host.shutdown().await;
+    // With it, the probe is the plugin: already running, on the engine's own state directory.
+    let mut config = config_for(&[dir.path()], state.path());
+    config.adopt_probe = Some("Native".into());
+    let host = Host::from_config(&config).await.unwrap();
+    let serving = host.plugin("native").unwrap();
+    let pid = serving
+        .pid()
+        .await
+        .expect("the probed plugin keeps running");
+    let exec = host.provider.get("native").await.unwrap();
+    let r = exec
+        .run(sh_request(work.path(), "once", "echo hi"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "hi\n");
+    assert_eq!(
+        serving.pid().await,
+        Some(pid),
+        "no second plugin was started"
+    );
+    assert!(state.path().join("executions").join("once").exists());
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_probe_refused_its_engine_configuration_falls_back_to_a_scratch_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_plugin(dir.path(), "executor-native");
+    // A relative state directory: the plugin refuses it in its handshake.
+    let mut config = config_for(&[dir.path()], Path::new("relative/state"));
+    config.adopt_probe = Some("native".into());
+    let host = Host::from_config(&config).await.unwrap();
+    // Found as before (the scratch probe answered), and refused as before on use.
+    assert_eq!(host.plugins[0].engine(), Some("native"));
+    assert_eq!(host.plugin("native").unwrap().pid().await, None);
+    let err = host.provider.get("native").await.err().expect("refused");
+    assert!(err.to_string().contains("stateDir"), "{err}");
+    host.shutdown().await;
+}
+
+#[tokio::test]
 async fn of_two_plugins_for_one_engine_the_preferred_serves_and_the_other_says_why() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();

@@ -118,6 +118,47 @@ fn calls_before_initialize_are_refused_and_versions_must_overlap() {
     assert_eq!(msg["result"]["protocolVersion"], "1", "{msg}");
 }
 
+/// The (soft, hard) open-file limit `/proc/<pid>/limits` shows.
+fn nofile_of(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-file line in {limits}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn the_plugin_takes_its_hard_open_file_limit() {
+    use nix::sys::resource::{getrlimit, Resource};
+    use std::os::unix::process::CommandExt;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard <= 64 {
+        eprintln!("skipped: the hard open-file limit here ({hard}) leaves nothing to raise");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    // Started as a service manager often starts it: a low soft limit under a higher hard one.
+    let mut p = RawPlugin::spawn_with(|cmd| {
+        // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, 64, hard)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    p.initialize(state.path());
+    assert_eq!(
+        nofile_of(p.child.id()),
+        (hard.to_string(), hard.to_string()),
+        "the plugin runs at its hard open-file limit"
+    );
+    p.close_stdin();
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn stdin_eof_makes_the_plugin_exit_cleanly() {
     let state = tempfile::tempdir().unwrap();

@@ -418,7 +418,12 @@ async fn real_main(cli: Cli) -> Result<u8, Failure> {
     if let Command::Config = cli.command {
         return print_config(path.as_deref(), &config);
     }
-    let host_config = host_config(&config)?;
+    let mut host_config = host_config(&config)?;
+    // A command that works on one engine uses its plugin right away: the probe that finds it
+    // is that plugin, started once.
+    if !matches!(cli.command, Command::Plugins { .. }) {
+        host_config.adopt_probe = Some(command_engine(&cli));
+    }
     let host = Host::from_config(&host_config).await?;
     let ctx = Context {
         host: &host,

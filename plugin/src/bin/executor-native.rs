@@ -59,6 +59,18 @@ fn main() -> ExitCode {
         println!("a stray print that must not reach the host");
     }
 
+    // Each running execution holds descriptors here: the soft limit a service manager leaves
+    // (often 1024) would cap how many run at once; the hard limit is ours to take. Jobs get
+    // their own limit from the sandbox either way.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+
     // The monitors' fork server must be forked while this process is still single-threaded.
     // Without it monitors are started by re-executing this binary, which works, only slower.
     // SAFETY: no thread has been started yet (the runtime is built below).
