@@ -1,5 +1,7 @@
 pub mod bid;
 pub mod capabilities;
+pub mod engine;
+pub mod entry;
 pub mod fds;
 pub mod logstore;
 pub mod memo;

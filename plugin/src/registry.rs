@@ -1053,6 +1053,7 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         http,
         filesystem: None,
         run_as: None,
+        self_exec: false,
     })
 }
 

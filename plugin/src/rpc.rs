@@ -1,5 +1,5 @@
-//! The `native` engine's JSON-RPC methods: the handshake and the executor calls, delegated to
-//! the execution registry.
+//! A plugin's JSON-RPC methods: the handshake and the executor calls, delegated to the
+//! execution registry; what is the engine's to decide is asked of its [`Engine`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +8,6 @@ use std::time::Duration;
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
 use executor_schema::framing::MAX_MESSAGE_SIZE;
-use executor_schema::native::NativeEngineSpec;
-use executor_schema::validate::validate_run_request;
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
     ExecutionSummary, FieldProblem, HostInfo, InitializeResult, LogEvent, LogStream,
@@ -22,6 +20,7 @@ use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::{PendingSubscriptionSink, SubscriptionMessage};
 use tokio::sync::OnceCell;
 
+use crate::engine::{Engine, JobPlan, PlanContext};
 use crate::logstore::{self, FollowOptions, LogItem};
 use crate::monitor::CANCELLED_MSG;
 use crate::outlet::Outlet;
@@ -31,9 +30,6 @@ use crate::registry::{
 use crate::sandbox::allowlist;
 use crate::sandbox::user::UserPlan;
 use crate::state::{Limits, ResultRecord};
-
-pub const ENGINE: &str = "native";
-pub const PLUGIN_NAME: &str = "executor-native";
 
 type RpcResult<T> = Result<T, ErrorObjectOwned>;
 
@@ -48,21 +44,18 @@ struct Session {
     registry: Arc<Registry>,
 }
 
-pub struct NativePlugin {
+pub struct Plugin {
+    engine: Arc<dyn Engine>,
     session: OnceCell<Session>,
     /// Where log notifications go, byte-bounded; without one they take jsonrpsee's sink.
     outlet: Option<Outlet>,
 }
 
-impl Default for NativePlugin {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl NativePlugin {
-    pub fn new() -> Self {
-        NativePlugin {
+impl Plugin {
+    /// The plugin of `engine`.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Plugin {
+            engine,
             session: OnceCell::new(),
             outlet: None,
         }
@@ -250,7 +243,7 @@ fn bridge_ports(
 /// outputs can be mounted (and the allow-list) is decided by `build_spec`.
 fn spec_input(
     req: &RunCommandRequest,
-    spec: NativeEngineSpec,
+    plan: JobPlan,
     config: &PluginConfig,
     filesystem_isolation: bool,
     host_gpus: &[crate::sandbox::gpu::HostGpu],
@@ -259,12 +252,10 @@ fn spec_input(
     SpecInput {
         execution_id: req.execution_id.clone(),
         job_id: req.job_id.clone(),
-        entrypoint: spec.entrypoint,
-        parameters: spec.parameters,
+        entrypoint: plan.argv,
         request_env: request_env(req),
-        engine_env: spec.environment_variables,
-        working_dir: (!spec.working_directory.is_empty())
-            .then(|| PathBuf::from(spec.working_directory)),
+        engine_env: plan.engine_env,
+        working_dir: plan.working_dir,
         results_dir: Some(req.results_path()),
         execution_dir: (!req.execution_dir.is_empty()).then(|| PathBuf::from(&req.execution_dir)),
         outputs: req
@@ -288,6 +279,7 @@ fn spec_input(
                     .as_ref()
                     .is_some_and(|s| allowlist::is_local_type(&s.spec_type)),
             })
+            .chain(plan.extra_binds)
             .collect(),
         limits: Limits {
             stdout_file: limits.max_stdout_file_length.bytes(),
@@ -304,11 +296,12 @@ fn spec_input(
         },
         timeout_secs: req.execution_timeout.filter(|t| *t > 0.0),
         resources: req.resources.clone().unwrap_or_default(),
-        network: req
-            .network
-            .as_ref()
-            .map(|n| n.network_type)
-            .unwrap_or_default(),
+        network: plan.network.unwrap_or_else(|| {
+            req.network
+                .as_ref()
+                .map(|n| n.network_type)
+                .unwrap_or_default()
+        }),
         bridge_subnet: config.bridge_subnet.clone(),
         domains: req
             .network
@@ -417,7 +410,7 @@ pub fn default_state_dir(engine: &str) -> PathBuf {
 }
 
 /// Pick the newest version both sides speak.
-pub fn negotiate(offered: &[String]) -> Result<&'static str, ExecutorError> {
+pub fn negotiate(offered: &[String], plugin_name: &str) -> Result<&'static str, ExecutorError> {
     SUPPORTED_PROTOCOL_VERSIONS
         .iter()
         .rev()
@@ -425,21 +418,21 @@ pub fn negotiate(offered: &[String]) -> Result<&'static str, ExecutorError> {
         .copied()
         .ok_or_else(|| {
             ExecutorError::unsupported(format!(
-                "no common protocol version: the host speaks {offered:?}, {PLUGIN_NAME} speaks {:?}",
+                "no common protocol version: the host speaks {offered:?}, {plugin_name} speaks {:?}",
                 SUPPORTED_PROTOCOL_VERSIONS
             ))
         })
 }
 
 #[async_trait]
-impl ExecutorApiServer for NativePlugin {
+impl ExecutorApiServer for Plugin {
     async fn initialize(
         &self,
         protocol_versions: Vec<String>,
         host: Option<HostInfo>,
         config: Option<PluginConfig>,
     ) -> RpcResult<InitializeResult> {
-        let version = negotiate(&protocol_versions)?;
+        let version = negotiate(&protocol_versions, self.engine.plugin_name())?;
         if self.session.initialized() {
             return Err(ExecutorError::new(
                 ErrorCode::InvalidParams,
@@ -451,7 +444,7 @@ impl ExecutorApiServer for NativePlugin {
         let state_dir = config
             .state_dir
             .clone()
-            .unwrap_or_else(|| default_state_dir(ENGINE));
+            .unwrap_or_else(|| default_state_dir(self.engine.name()));
         if !state_dir.is_absolute() {
             return Err(ExecutorError::invalid_params(vec![FieldProblem {
                 field: "config.stateDir".into(),
@@ -485,9 +478,11 @@ impl ExecutorApiServer for NativePlugin {
                     ExecutorError::internal(format!("cannot open the state directory: {e}"))
                 })?;
                 let detect_config = config.clone();
+                let engine = self.engine.clone();
                 let (capabilities, gpus) = tokio::task::spawn_blocking(move || {
                     sweep_bridge(detect_config.bridge_subnet.as_deref());
-                    crate::capabilities::detect_with_gpus(&detect_config)
+                    let (caps, gpus) = crate::capabilities::detect_with_gpus(&detect_config);
+                    (engine.capabilities(caps), gpus)
                 })
                 .await
                 .map_err(|e| ExecutorError::internal(format!("detecting capabilities: {e}")))?;
@@ -503,9 +498,9 @@ impl ExecutorApiServer for NativePlugin {
         tracing::info!(host = %host.name, host_version = %host.version, state_dir = %session.state_dir.display(), "initialized");
         Ok(InitializeResult {
             protocol_version: version.to_string(),
-            engine: ENGINE.to_string(),
+            engine: self.engine.name().to_string(),
             plugin: PluginInfo {
-                name: PLUGIN_NAME.to_string(),
+                name: self.engine.plugin_name().to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             capabilities: self.capabilities(),
@@ -528,7 +523,7 @@ impl ExecutorApiServer for NativePlugin {
 
     async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
         let session = self.session()?;
-        Ok(crate::bid::semantic(
+        Ok(self.engine.should_bid(
             &request,
             &self.capabilities(),
             &session.config.allow_listed_local_paths,
@@ -716,20 +711,33 @@ fn held_resources(state_dir: &std::path::Path, infos: &[crate::registry::ExecInf
     held
 }
 
-impl NativePlugin {
+impl Plugin {
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
         crate::timing::mark("p.start_request");
         let session = self.session()?;
-        let spec = validate_run_request(&request).map_err(|p| {
+        self.engine.validate(&request).map_err(|p| {
             ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
         })?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
         let uid_lease = session.registry.lease_job_uid().await?;
         crate::timing::mark("p.uid_leased");
+        let plan = self
+            .engine
+            .plan(
+                &request,
+                PlanContext {
+                    state_dir: &session.state_dir,
+                    config: &session.config,
+                    capabilities: &session.capabilities,
+                    job_uid: uid_lease.as_ref().map(|l| l.uid()),
+                },
+            )
+            .await?;
+        let self_exec = plan.self_exec;
         let mut input = spec_input(
             &request,
-            spec,
+            plan,
             &session.config,
             session.capabilities.filesystem_isolation,
             &session.gpus,
@@ -739,7 +747,8 @@ impl NativePlugin {
         input.job_user = uid_lease
             .as_ref()
             .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));
-        let monitor_spec = build_spec(&session.state_dir, input)?;
+        let mut monitor_spec = build_spec(&session.state_dir, input)?;
+        monitor_spec.sandbox.self_exec = self_exec;
         session
             .registry
             .start_spec_as(wire, monitor_spec, uid_lease)
@@ -747,7 +756,9 @@ impl NativePlugin {
     }
 
     async fn wait_result(&self, execution_id: &str) -> Result<RunCommandResult, ExecutorError> {
-        let record = self.session()?.registry.wait_record(execution_id).await?;
-        Ok(record.result.clone())
+        let session = self.session()?;
+        let record = session.registry.wait_record(execution_id).await?;
+        let dir = crate::state::ExecDir::new(&session.state_dir, execution_id);
+        Ok(self.engine.finish(&dir.dir, record.result.clone()))
     }
 }
