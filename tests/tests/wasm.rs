@@ -224,11 +224,12 @@ fn inputs_are_preopened_read_only_and_outputs_read_write() {
     let data = w.work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("data.txt"), b"from the input\n").unwrap();
+    // The module is a file inside the input directory (fd 3); the output is fd 4.
+    std::fs::copy(w.module("copy"), data.join("copy.wasm")).unwrap();
     let mut req = w.request("w-copy", "copy", json!({}));
-    // The data directory first (fd 3), the module's own input after it.
-    let module_input = req["Inputs"][0].clone();
-    req["Inputs"] = json!([input(&data, "/in", "data"), module_input]);
+    req["Inputs"] = json!([input(&data, "/in", "data")]);
     req["Outputs"] = json!([{"Name": "out", "Path": "/out"}]);
+    req["EngineParams"]["Params"]["EntryModule"] = json!("/in/copy.wasm");
     let r = w.call("executor_run", json!([req]));
     assert_eq!(r["result"]["ExitCode"], 0, "{r}");
     assert_eq!(
@@ -281,7 +282,7 @@ fn an_import_module_is_linked_by_name() {
     req["Inputs"]
         .as_array_mut()
         .unwrap()
-        .push(input(&w.module("lib"), "/lib/lib.wasm", "lib"));
+        .push(input(&w.module("lib"), "/mods/lib.wasm", "lib"));
     req["EngineParams"]["Params"]["ImportModules"] = json!(["lib"]);
     let r = w.call("executor_run", json!([req]));
     assert_eq!(r["result"]["ExitCode"], 7, "{r}");
