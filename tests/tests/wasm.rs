@@ -149,9 +149,8 @@ fn proc_exit_is_the_exit_code_and_a_trap_fails_with_its_name() {
     assert_eq!(w.file("w-exit", "exitCode"), b"7");
     let r = w.run("w-trap", "trap", json!({}));
     assert_eq!(r["ExitCode"], 1, "{r}");
-    let msg = r["ErrorMsg"].as_str().unwrap();
-    assert!(
-        msg.starts_with("wasm trap: ") && msg.contains("unreachable"),
+    assert_eq!(
+        r["ErrorMsg"], "wasm trap: wasm `unreachable` instruction executed",
         "{r}"
     );
     // Asked again (and by a restarted plugin), the same result.
@@ -400,4 +399,53 @@ fn plugin_killed_mid_run_reattaches_and_logs_resume() {
     for (pid, _) in monitor {
         wait_until(Duration::from_secs(10), "the monitor exits", || !alive(pid));
     }
+}
+
+/// `executor-host run --engine wasm -f req.json`: discovery finds executor-wasm beside
+/// executor-native, and the host runs the plugin from its sealed copy (a memfd), which the
+/// job's run mode re-executes through `/proc/self/exe`.
+#[test]
+fn the_host_cli_runs_a_module_with_engine_wasm() {
+    let _serial = serial();
+    let Some(w) = setup() else { return };
+    let dir = w.work.path();
+    let module = w.module("hello");
+    let req =
+        json!({"EngineParams": {"Type": "wasm", "Params": {"EntryModule": "/app/hello.wasm"}}});
+    std::fs::write(dir.join("req.json"), req.to_string()).unwrap();
+    let bin_dir = bin_path("executor-wasm").parent().unwrap().to_path_buf();
+    let out = std::process::Command::new(bin_path("executor-host"))
+        .current_dir(dir)
+        .arg("--plugin-dir")
+        .arg(&bin_dir)
+        .arg("--state-dir")
+        .arg(w.state.path().join("cli"))
+        .args(["run", "--engine", "wasm", "--json", "-f", "req.json", "-i"])
+        .arg(format!("{}:/app/hello.wasm", module.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (r["Stdout"].clone(), r["ExitCode"].clone()),
+        (json!("hello\n"), json!(0)),
+        "{r}"
+    );
+    let plugins = std::process::Command::new(bin_path("executor-host"))
+        .arg("--plugin-dir")
+        .arg(&bin_dir)
+        .arg("plugins")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plugins.stdout);
+    assert!(
+        text.contains("engine wasm") && text.contains("engine native"),
+        "{text}"
+    );
 }

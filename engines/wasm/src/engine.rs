@@ -502,6 +502,8 @@ impl Engine for Wasm {
         detected.networks.retain(|n| *n == Network::None);
         detected.gpus.clear();
         detected.gpu_device_control.clear();
+        // Notes about what this engine never offers (Bridge networks) would only mislead.
+        detected.notes.retain(|n| !n.contains("Bridge"));
         detected.notes.push(format!(
             "{PLUGIN_NAME}: WASI preview 1 modules run with wasmtime; Network None only; \
              Resources.Memory also caps linear memory (at most 4 GiB)"
