@@ -593,8 +593,20 @@ impl ExecutorApiServer for Plugin {
     }
 
     async fn list(&self) -> RpcResult<Vec<ExecutionSummary>> {
-        let registry = &self.session()?.registry;
-        Ok(registry.infos().into_iter().map(summary).collect())
+        let session = self.session()?;
+        let finish = |mut info: crate::registry::ExecInfo| {
+            if let Phase::Finished(r) = &info.phase {
+                let dir = crate::state::ExecDir::new(&session.state_dir, &info.execution_id);
+                let result = self.engine.finish(&dir.dir, r.result.clone());
+                if result != r.result {
+                    let mut record = (**r).clone();
+                    record.result = result;
+                    info.phase = Phase::Finished(Arc::new(record));
+                }
+            }
+            summary(info)
+        };
+        Ok(session.registry.infos().into_iter().map(finish).collect())
     }
 
     async fn stats(&self, execution_id: String) -> RpcResult<ExecutionStats> {

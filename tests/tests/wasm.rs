@@ -153,6 +153,16 @@ fn proc_exit_is_the_exit_code_and_a_trap_fails_with_its_name() {
         r["ErrorMsg"], "wasm trap: wasm `unreachable` instruction executed",
         "{r}"
     );
+    let list = w.call("executor_list", json!([]));
+    let trap = list["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["executionId"] == "w-trap")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(trap["state"], "failed", "{list}");
+    assert_eq!(trap["errorMsg"], r["ErrorMsg"], "{list}");
     // Asked again (and by a restarted plugin), the same result.
     w.plugin.child.kill().unwrap();
     let _ = w.plugin.child.wait();

@@ -241,7 +241,8 @@ fn exited(e: &wasmtime::Error) -> Option<Outcome> {
 /// A trap by its name ("wasm trap: ..."), anything else as wasmtime says it.
 fn describe(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        // Its text names it: "wasm trap: ...".
+        Some(trap) => format!("{trap}"),
         None => format!("{e}"),
     }
 }
