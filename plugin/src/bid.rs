@@ -8,9 +8,9 @@ use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources, Task,
 };
 
+use crate::engine::NATIVE_PLUGIN_NAME as PLUGIN_NAME;
 use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
 use crate::sandbox::allowlist::{is_local_type, AllowList};
-use crate::PLUGIN_NAME;
 
 /// Semantic bid: the engine spec decodes and validates, the program is installed, and the
 /// network, inputs, outputs and limits can be honoured on this host. `allow_listed` is
@@ -124,7 +124,7 @@ pub fn semantic(
 
 /// Inputs and outputs need a private filesystem (an output's `Path` can never be the results
 /// directory the host picks later); `local` inputs must be allow-listed.
-fn mounts(
+pub fn mounts(
     task: &Task,
     caps: &Capabilities,
     allow_listed: &[PathBuf],

@@ -9,6 +9,7 @@
 //!             server     the JSON-RPC connection loop: framing, one task per request, one writer
 //!             outlet     the byte-bounded lane for log notifications
 //!             rpc        the methods: initialize, bids, start/run/wait/cancel, logs, list, stats
+//!             engine     what an engine decides: params, the job it runs, bids, result
 //!             bid        the bid strategies; capabilities: what this host can honour
 //! executions  registry   the state machine; registry::spec turns a request into a MonitorSpec,
 //!                        registry::launch starts and watches monitors, registry::recover rescans
@@ -25,11 +26,13 @@
 //! ```
 //!
 //! The support modules are crate-private; the rest is `pub` because the crate's tests and the
-//! workspace's bench reach into it; the binary's own surface is [`rpc::NativePlugin`] over
-//! [`server`].
+//! workspace's bench reach into it; the binary's own surface is [`rpc::Plugin`] over
+//! [`server`], given an [`engine::Engine`] (`native`, or another crate's, e.g. `executor-wasm`).
 
-pub(crate) mod bid;
+pub mod bid;
 pub mod capabilities;
+pub mod engine;
+pub mod entry;
 pub(crate) mod fds;
 pub mod logstore;
 pub(crate) mod memo;

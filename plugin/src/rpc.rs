@@ -1,5 +1,5 @@
-//! The `native` engine's JSON-RPC methods: the handshake and the executor calls, delegated to
-//! the execution registry.
+//! A plugin's JSON-RPC methods: the handshake and the executor calls, delegated to the
+//! execution registry; what is the engine's to decide is asked of its [`Engine`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::time::Duration;
 use executor_schema::api::ExecutorApiServer;
 use executor_schema::errors::{ErrorCode, ExecutorError};
 use executor_schema::framing::MAX_MESSAGE_SIZE;
-use executor_schema::validate::validate_run_request;
 use executor_schema::{
     BidStrategyRequest, BidStrategyResponse, Capabilities, ExecutionState, ExecutionStats,
     ExecutionSummary, FieldProblem, HostInfo, InitializeResult, LogEvent, LogStream,
@@ -21,6 +20,7 @@ use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::{PendingSubscriptionSink, SubscriptionMessage};
 use tokio::sync::OnceCell;
 
+use crate::engine::{Engine, PlanContext};
 use crate::logstore::{self, FollowOptions, LogItem};
 use crate::monitor::CANCELLED_MSG;
 use crate::outlet::Outlet;
@@ -29,8 +29,6 @@ use crate::registry::{ExecInfo, LogSource, Phase, Registry, RegistryConfig};
 use crate::sandbox::allowlist;
 use crate::sandbox::user::UserPlan;
 use crate::state::ResultRecord;
-
-use crate::{ENGINE, PLUGIN_NAME};
 
 type RpcResult<T> = Result<T, ErrorObjectOwned>;
 
@@ -56,21 +54,18 @@ impl Session {
     }
 }
 
-pub struct NativePlugin {
+pub struct Plugin {
+    engine: Arc<dyn Engine>,
     session: OnceCell<Session>,
     /// Where log notifications go, byte-bounded; without one they take jsonrpsee's sink.
     outlet: Option<Outlet>,
 }
 
-impl Default for NativePlugin {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl NativePlugin {
-    pub fn new() -> Self {
-        NativePlugin {
+impl Plugin {
+    /// The plugin of `engine`.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Plugin {
+            engine,
             session: OnceCell::new(),
             outlet: None,
         }
@@ -259,7 +254,7 @@ pub fn default_state_dir(engine: &str) -> PathBuf {
 }
 
 /// Pick the newest version both sides speak.
-pub fn negotiate(offered: &[String]) -> Result<&'static str, ExecutorError> {
+pub fn negotiate(offered: &[String], plugin_name: &str) -> Result<&'static str, ExecutorError> {
     SUPPORTED_PROTOCOL_VERSIONS
         .iter()
         .rev()
@@ -267,21 +262,21 @@ pub fn negotiate(offered: &[String]) -> Result<&'static str, ExecutorError> {
         .copied()
         .ok_or_else(|| {
             ExecutorError::unsupported(format!(
-                "no common protocol version: the host speaks {offered:?}, {PLUGIN_NAME} speaks {:?}",
+                "no common protocol version: the host speaks {offered:?}, {plugin_name} speaks {:?}",
                 SUPPORTED_PROTOCOL_VERSIONS
             ))
         })
 }
 
 #[async_trait]
-impl ExecutorApiServer for NativePlugin {
+impl ExecutorApiServer for Plugin {
     async fn initialize(
         &self,
         protocol_versions: Vec<String>,
         host: Option<HostInfo>,
         config: Option<PluginConfig>,
     ) -> RpcResult<InitializeResult> {
-        let version = negotiate(&protocol_versions)?;
+        let version = negotiate(&protocol_versions, self.engine.plugin_name())?;
         if self.session.initialized() {
             return Err(ExecutorError::new(
                 ErrorCode::InvalidParams,
@@ -293,7 +288,7 @@ impl ExecutorApiServer for NativePlugin {
         let state_dir = config
             .state_dir
             .clone()
-            .unwrap_or_else(|| default_state_dir(ENGINE));
+            .unwrap_or_else(|| default_state_dir(self.engine.name()));
         if !state_dir.is_absolute() {
             return Err(ExecutorError::invalid_params(vec![FieldProblem {
                 field: "config.stateDir".into(),
@@ -327,9 +322,11 @@ impl ExecutorApiServer for NativePlugin {
                     ExecutorError::internal(format!("cannot open the state directory: {e}"))
                 })?;
                 let detect_config = config.clone();
+                let engine = self.engine.clone();
                 let (capabilities, gpus) = tokio::task::spawn_blocking(move || {
                     sweep_bridge(detect_config.bridge_subnet.as_deref());
-                    crate::capabilities::detect_with_gpus(&detect_config)
+                    let (caps, gpus) = crate::capabilities::detect_with_gpus(&detect_config);
+                    (engine.capabilities(caps), gpus)
                 })
                 .await
                 .map_err(|e| ExecutorError::internal(format!("detecting capabilities: {e}")))?;
@@ -345,9 +342,9 @@ impl ExecutorApiServer for NativePlugin {
         tracing::info!(host = %host.name, host_version = %host.version, state_dir = %session.state_dir.display(), "initialized");
         Ok(InitializeResult {
             protocol_version: version.to_string(),
-            engine: ENGINE.to_string(),
+            engine: self.engine.name().to_string(),
             plugin: PluginInfo {
-                name: PLUGIN_NAME.to_string(),
+                name: self.engine.plugin_name().to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
             capabilities: self.capabilities(),
@@ -370,7 +367,7 @@ impl ExecutorApiServer for NativePlugin {
 
     async fn should_bid(&self, request: BidStrategyRequest) -> RpcResult<BidStrategyResponse> {
         let session = self.session()?;
-        Ok(crate::bid::semantic(
+        Ok(self.engine.should_bid(
             &request,
             &self.capabilities(),
             &session.config.allow_listed_local_paths,
@@ -440,8 +437,20 @@ impl ExecutorApiServer for NativePlugin {
     }
 
     async fn list(&self) -> RpcResult<Vec<ExecutionSummary>> {
-        let registry = &self.session()?.registry;
-        Ok(registry.infos().into_iter().map(summary).collect())
+        let session = self.session()?;
+        let finish = |mut info: crate::registry::ExecInfo| {
+            if let Phase::Finished(r) = &info.phase {
+                let dir = crate::state::ExecDir::new(&session.state_dir, &info.execution_id);
+                let result = self.engine.finish(&dir.dir, r.result.clone());
+                if result != r.result {
+                    let mut record = (**r).clone();
+                    record.result = result;
+                    info.phase = Phase::Finished(Arc::new(record));
+                }
+            }
+            summary(info)
+        };
+        Ok(session.registry.infos().into_iter().map(finish).collect())
     }
 
     async fn stats(&self, execution_id: String) -> RpcResult<ExecutionStats> {
@@ -558,21 +567,33 @@ fn held_resources(state_dir: &std::path::Path, infos: &[ExecInfo]) -> Resources 
     held
 }
 
-impl NativePlugin {
+impl Plugin {
     async fn start_request(&self, request: RunCommandRequest) -> Result<(), ExecutorError> {
         crate::timing::mark("p.start_request");
         let session = self.session()?;
-        let engine = validate_run_request(&request).map_err(|p| {
+        self.engine.validate(&request).map_err(|p| {
             ExecutorError::invalid_params(p).with_execution(request.execution_id.clone())
         })?;
         let wire = serde_json::to_value(&request)
             .map_err(|e| ExecutorError::internal(format!("encoding the request: {e}")))?;
         let uid_lease = session.registry.lease_job_uid().await?;
         crate::timing::mark("p.uid_leased");
+        let plan = self
+            .engine
+            .plan(
+                &request,
+                PlanContext {
+                    state_dir: &session.state_dir,
+                    config: &session.config,
+                    capabilities: &session.capabilities,
+                    job_uid: uid_lease.as_ref().map(|l| l.uid()),
+                },
+            )
+            .await?;
         let job_user = uid_lease
             .as_ref()
             .map(|l| UserPlan::per_execution(l.uid(), l.path().to_owned()));
-        let monitor_spec = spec::from_request(session.host(), &request, engine, job_user)?;
+        let monitor_spec = spec::from_request(session.host(), &request, plan, job_user)?;
         session
             .registry
             .start_spec_as(wire, monitor_spec, uid_lease)
@@ -580,7 +601,9 @@ impl NativePlugin {
     }
 
     async fn wait_result(&self, execution_id: &str) -> Result<RunCommandResult, ExecutorError> {
-        let record = self.session()?.registry.wait_record(execution_id).await?;
-        Ok(record.result.clone())
+        let session = self.session()?;
+        let record = session.registry.wait_record(execution_id).await?;
+        let dir = crate::state::ExecDir::new(&session.state_dir, execution_id);
+        Ok(self.engine.finish(&dir.dir, record.result.clone()))
     }
 }

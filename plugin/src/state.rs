@@ -256,6 +256,11 @@ pub struct SandboxSpec {
     /// without GPUs for a job that asks for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<crate::sandbox::gpu::GpuSandbox>,
+    /// The program is the monitor's own image (`/proc/self/exe`, which is this plugin's
+    /// binary even when it runs from a sealed memfd), run in an engine's run mode; `argv[0]`
+    /// is only its name and is not looked up in the job's root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_exec: bool,
 }
 
 /// The job's private filesystem: a tmpfs mounted on `root_dir` (an empty directory shared by

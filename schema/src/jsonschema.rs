@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::errors::{ErrorData, FieldProblem};
 use crate::native::NativeEngineSpec;
 use crate::types::*;
+use crate::wasm::WasmEngineSpec;
 
 fn schema_for<T: JsonSchema>() -> (String, Value) {
     let generator = SchemaSettings::draft2020_12()
@@ -41,6 +42,7 @@ pub fn generate_all() -> Vec<(String, Value)> {
         schema_for::<ExecutionSummary>(),
         schema_for::<ExecutionStats>(),
         schema_for::<NativeEngineSpec>(),
+        schema_for::<WasmEngineSpec>(),
         schema_for::<ErrorData>(),
         // Types nested in the messages above, each on its own so a reader (and the key-list
         // test) finds every object with its exact keys.

@@ -8,6 +8,7 @@ pub mod jsonschema;
 pub mod native;
 pub mod types;
 pub mod validate;
+pub mod wasm;
 
 pub use errors::{ErrorCode, ExecutorError, FieldProblem};
 pub use types::*;

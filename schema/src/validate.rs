@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use crate::errors::FieldProblem;
 use crate::native::NativeEngineSpec;
-use crate::types::{Network, NetworkConfig, Resources, RunCommandRequest, StorageVolume};
+use crate::types::{
+    Network, NetworkConfig, Resources, RunCommandRequest, SpecConfig, StorageVolume,
+};
 
 /// Longest id accepted: ids become directory and cgroup names.
 pub const MAX_ID_LEN: usize = 200;
@@ -54,6 +56,15 @@ pub fn id_problem(id: &str) -> Option<String> {
 pub fn validate_run_request(
     req: &RunCommandRequest,
 ) -> Result<NativeEngineSpec, Vec<FieldProblem>> {
+    validate_run_request_with(req, NativeEngineSpec::from_spec_config)
+}
+
+/// Validate a whole `RunCommandRequest`, its engine params with `decode` (an engine's own
+/// spec decoder); returns the decoded engine spec.
+pub fn validate_run_request_with<T>(
+    req: &RunCommandRequest,
+    decode: impl FnOnce(&SpecConfig) -> Result<T, Vec<FieldProblem>>,
+) -> Result<T, Vec<FieldProblem>> {
     let mut out = Vec::new();
     if let Some(why) = id_problem(&req.execution_id) {
         problem(&mut out, "ExecutionID", format!("execution id {why}"));
@@ -91,7 +102,7 @@ pub fn validate_run_request(
             problem(&mut out, "EngineParams.Type", "missing spec type");
             None
         }
-        Some(p) => match NativeEngineSpec::from_spec_config(p) {
+        Some(p) => match decode(p) {
             Ok(s) => Some(s),
             Err(mut problems) => {
                 out.append(&mut problems);

@@ -49,13 +49,21 @@ impl RawPlugin {
     }
 
     pub fn spawn_with(configure: impl FnOnce(&mut Command)) -> RawPlugin {
-        let mut cmd = Command::new(native_plugin());
+        Self::spawn_program(&native_plugin(), configure)
+    }
+
+    /// A plugin binary of another engine (`bin_path("executor-wasm")`).
+    pub fn spawn_program(
+        program: &std::path::Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> RawPlugin {
+        let mut cmd = Command::new(program);
         cmd.env("EXECUTOR_PLUGIN_COOKIE", "executor-plugin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         configure(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn executor-native");
+        let mut child = cmd.spawn().expect("spawn the plugin");
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();

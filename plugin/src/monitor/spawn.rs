@@ -181,6 +181,9 @@ pub enum SpawnError {
     Step(String),
 }
 
+/// The monitor's own image, which [`crate::state::SandboxSpec::self_exec`] jobs run.
+pub const SELF_EXE: &str = "/proc/self/exe";
+
 /// The job's environment: a PATH default, then the spec's entries in order (later wins).
 pub fn job_env(spec: &MonitorSpec) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
@@ -302,6 +305,8 @@ pub fn spawn_job(
         .unwrap_or(DEFAULT_PATH);
     let jail = spec.sandbox.filesystem.as_ref();
     let resolved = match jail {
+        // A magic link: in the job's root too it reaches the image the child shares with us.
+        _ if spec.sandbox.self_exec => Ok(PathBuf::from(SELF_EXE)),
         Some(fs) => {
             let system = crate::sandbox::mounts::default_system_dirs();
             resolve_program_in(program, path_var, |p| host_path(fs, &system, p))

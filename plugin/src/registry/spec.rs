@@ -3,17 +3,17 @@
 //! GPUs, limits and network plan. Nothing here touches the host; the monitor opens what the
 //! spec names.
 //!
-//! What depends on the engine (the `native` engine's program, arguments, working directory and
-//! variables) is read in one place, [`native_job`]; everything else is the same for any engine
-//! that runs a process tree under a monitor.
+//! What depends on the engine (its program, arguments, working directory, variables and extra
+//! binds) comes in as a [`JobPlan`] from [`crate::engine::Engine::plan`]; everything else is the
+//! same for any engine that runs a process tree under a monitor.
 
 use std::path::{Path, PathBuf};
 
-use executor_schema::native::NativeEngineSpec;
 use executor_schema::{
     Capabilities, ExecutorError, FieldProblem, Network, PluginConfig, Resources, RunCommandRequest,
 };
 
+use crate::engine::JobPlan;
 use crate::sandbox::allowlist::{self, AllowList};
 use crate::sandbox::bridge::{BridgePlan, Publish};
 use crate::sandbox::cgroup::{DEFAULT_MEMORY, DEFAULT_PIDS_MAX};
@@ -35,58 +35,37 @@ pub struct Host<'a> {
     pub gpus: &'a [HostGpu],
 }
 
-/// The spec of a request whose engine parameters decoded to `engine`: the engine's job, the
-/// request's other fields and the host's configuration resolved by [`build_spec`]. `job_user`
-/// is a uid leased for this execution alone, if any.
+/// The spec of a request whose engine planned `plan` (the job's process): the plan, the
+/// request's other fields and the host's configuration resolved by [`build_spec`]. `job_user` is
+/// a uid leased for this execution alone, if any.
 pub fn from_request(
     host: Host<'_>,
     req: &RunCommandRequest,
-    engine: NativeEngineSpec,
+    plan: JobPlan,
     job_user: Option<UserPlan>,
 ) -> Result<MonitorSpec, ExecutorError> {
-    let mut input = spec_input(req, native_job(engine), host);
+    let self_exec = plan.self_exec;
+    let mut input = spec_input(req, plan, host);
     input.ports = bridge_ports(req)?;
     input.default_bridge = host.capabilities.networks.contains(&Network::Bridge);
     input.job_user = job_user;
-    build_spec(host.state_dir, input)
-}
-
-/// What the engine runs: the program and its arguments, where, and the engine's variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EngineJob {
-    pub entrypoint: Vec<String>,
-    pub parameters: Vec<String>,
-    /// `K=V` each; they win over the request's `Env`.
-    pub env: Vec<String>,
-    pub working_dir: Option<PathBuf>,
-}
-
-/// The `native` engine's parameters (decoded and validated by
-/// [`executor_schema::validate::validate_run_request`]) as the job to run. The program itself is
-/// looked up on the job's `PATH` by the monitor, at spawn.
-pub fn native_job(spec: NativeEngineSpec) -> EngineJob {
-    EngineJob {
-        entrypoint: spec.entrypoint,
-        parameters: spec.parameters,
-        env: spec.environment_variables,
-        working_dir: (!spec.working_directory.is_empty())
-            .then(|| PathBuf::from(spec.working_directory)),
-    }
+    let mut spec = build_spec(host.state_dir, input)?;
+    spec.sandbox.self_exec = self_exec;
+    Ok(spec)
 }
 
 /// The plain values the monitor needs, from a validated request. Whether its inputs and
 /// outputs can be mounted (and the allow-list) is decided by `build_spec`.
-fn spec_input(req: &RunCommandRequest, job: EngineJob, host: Host<'_>) -> SpecInput {
+fn spec_input(req: &RunCommandRequest, plan: JobPlan, host: Host<'_>) -> SpecInput {
     let config = host.config;
     let limits = &req.output_limits;
     SpecInput {
         execution_id: req.execution_id.clone(),
         job_id: req.job_id.clone(),
-        entrypoint: job.entrypoint,
-        parameters: job.parameters,
+        entrypoint: plan.argv,
         request_env: request_env(req),
-        engine_env: job.env,
-        working_dir: job.working_dir,
+        engine_env: plan.engine_env,
+        working_dir: plan.working_dir,
         results_dir: Some(req.results_path()),
         execution_dir: (!req.execution_dir.is_empty()).then(|| PathBuf::from(&req.execution_dir)),
         outputs: req
@@ -110,6 +89,7 @@ fn spec_input(req: &RunCommandRequest, job: EngineJob, host: Host<'_>) -> SpecIn
                     .as_ref()
                     .is_some_and(|s| allowlist::is_local_type(&s.spec_type)),
             })
+            .chain(plan.extra_binds)
             .collect(),
         limits: Limits {
             stdout_file: limits.max_stdout_file_length.bytes(),
@@ -124,11 +104,12 @@ fn spec_input(req: &RunCommandRequest, job: EngineJob, host: Host<'_>) -> SpecIn
         },
         timeout_secs: req.execution_timeout.filter(|t| *t > 0.0),
         resources: req.resources.clone().unwrap_or_default(),
-        network: req
-            .network
-            .as_ref()
-            .map(|n| n.network_type)
-            .unwrap_or_default(),
+        network: plan.network.unwrap_or_else(|| {
+            req.network
+                .as_ref()
+                .map(|n| n.network_type)
+                .unwrap_or_default()
+        }),
         bridge_subnet: config.bridge_subnet.clone(),
         domains: req
             .network
@@ -657,6 +638,7 @@ fn sandbox_spec(input: &SpecInput) -> Result<SandboxSpec, ExecutorError> {
         http,
         filesystem: None,
         run_as: None,
+        self_exec: false,
     })
 }
 

@@ -1,0 +1,31 @@
+;; Copies data.txt of the first preopen (fd 3, read-only) to copy.txt in the second (fd 4);
+;; then checks that creating a file in the read-only one fails. Exit 0 when all went so,
+;; 11.. on a failed step.
+(module
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "data.txt")
+  (data (i32.const 32) "copy.txt")
+  (data (i32.const 48) "evil.txt")
+  (func (export "_start")
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 8) (i32.const 0)
+          (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 0))
+      (then (call $exit (i32.const 11))))
+    (i32.store (i32.const 200) (i32.const 1000))
+    (i32.store (i32.const 204) (i32.const 64))
+    (if (call $read (i32.load (i32.const 0)) (i32.const 200) (i32.const 1) (i32.const 208))
+      (then (call $exit (i32.const 12))))
+    ;; O_CREAT | O_TRUNC
+    (if (call $open (i32.const 4) (i32.const 0) (i32.const 32) (i32.const 8) (i32.const 9)
+          (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 4))
+      (then (call $exit (i32.const 13))))
+    (i32.store (i32.const 204) (i32.load (i32.const 208)))
+    (if (call $write (i32.load (i32.const 4)) (i32.const 200) (i32.const 1) (i32.const 212))
+      (then (call $exit (i32.const 14))))
+    (if (i32.eqz (call $open (i32.const 3) (i32.const 0) (i32.const 48) (i32.const 8) (i32.const 1)
+          (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 8)))
+      (then (call $exit (i32.const 15))))
+    (call $exit (i32.const 0))))
