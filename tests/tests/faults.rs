@@ -1724,3 +1724,82 @@ fn outputs_handed_back_are_writable_by_no_other_user() {
         "outputs left writable by other users: {open:?}"
     );
 }
+
+/// A plugin that runs out of descriptors refuses further starts; every execution it did start
+/// stays known to it (cancel and wait answer for each), none is lost with its monitor running.
+#[test]
+fn a_plugin_out_of_descriptors_loses_no_execution_it_started() {
+    if !is_root() {
+        eprintln!("skipped: needs root for job uids and cgroups");
+        return;
+    }
+    let _serial = serial();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut p = executor_tests::RawPlugin::spawn_with(|c| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 160,
+                    rlim_max: 160,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let init = p.call(
+        0,
+        "initialize",
+        json!({"protocolVersions": ["1"], "config": {"stateDir": state.path()}}),
+    );
+    assert!(init.get("result").is_some(), "{init}");
+    let mut started = Vec::new();
+    let mut refused = None;
+    for i in 0..120u64 {
+        let id = format!("fd-{i}");
+        let req = json!({
+            "ExecutionID": id,
+            "EngineParams": {"Type": "native", "Params": {"Entrypoint": ["sleep", "60"]}},
+            "ResultsDir": work.path().join(&id),
+            "Network": {"Type": "None"},
+        });
+        // All in flight at once, as a busy node sends them: at the limit, each fails at a
+        // different step of its start.
+        p.send_call(1000 + i, "executor_start", json!([req]));
+    }
+    for i in 0..120u64 {
+        let r = p.response(1000 + i);
+        if r.get("error").is_some() {
+            refused.get_or_insert(r);
+        } else {
+            started.push(format!("fd-{i}"));
+        }
+    }
+    let refused = refused.expect("a plugin limited to 160 descriptors refuses a start");
+    eprintln!("started {}, then {refused}", started.len());
+    assert!(!started.is_empty(), "{refused}");
+    let mut lost = Vec::new();
+    for (n, id) in started.iter().enumerate() {
+        let c = p.call(5000 + n as u64, "executor_cancel", json!([id]));
+        if c.get("error").is_some() {
+            lost.push(format!("{id}: {c}"));
+        }
+    }
+    for (n, id) in started.iter().enumerate() {
+        let w = p.call(7000 + n as u64, "executor_wait", json!([id]));
+        if w.get("error").is_some() {
+            lost.push(format!("{id}: {w}"));
+        }
+    }
+    p.call(9999, "shutdown", json!([]));
+    assert!(
+        lost.is_empty(),
+        "{} started, refused with {refused}; lost: {lost:#?}",
+        started.len()
+    );
+}
