@@ -5,12 +5,37 @@ use std::path::{Path, PathBuf};
 
 use executor_schema::native::{NativeEngineSpec, ENGINE_NATIVE};
 use executor_schema::{
-    BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources, Task,
+    BidStrategyRequest, BidStrategyResponse, Capabilities, Network, Resources, SpecConfig, Task,
 };
 
 use crate::engine::NATIVE_PLUGIN_NAME as PLUGIN_NAME;
 use crate::monitor::spawn::{resolve_program, DEFAULT_PATH};
 use crate::sandbox::allowlist::{is_local_type, AllowList};
+
+/// The request's task and its engine spec, when that engine is `engine` (served by `plugin`);
+/// otherwise the decline every engine's bid answers with.
+pub fn task_engine<'a>(
+    request: &'a BidStrategyRequest,
+    engine: &str,
+    plugin: &str,
+) -> Result<(&'a Task, &'a SpecConfig), BidStrategyResponse> {
+    let Some(task) = request.job.task() else {
+        return Err(BidStrategyResponse::new(false, "run jobs without a task"));
+    };
+    let Some(spec) = &task.engine else {
+        return Err(BidStrategyResponse::new(
+            false,
+            "run tasks without an engine spec",
+        ));
+    };
+    if !spec.is_type(engine) {
+        return Err(BidStrategyResponse::new(
+            false,
+            format!("support engine {:?} in {plugin}", spec.spec_type),
+        ));
+    }
+    Ok((task, spec))
+}
 
 /// Semantic bid: the engine spec decodes and validates, the program is installed, and the
 /// network, inputs, outputs and limits can be honoured on this host. `allow_listed` is
@@ -20,18 +45,10 @@ pub fn semantic(
     caps: &Capabilities,
     allow_listed: &[PathBuf],
 ) -> BidStrategyResponse {
-    let Some(task) = request.job.task() else {
-        return BidStrategyResponse::new(false, "run jobs without a task");
+    let (task, engine) = match task_engine(request, ENGINE_NATIVE, PLUGIN_NAME) {
+        Ok(t) => t,
+        Err(decline) => return decline,
     };
-    let Some(engine) = &task.engine else {
-        return BidStrategyResponse::new(false, "run tasks without an engine spec");
-    };
-    if !engine.is_type(ENGINE_NATIVE) {
-        return BidStrategyResponse::new(
-            false,
-            format!("support engine {:?} in {PLUGIN_NAME}", engine.spec_type),
-        );
-    }
     let spec = match NativeEngineSpec::from_spec_config(engine) {
         Ok(s) => s,
         Err(problems) => {

@@ -434,18 +434,11 @@ impl Engine for Wasm {
         caps: &Capabilities,
         allow_listed: &[PathBuf],
     ) -> BidStrategyResponse {
-        let Some(task) = request.job.task() else {
-            return BidStrategyResponse::new(false, "run jobs without a task");
-        };
-        let Some(engine) = &task.engine else {
-            return BidStrategyResponse::new(false, "run tasks without an engine spec");
-        };
-        if !engine.is_type(ENGINE_WASM) {
-            return BidStrategyResponse::new(
-                false,
-                format!("support engine {:?} in {PLUGIN_NAME}", engine.spec_type),
-            );
-        }
+        let (task, engine) =
+            match executor_plugin::bid::task_engine(request, ENGINE_WASM, PLUGIN_NAME) {
+                Ok(t) => t,
+                Err(decline) => return decline,
+            };
         if let Err(problems) = WasmEngineSpec::from_spec_config(engine) {
             let why: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return BidStrategyResponse::new(
