@@ -47,8 +47,3 @@ pub mod server;
 pub mod state;
 pub mod stdio;
 pub mod timing;
-
-/// The engine type this plugin serves (`EngineSpec.Type`).
-pub const ENGINE: &str = "native";
-/// The plugin's name in `initialize` and in its messages.
-pub const PLUGIN_NAME: &str = "executor-native";
